@@ -1,0 +1,156 @@
+// The Backend seam: every numeric operation the model code needs, implemented once for the CPU
+// (fp32, OpenBLAS, OpenMP) and once for CUDA (bf16 storage, fp32 accumulation). The model code in
+// engine.cc is the same for both. Not thread-safe: one engine thread drives a backend.
+//
+// Conventions. Activations are dense row-major tensors in the backend's memory with dtype
+// act_dtype() (f32 on CPU, bf16 on CUDA) unless stated; LSE and logits are always f32. Host
+// arrays (token ids, positions, slots, block tables) are plain host pointers; a GPU backend
+// stages them itself. Shapes are checked; violations return INVALID_ARGUMENT/INTERNAL, never UB.
+//
+// Attention heads. Ha = max(Hq, Hkv) heads are computed. Attention head h uses query head
+// h % Hq and KV head h / (Ha / Hkv). (Hq >= Hkv: GQA-style sharing; Hq < Hkv, rSQA: queries
+// tiled over the KV heads.) Outputs have Ha heads.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "workers/engine/model/tensor.h"
+
+namespace sqa {
+
+// Backend-owned memory. The destructor frees it.
+class DeviceBuffer {
+ public:
+  virtual ~DeviceBuffer() = default;
+  virtual void* data() = 0;
+  virtual size_t size() const = 0;
+};
+
+// A weight as the backend holds it: `view` points either into the mapped model file (CPU, f32
+// on disk) or into `storage`.
+struct BackendWeight {
+  TensorView view;
+  std::unique_ptr<DeviceBuffer> storage;
+};
+
+// Geometry of the paged KV cache. Each layer has `num_blocks` blocks; a block holds K and V for
+// `block_size` consecutive tokens of one sequence, laid out [Hkv][block_size][head_dim] each.
+// A token's slot is block_id * block_size + offset_in_block.
+struct KvCacheShape {
+  int64_t num_layers = 0;
+  int64_t num_blocks = 0;
+  int64_t block_size = 64;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t block_elems() const { return block_size * num_kv_heads * head_dim; }
+};
+
+// KV storage made by a backend; opaque to the model code.
+class KvCacheStorage {
+ public:
+  virtual ~KvCacheStorage() = default;
+  virtual const KvCacheShape& shape() const = 0;
+  // Bytes of K+V per block per layer.
+  virtual size_t bytes_per_block() const = 0;
+};
+
+// One sequence's view of the KV cache: the keys/values at positions [0, kv_len) live in
+// blocks block_table[pos / block_size].
+struct KvSequenceRef {
+  const int32_t* block_table = nullptr;  // host array, at least ceil(kv_len / block_size) ids
+  int64_t kv_len = 0;
+};
+
+struct PrefillAttentionArgs {
+  const KvCacheStorage* cache = nullptr;
+  int64_t layer = 0;
+  TensorView q;            // [n, Hq, dh]: queries at positions q_pos0 .. q_pos0 + n - 1
+  int64_t q_pos0 = 0;
+  KvSequenceRef kv;        // keys at positions [0, kv.kv_len); must include the queries' own
+  bool causal = true;      // query at position p sees keys at positions <= p
+  float scale = 0.f;       // softmax scale; 0 means 1/sqrt(dh)
+  TensorView out;          // [n, Ha, dh]
+  float* lse = nullptr;    // optional backend-memory f32 [n, Ha]: natural-log sum of exp(scores)
+};
+
+struct DecodeAttentionArgs {
+  const KvCacheStorage* cache = nullptr;
+  int64_t layer = 0;
+  TensorView q;                           // [B, Hq, dh], one query per sequence (its last token)
+  std::vector<KvSequenceRef> seqs;        // B entries; query b attends to all kv_len keys of seq b
+  float scale = 0.f;
+  TensorView out;                         // [B, Ha, dh]
+  float* lse = nullptr;                   // optional [B, Ha]
+};
+
+struct RopeArgs {
+  double theta = 10000.0;
+  double position_scale = 1.0;  // linear rope scaling: positions are divided by this factor
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+
+  virtual std::string name() const = 0;       // "cpu", "cuda:0"
+  virtual DType act_dtype() const = 0;
+
+  // Memory.
+  virtual absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) = 0;
+  virtual absl::Status CopyToHost(const TensorView& src, void* dst) = 0;
+  virtual absl::Status CopyFromHost(const void* src, const TensorView& dst) = 0;
+  virtual absl::Status Synchronize() = 0;
+  // Converts a host (mapped) weight into the backend's weight format.
+  virtual absl::StatusOr<BackendWeight> UploadWeight(const TensorView& host) = 0;
+  // Allocates an activation tensor of act_dtype() (or `dtype`).
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> AllocTensor(std::vector<int64_t> shape, TensorView* view,
+                                                           DType dtype);
+
+  // Elementwise and GEMM ops. x: [n, d] row-major.
+  virtual absl::Status Embed(const TensorView& table, const int32_t* tokens, int64_t n, const TensorView& out) = 0;
+  virtual absl::Status RmsNorm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out) = 0;
+  // out[n, out_features] = x[n, in] * w[out_features, in]^T
+  virtual absl::Status Linear(const TensorView& x, const TensorView& w, const TensorView& out) = 0;
+  virtual absl::Status AddInPlace(const TensorView& x, const TensorView& y) = 0;  // x += y
+  // HF rotate-half RoPE in place on x: [n, heads, dh]; token i has position positions[i].
+  virtual absl::Status Rope(const TensorView& x, const int32_t* positions, const RopeArgs& rope) = 0;
+  // out = silu(gate) * up, all [n, I].
+  virtual absl::Status SwiGlu(const TensorView& gate, const TensorView& up, const TensorView& out) = 0;
+  // out[i, :] = x[rows[i], :]
+  virtual absl::Status GatherRows(const TensorView& x, const int64_t* rows, int64_t m, const TensorView& out) = 0;
+
+  // KV cache.
+  virtual absl::StatusOr<std::unique_ptr<KvCacheStorage>> CreateKvCache(const KvCacheShape& shape) = 0;
+  // Writes k, v ([n, Hkv, dh]) of `layer` into slots[i] (host array of n slot ids).
+  virtual absl::Status WriteKv(KvCacheStorage& cache, int64_t layer, const TensorView& k, const TensorView& v,
+                               const int64_t* slots) = 0;
+
+  // Attention (see the conventions above).
+  virtual absl::Status AttentionPrefill(const PrefillAttentionArgs& args) = 0;
+  virtual absl::Status AttentionDecode(const DecodeAttentionArgs& args) = 0;
+  // Merges S partial attention results over disjoint key sets (o_s: [n, Ha, dh], lse_s: [n, Ha])
+  // into out/lse_out: L = m + log(sum exp(lse_s - m)), o = sum exp(lse_s - L) o_s.
+  virtual absl::Status MergeAttention(absl::Span<const TensorView> outs, absl::Span<const float* const> lses,
+                                      const TensorView& out, float* lse_out) = 0;
+};
+
+enum class DeviceKind { kCpu, kCuda, kAuto };
+absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& s);  // "cpu", "cuda", "auto"
+
+struct BackendOptions {
+  DeviceKind device = DeviceKind::kCpu;
+  int num_threads = 0;  // CPU: 0 = all cores
+  int gpu_index = 0;
+};
+// Makes the backend for `options`; kAuto picks CUDA when built with it and a GPU is present.
+// Asking for CUDA in a CPU-only build gives FAILED_PRECONDITION with a message saying so.
+absl::StatusOr<std::unique_ptr<Backend>> CreateBackend(const BackendOptions& options);
+
+}  // namespace sqa

@@ -1,0 +1,73 @@
+// The model runner: one Llama-style decoder over a Backend, with a paged KV cache. Same code for
+// every backend. Not thread-safe: one thread (the worker's scheduler, or sqa-run) drives it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "workers/engine/backend.h"
+#include "workers/engine/kv/block_pool.h"
+#include "workers/engine/model/model.h"
+
+namespace sqa {
+
+struct EngineOptions {
+  int64_t block_size = 64;           // tokens per KV block
+  int64_t num_kv_blocks = 0;         // blocks per layer; 0 = derive from kv_cache_bytes
+  int64_t kv_cache_bytes = int64_t{1} << 30;  // total K+V budget over all layers
+  int64_t max_chunk_tokens = 2048;   // Prefill() splits prompts into chunks of at most this
+};
+
+using SeqId = int64_t;
+
+// f32 logits on the host, one row per requested position.
+struct Logits {
+  int64_t vocab = 0;
+  std::vector<float> data;          // rows * vocab
+  std::vector<int64_t> row_begin;   // per segment: first row of that segment's logits
+  int64_t rows() const { return vocab ? static_cast<int64_t>(data.size()) / vocab : 0; }
+  const float* row(int64_t r) const { return data.data() + r * vocab; }
+};
+
+class Engine {
+ public:
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(std::shared_ptr<const Model> model,
+                                                        std::unique_ptr<Backend> backend,
+                                                        const EngineOptions& options);
+  ~Engine();
+
+  const ModelConfig& config() const;
+  Backend& backend();
+  const BlockPool& kv_pool() const;
+  const EngineOptions& options() const;
+
+  SeqId NewSequence();
+  // Frees the sequence's blocks at once. Unknown ids are ignored.
+  void Release(SeqId seq);
+  int64_t SequenceLength(SeqId seq) const;  // tokens in its KV cache
+
+  struct Segment {
+    SeqId seq = 0;
+    absl::Span<const int32_t> tokens;  // appended after the sequence's current tokens
+    bool all_logits = false;           // logits of every token, else only of the last
+  };
+  // One forward pass over several segments (e.g. a prefill chunk plus a decode batch): appends
+  // each segment's tokens to its sequence's KV cache and returns the requested logits in segment
+  // order. Errors: INVALID_ARGUMENT (token id out of range, empty segment, a sequence twice),
+  // RESOURCE_EXHAUSTED (not enough free KV blocks; nothing is changed).
+  absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
+
+  // Prefill of one sequence in chunks of options().max_chunk_tokens.
+  absl::StatusOr<Logits> Prefill(SeqId seq, absl::Span<const int32_t> tokens, bool all_logits);
+
+ private:
+  struct Impl;
+  explicit Engine(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sqa
