@@ -1,0 +1,118 @@
+// Attention kernels of the CUDA backend (sm_90a, bf16 storage, fp32 accumulation).
+//
+// Files that belong to target sqa_engine_cuda (self-contained; they need only CUDA::cudart,
+// absl::status and absl::strings):
+//   workers/engine/cuda/attention_prefill.cu
+//   workers/engine/cuda/attention_decode.cu
+//   workers/engine/cuda/attention_merge.cu
+// Compile flags: -gencode=arch=compute_90a,code=sm_90a (CMAKE_CUDA_ARCHITECTURES=90a).
+//
+// Conventions (the same as workers/engine/backend.h):
+// - Ha = max(Hq, Hkv) attention heads are computed; head h uses query head h % Hq and KV head
+//   h / (Ha / Hkv). Hq and Hkv must divide each other. Outputs have Ha heads.
+// - q: bf16 [n, Hq, dh]; out: bf16 [n, Ha, dh]; lse: f32 [n, Ha] natural-log sum of
+//   exp(scale * q.k) over the keys seen (-inf when a row sees no key; its out row is then 0).
+// - Paged KV: a layer's K (and separately V) is num_blocks blocks of [Hkv][block_size][dh] bf16;
+//   key position p of a sequence lives in block block_table[p / block_size] at offset
+//   p % block_size. Any block_size >= 1 works; multiples of 64 are fastest.
+// - Every pointer in the params structs is a DEVICE pointer unless its comment says host.
+// - head_dim must be 64 or 128.
+// - Launchers are asynchronous on `stream`, never synchronize, and are safe to capture into a
+//   CUDA graph (no allocation, no host reads of device data). They return INVALID_ARGUMENT for
+//   bad shapes and INTERNAL with the CUDA error string when a launch fails.
+// Thread-safety: launchers keep no state; they may be called from any thread.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace sqa::cuda {
+
+// Where the keys/values of one sequence (prefill) live.
+//   Paged (block_table != nullptr): k/v are the layer's block-pool bases (block 0), with
+//   layout [num_blocks][Hkv][block_size][dh].
+//   Contiguous (block_table == nullptr): k/v are [kv_len, Hkv, dh] (token-major), as a
+//   projection GEMM writes them; block_size is ignored. Used by benchmarks and tests.
+struct KvView {
+  const void* k = nullptr;            // bf16
+  const void* v = nullptr;            // bf16
+  const int32_t* block_table = nullptr;  // device int32, ceil(kv_len / block_size) entries
+  int block_size = 64;
+};
+
+struct PrefillParams {
+  const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1
+  int64_t n = 0;
+  int64_t q_pos0 = 0;
+  KvView kv;
+  int64_t kv_len = 0;       // keys [0, kv_len); causal needs q_pos0 + n <= kv_len
+  int num_q_heads = 0;      // Hq
+  int num_kv_heads = 0;     // Hkv
+  int head_dim = 0;         // 64 or 128
+  bool causal = true;       // query at position p sees keys at positions <= p
+  float scale = 0.f;        // 0 means 1/sqrt(head_dim)
+  void* out = nullptr;      // bf16 [n, Ha, dh]
+  float* lse = nullptr;     // optional f32 [n, Ha]
+};
+
+// Chunked causal (or full) flash attention of one sequence's chunk over its KV.
+absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
+
+struct DecodeParams {
+  const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
+  int batch = 0;                       // B
+  const void* k_cache = nullptr;       // bf16 layer base [num_blocks][Hkv][block_size][dh]
+  const void* v_cache = nullptr;
+  int block_size = 64;
+  const int32_t* block_tables = nullptr;  // device int32 [B, block_table_stride]
+  int64_t block_table_stride = 0;         // entries per row (>= max blocks of any sequence)
+  const int32_t* kv_lens = nullptr;       // device int32 [B]; 0 allowed (out = 0, lse = -inf)
+  int64_t max_kv_len = 0;              // host upper bound of kv_lens (picks the KV split count)
+  int num_q_heads = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  float scale = 0.f;
+  void* out = nullptr;                 // bf16 [B, Ha, dh]
+  float* lse = nullptr;                // optional f32 [B, Ha]
+  // Scratch for split-KV partial results, at least DecodeWorkspaceBytes(...) bytes (may be
+  // nullptr when that is 0). Must not be shared by launches running concurrently.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
+  int num_splits = 0;                  // 0 = automatic (from max_kv_len and the SM count)
+};
+
+// Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only
+// on host values, so a backend can size it once for its largest batch / context.
+size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
+                            int num_splits = 0);
+
+// Flash-decoding over the paged cache: one CTA per (sequence, KV head, split) reads each K/V
+// block once for all query heads that share it; splits are merged with LSE.
+absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream);
+
+enum class PartialType { kBF16, kF32 };
+
+struct MergeParams {
+  // Host array of `num_parts` device pointers to partial outputs [n, heads, dh] (of `part_type`)
+  // and host array of their LSEs f32 [n, heads]. A partial over no keys has lse = -inf.
+  const void* const* outs = nullptr;
+  const float* const* lses = nullptr;
+  int num_parts = 0;                   // 1 .. kMaxMergeParts
+  PartialType part_type = PartialType::kBF16;
+  int64_t n = 0;
+  int heads = 0;
+  int head_dim = 0;                    // any value in 1..256 (vectorized when a multiple of 8)
+  void* out = nullptr;                 // bf16 [n, heads, dh]; may alias none of the inputs
+  float* lse_out = nullptr;            // optional f32 [n, heads]
+};
+inline constexpr int kMaxMergeParts = 16;
+
+// L = m + log(sum_s exp(lse_s - m)), o = sum_s exp(lse_s - L) o_s (fp32; all -inf gives o = 0,
+// L = -inf).
+absl::Status LaunchAttentionMerge(const MergeParams& p, cudaStream_t stream);
+
+}  // namespace sqa::cuda
