@@ -102,3 +102,63 @@ TEST(GlooCommunicatorTest, RejectsBadRank) {
 
 }  // namespace
 }  // namespace sqa
+
+#ifdef SQA_HAVE_NCCL
+#include <cuda_runtime.h>
+
+#include "workers/engine/shard/nccl_communicator.h"
+
+namespace sqa {
+namespace {
+
+int GpuCount() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+TEST(NcclCommunicatorTest, CollectivesMatchGlooSemantics) {
+  const int world = GpuCount();
+  if (world < 2) GTEST_SKIP() << "needs at least 2 GPUs";
+  InProcessStore store;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      NcclOptions o;
+      o.rank = r;
+      o.world_size = world;
+      o.gpu_index = r;
+      o.timeout = std::chrono::milliseconds(60000);
+      auto comm = CreateNcclCommunicator(o, store);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      cudaSetDevice(r);
+      const size_t n = 1 << 20;
+      std::vector<float> host(n);
+      for (size_t i = 0; i < n; ++i) host[i] = static_cast<float>((r + 1) * (i % 1000));
+      float* d = nullptr;
+      ASSERT_EQ(cudaMalloc(&d, n * sizeof(float)), cudaSuccess);
+      cudaMemcpy(d, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
+      ASSERT_TRUE((*comm)->AllReduceSum(d, n).ok());
+      cudaMemcpy(host.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost);
+      const float factor = static_cast<float>(world * (world + 1) / 2);
+      for (size_t i = 0; i < n; i += 997) ASSERT_EQ(host[i], factor * static_cast<float>(i % 1000));
+      // Ring step.
+      int32_t* s = nullptr;
+      int32_t* v = nullptr;
+      cudaMalloc(&s, 4096);
+      cudaMalloc(&v, 4096);
+      std::vector<int32_t> hs(1024, r), hv(1024, -1);
+      cudaMemcpy(s, hs.data(), 4096, cudaMemcpyHostToDevice);
+      ASSERT_TRUE((*comm)->SendRecv(s, 4096, (r + 1) % world, v, 4096, (r + world - 1) % world).ok());
+      cudaMemcpy(hv.data(), v, 4096, cudaMemcpyDeviceToHost);
+      EXPECT_EQ(hv, std::vector<int32_t>(1024, (r + world - 1) % world));
+      cudaFree(s);
+      cudaFree(v);
+      cudaFree(d);
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+}  // namespace
+}  // namespace sqa
+#endif
