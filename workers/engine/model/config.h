@@ -5,6 +5,7 @@
 #include <string>
 #include <string_view>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 
 namespace sqa {
@@ -45,5 +46,9 @@ struct ModelConfig {
 
 // Parses and validates config.json text. `source` names the file in error messages.
 absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source);
+
+// Checks the invariants ParseModelConfig enforces on an already-filled config (defaults resolved:
+// Hq, Hkv and head_dim set). Used by sqa-mkmodel for configs built from flags.
+absl::Status ValidateModelConfig(const ModelConfig& config, std::string_view source);
 
 }  // namespace sqa

@@ -56,7 +56,10 @@ class Model {
 struct ExpectedTensor {
   std::string name;
   std::vector<int64_t> shape;
+  std::string why;  // the config keys behind the shape, for error messages
 };
+// Order: embed_tokens, then per layer input_layernorm, q/k/v/o_proj, post_attention_layernorm,
+// gate/up/down_proj, then model.norm, then lm_head.weight unless tie_word_embeddings.
 std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& config);
 
 }  // namespace sqa

@@ -21,6 +21,8 @@ float F16ToF32(uint16_t v);
 uint16_t F32ToF16(float v);
 // Converts `n` elements of `src` (of type `src_type`) into f32 `dst`.
 void ConvertToF32(const void* src, DType src_type, size_t n, float* dst);
+// Converts `n` f32 values into `dst_type` (F32, BF16 or F16; round-to-nearest-even). I32 truncates.
+void ConvertFromF32(const float* src, size_t n, DType dst_type, void* dst);
 
 // Where a tensor's bytes live. kDevice means the memory of the backend that made it (GPU memory
 // for CUDA; for the CPU backend, ordinary host memory owned by the backend).
