@@ -1,0 +1,121 @@
+// Device helpers shared by the attention kernels (private to attention_*.cu; not a public API).
+// mma.sync m16n8k16 bf16 fragments, ldmatrix, cp.async, and the 16-byte-chunk XOR swizzle used
+// for every [rows][head_dim] bf16 tile in shared memory.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+
+namespace sqa::cuda::attn_detail {
+
+using bf16 = __nv_bfloat16;
+
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kLn2 = 0.6931471805599453f;
+
+inline absl::Status LaunchStatus(const char* what) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat(what, " launch failed: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e != cudaSuccess) {
+    return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
+  }
+  return absl::OkStatus();
+}
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a [rows][D] bf16 tile. The chunk index
+// is XORed with row % 8 so that the 8 row addresses of one ldmatrix hit 8 different bank groups.
+template <int D>
+__device__ __forceinline__ int Swz(int row, int chunk) {
+  return row * D + ((chunk ^ (row & 7)) << 3);
+}
+
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global->shared copy; zero-fills the destination when !valid (src is then not read).
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, bool valid) {
+  const int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ void Ldsm4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void Ldsm4T(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a * b for one m16n8k16 tile (bf16 inputs, f32 accumulators).
+__device__ __forceinline__ void Mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t PackBf16(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ float QuadMax(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  return x;
+}
+__device__ __forceinline__ float QuadSum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+
+// Element offset of key position p of KV head kvh: paged [block][Hkv][bs][D] when table != null,
+// else contiguous [kv_len][Hkv][D].
+template <int D>
+__device__ __forceinline__ int64_t KvOffset(const int32_t* table, int block_size, int hkv, int kvh, int64_t p) {
+  if (table != nullptr) {
+    const int64_t bi = p / block_size;
+    const int64_t off = p - bi * block_size;
+    const int64_t blk = table[bi];
+    return ((blk * hkv + kvh) * block_size + off) * D;
+  }
+  return (p * hkv + kvh) * D;
+}
+
+// Merges `parts` partials (o_s, lse_s) for one (row, head): writes o (length dh) and returns L.
+// lse is natural log; exp via exp2.
+template <typename T>
+__device__ __forceinline__ float ToF32(T v);
+template <>
+__device__ __forceinline__ float ToF32<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float ToF32<bf16>(bf16 v) {
+  return __bfloat162float(v);
+}
+
+}  // namespace sqa::cuda::attn_detail
