@@ -1,0 +1,792 @@
+// The CUDA backend (see cuda_backend.h). Host code only: kernels live in elementwise.cu and in the
+// attention_*.cu files of attention.h; GEMMs go through gemm.h (cuBLASLt).
+//
+// Memory. Weights and the KV cache use cudaMalloc (long-lived). Activations from Allocate() come
+// from the device's stream-ordered pool (cudaMallocAsync / cudaFreeAsync on the backend's stream)
+// with an unbounded release threshold, so the engine can allocate per forward pass without
+// synchronizing the device. Buffers keep the stream alive through a shared Context, so they may
+// outlive the backend.
+//
+// Host arrays (tokens, positions, slots, block tables) go through HostStager: each call packs its
+// arrays into a pinned ring buffer and issues one async copy into a device staging area. A ring
+// region is reused only after the event recorded behind its copy has completed, so the host never
+// waits on the GPU unless the ring is full.
+#include "workers/engine/cuda/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <deque>
+#include <limits>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "services/common/status.h"
+#include "workers/engine/cuda/attention.h"
+#include "workers/engine/cuda/cuda_check.h"
+#include "workers/engine/cuda/elementwise.h"
+#include "workers/engine/cuda/gemm.h"
+#include "workers/engine/cuda/raii.h"
+
+namespace sqa {
+namespace {
+
+using cuda::CudaEvent;
+using cuda::DTypeStr;
+using cuda::CudaStream;
+using cuda::DeviceMemory;
+using cuda::PinnedHostMemory;
+
+// State shared by the backend and every buffer it hands out.
+struct Context {
+  int device = 0;
+  CudaStream stream;
+  ~Context() {
+    if (stream) {
+      cudaSetDevice(device);
+      cudaStreamSynchronize(stream.get());
+    }
+  }
+};
+
+// Stream-ordered activation memory.
+class PoolBuffer final : public DeviceBuffer {
+ public:
+  PoolBuffer(std::shared_ptr<Context> ctx, void* p, size_t n) : ctx_(std::move(ctx)), p_(p), n_(n) {}
+  ~PoolBuffer() override {
+    if (p_) {
+      cudaSetDevice(ctx_->device);
+      cudaFreeAsync(p_, ctx_->stream.get());
+    }
+  }
+  void* data() override { return p_; }
+  size_t size() const override { return n_; }
+
+ private:
+  std::shared_ptr<Context> ctx_;
+  void* p_;
+  size_t n_;
+};
+
+// Long-lived memory (weights).
+class StaticBuffer final : public DeviceBuffer {
+ public:
+  StaticBuffer(std::shared_ptr<Context> ctx, DeviceMemory mem) : ctx_(std::move(ctx)), mem_(std::move(mem)) {}
+  ~StaticBuffer() override {
+    // cudaFree waits for the device, so work still reading the weight finishes first.
+    cudaSetDevice(ctx_->device);
+    mem_.reset();
+  }
+  void* data() override { return mem_.get(); }
+  size_t size() const override { return mem_.size(); }
+
+ private:
+  std::shared_ptr<Context> ctx_;
+  DeviceMemory mem_;
+};
+
+class CudaKvCache final : public KvCacheStorage {
+ public:
+  CudaKvCache(std::shared_ptr<Context> ctx, const KvCacheShape& shape, DeviceMemory k, DeviceMemory v)
+      : ctx_(std::move(ctx)), shape_(shape), k_(std::move(k)), v_(std::move(v)) {}
+  ~CudaKvCache() override {
+    cudaSetDevice(ctx_->device);
+    k_.reset();
+    v_.reset();
+  }
+  const KvCacheShape& shape() const override { return shape_; }
+  size_t bytes_per_block() const override { return 2 * static_cast<size_t>(shape_.block_elems()) * 2; }
+  size_t layer_bytes() const { return static_cast<size_t>(shape_.num_blocks * shape_.block_elems()) * 2; }
+  void* k(int64_t layer) const { return static_cast<char*>(k_.get()) + layer * layer_bytes(); }
+  void* v(int64_t layer) const { return static_cast<char*>(v_.get()) + layer * layer_bytes(); }
+
+ private:
+  std::shared_ptr<Context> ctx_;
+  KvCacheShape shape_;
+  DeviceMemory k_, v_;
+};
+
+// Packs host arrays into pinned memory and copies them to the device with one async copy.
+class HostStager {
+ public:
+  struct Item {
+    const void* src;
+    size_t bytes;
+    const void** dev;  // receives the device address
+  };
+
+  absl::Status Init(std::shared_ptr<Context> ctx) {
+    ctx_ = std::move(ctx);
+    SQA_ASSIGN_OR_RETURN(ring_, PinnedHostMemory::Allocate(kInitialBytes));
+    return absl::OkStatus();
+  }
+
+  ~HostStager() {
+    if (dev_) cudaFreeAsync(dev_, ctx_->stream.get());
+  }
+
+  absl::Status Stage(std::initializer_list<Item> items) {
+    size_t total = 0;
+    for (const Item& it : items) total += Align(it.bytes);
+    if (total == 0) {
+      for (const Item& it : items) *it.dev = nullptr;
+      return absl::OkStatus();
+    }
+    cudaStream_t s = ctx_->stream.get();
+    // Device staging area: reused in stream order, so a plain grow is enough.
+    if (total > dev_bytes_) {
+      if (dev_) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(dev_, s));
+      dev_ = nullptr;
+      const size_t want = std::max(total, dev_bytes_ * 2);
+      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&dev_, want, s));
+      dev_bytes_ = want;
+    }
+    // Pinned ring: grow (after draining) when one call needs more than a quarter of it.
+    if (total * 4 > ring_.size()) {
+      SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+      pending_.clear();
+      head_ = 0;
+      SQA_ASSIGN_OR_RETURN(ring_, PinnedHostMemory::Allocate(std::max(total * 8, ring_.size() * 2)));
+    }
+    if (head_ + total > ring_.size()) head_ = 0;
+    const size_t begin = head_, end = head_ + total;
+    // Wait for the newest earlier copy whose region overlaps ours (events on one stream complete
+    // in order, so everything older is done too).
+    int last_overlap = -1;
+    for (int i = 0; i < static_cast<int>(pending_.size()); ++i) {
+      if (pending_[i].begin < end && begin < pending_[i].end) last_overlap = i;
+    }
+    if (last_overlap >= 0) {
+      SQA_GPU_RETURN_IF_ERROR(cudaEventSynchronize(pending_[last_overlap].event.get()));
+      for (int i = 0; i <= last_overlap; ++i) {
+        free_events_.push_back(std::move(pending_.front().event));
+        pending_.pop_front();
+      }
+    }
+    char* host = static_cast<char*>(ring_.get()) + begin;
+    size_t off = 0;
+    for (const Item& it : items) {
+      if (it.bytes) std::memcpy(host + off, it.src, it.bytes);
+      *it.dev = it.bytes ? static_cast<char*>(dev_) + off : nullptr;
+      off += Align(it.bytes);
+    }
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(dev_, host, total, cudaMemcpyHostToDevice, s));
+    CudaEvent ev;
+    if (!free_events_.empty()) {
+      ev = std::move(free_events_.back());
+      free_events_.pop_back();
+    } else {
+      SQA_ASSIGN_OR_RETURN(ev, CudaEvent::Create());
+    }
+    SQA_GPU_RETURN_IF_ERROR(cudaEventRecord(ev.get(), s));
+    pending_.push_back(Pending{begin, end, std::move(ev)});
+    head_ = end;
+    return absl::OkStatus();
+  }
+
+ private:
+  static constexpr size_t kInitialBytes = size_t{4} << 20;
+  static size_t Align(size_t b) { return (b + 255) & ~size_t{255}; }
+  struct Pending {
+    size_t begin, end;
+    CudaEvent event;
+  };
+  std::shared_ptr<Context> ctx_;
+  PinnedHostMemory ring_;
+  size_t head_ = 0;
+  std::deque<Pending> pending_;
+  std::vector<CudaEvent> free_events_;
+  void* dev_ = nullptr;
+  size_t dev_bytes_ = 0;
+};
+
+absl::Status ExpectDevice(const TensorView& t, const char* op, const char* what) {
+  if (t.space != MemSpace::kDevice || t.data == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", what, " must be a device tensor of the CUDA backend"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectShape(const TensorView& t, const std::vector<int64_t>& shape, const char* op, const char* what) {
+  if (t.shape != shape) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", what, " has shape ", ShapeString(t.shape), ", expected ", ShapeString(shape)));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpectDType(const TensorView& t, DType want, const char* op, const char* what) {
+  if (t.dtype != want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(op, ": ", what, " has dtype ", DTypeStr(t.dtype), ", expected ", DTypeStr(want)));
+  }
+  return absl::OkStatus();
+}
+
+bool IsAct(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+
+absl::Status ExpectAct(const TensorView& t, const char* op, const char* what) {
+  SQA_RETURN_IF_ERROR(ExpectDevice(t, op, what));
+  if (!IsAct(t.dtype)) {
+    return absl::InvalidArgumentError(absl::StrCat(op, ": ", what, " has dtype ", DTypeStr(t.dtype),
+                                                   "; the CUDA backend takes bf16 or f32 activations"));
+  }
+  return absl::OkStatus();
+}
+
+class CudaBackend final : public Backend {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device) {
+    auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
+    b->device_ = device;
+    SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device));
+    b->ctx_ = std::make_shared<Context>();
+    b->ctx_->device = device;
+    SQA_ASSIGN_OR_RETURN(b->ctx_->stream, CudaStream::Create());
+    SQA_ASSIGN_OR_RETURN(b->gemm_, cuda::LtGemm::Create());
+    SQA_RETURN_IF_ERROR(b->stager_.Init(b->ctx_));
+    // Keep freed activation memory cached in the pool instead of returning it at each sync.
+    cudaMemPool_t pool = nullptr;
+    SQA_GPU_RETURN_IF_ERROR(cudaDeviceGetDefaultMemPool(&pool, device));
+    uint64_t threshold = std::numeric_limits<uint64_t>::max();
+    SQA_GPU_RETURN_IF_ERROR(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &threshold));
+    cudaDeviceProp prop{};
+    SQA_GPU_RETURN_IF_ERROR(cudaGetDeviceProperties(&prop, device));
+    b->device_name_ = prop.name;
+    return b;
+  }
+
+  ~CudaBackend() override {
+    cudaSetDevice(device_);
+    if (ctx_ && ctx_->stream) cudaStreamSynchronize(ctx_->stream.get());
+    if (decode_ws_) cudaFreeAsync(decode_ws_, ctx_->stream.get());
+  }
+
+  std::string name() const override { return absl::StrCat("cuda:", device_); }
+  DType act_dtype() const override { return DType::kBF16; }
+
+  absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    void* p = nullptr;
+    if (bytes > 0) {
+      const cudaError_t e = cudaMallocAsync(&p, bytes, stream());
+      if (e == cudaErrorMemoryAllocation) {
+        cudaGetLastError();
+        return absl::ResourceExhaustedError(
+            absl::StrCat("CUDA device ", device_, " (", device_name_, ") has no room for ", bytes, " more bytes"));
+      }
+      SQA_GPU_RETURN_IF_ERROR(e);
+    }
+    return std::unique_ptr<DeviceBuffer>(new PoolBuffer(ctx_, p, bytes));
+  }
+
+  absl::Status CopyToHost(const TensorView& src, void* dst) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (src.nbytes() == 0) return absl::OkStatus();
+    if (dst == nullptr) return absl::InvalidArgumentError("CopyToHost: null destination");
+    if (src.space == MemSpace::kHost) {
+      SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+      std::memcpy(dst, src.data, src.nbytes());
+      return absl::OkStatus();
+    }
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(dst, src.data, src.nbytes(), cudaMemcpyDeviceToHost, stream()));
+    SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status CopyFromHost(const void* src, const TensorView& dst) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectDevice(dst, "CopyFromHost", "dst"));
+    if (dst.nbytes() == 0) return absl::OkStatus();
+    if (src == nullptr) return absl::InvalidArgumentError("CopyFromHost: null source");
+    // From pageable memory the call returns once `src` has been read, so the caller may reuse it.
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(dst.data, src, dst.nbytes(), cudaMemcpyHostToDevice, stream()));
+    return absl::OkStatus();
+  }
+
+  absl::Status Synchronize() override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    return absl::OkStatus();
+  }
+
+  // Rank-1 weights (norm scales) become f32, everything else bf16.
+  absl::StatusOr<BackendWeight> UploadWeight(const TensorView& host) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (host.space != MemSpace::kHost) return absl::InvalidArgumentError("UploadWeight: source must be host memory");
+    if (host.dtype != DType::kF32 && host.dtype != DType::kBF16 && host.dtype != DType::kF16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("UploadWeight: weight dtype ", DTypeStr(host.dtype), " unsupported (f32, f16, bf16)"));
+    }
+    const DType target = host.shape.size() == 1 ? DType::kF32 : DType::kBF16;
+    const size_t n = static_cast<size_t>(host.numel());
+    SQA_ASSIGN_OR_RETURN(DeviceMemory mem, DeviceMemory::Allocate(n * DTypeSize(target)));
+    if (n > 0) {
+      if (host.dtype == target) {
+        SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(mem.get(), host.data, host.nbytes(), cudaMemcpyHostToDevice, stream()));
+      } else {
+        // Raw upload in chunks through a scratch buffer, converted on the device.
+        const size_t src_es = DTypeSize(host.dtype);
+        const size_t chunk = std::min(n, (size_t{64} << 20) / src_es);
+        SQA_ASSIGN_OR_RETURN(DeviceMemory scratch, DeviceMemory::Allocate(chunk * src_es));
+        for (size_t off = 0; off < n; off += chunk) {
+          const size_t m = std::min(chunk, n - off);
+          SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(scratch.get(), static_cast<const char*>(host.data) + off * src_es,
+                                                  m * src_es, cudaMemcpyHostToDevice, stream()));
+          SQA_RETURN_IF_ERROR(cuda::LaunchConvert(scratch.get(), host.dtype,
+                                                  static_cast<char*>(mem.get()) + off * DTypeSize(target), target, m,
+                                                  stream()));
+        }
+        SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+      }
+    }
+    BackendWeight w;
+    w.view.data = mem.get();
+    w.view.dtype = target;
+    w.view.space = MemSpace::kDevice;
+    w.view.shape = host.shape;
+    w.storage = std::make_unique<StaticBuffer>(ctx_, std::move(mem));
+    return w;
+  }
+
+  absl::Status Embed(const TensorView& table, const int32_t* tokens, int64_t n, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(table, "Embed", "table"));
+    SQA_RETURN_IF_ERROR(ExpectAct(out, "Embed", "out"));
+    if (table.shape.size() != 2) return absl::InvalidArgumentError("Embed: table must be [vocab, d]");
+    const int64_t vocab = table.dim(0), d = table.dim(1);
+    SQA_RETURN_IF_ERROR(ExpectShape(out, {n, d}, "Embed", "out"));
+    if (n == 0) return absl::OkStatus();
+    if (tokens == nullptr) return absl::InvalidArgumentError("Embed: null token array");
+    for (int64_t i = 0; i < n; ++i) {
+      if (tokens[i] < 0 || tokens[i] >= vocab) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("Embed: token id ", tokens[i], " at index ", i, " is outside the vocabulary [0, ", vocab, ")"));
+      }
+    }
+    const void* dev_tokens = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{tokens, sizeof(int32_t) * n, &dev_tokens}}));
+    return cuda::LaunchEmbed(table.data, table.dtype, static_cast<const int32_t*>(dev_tokens), n, d, out.data,
+                             out.dtype, stream());
+  }
+
+  absl::Status RmsNorm(const TensorView& x, const TensorView& weight, float eps, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(x, "RmsNorm", "x"));
+    SQA_RETURN_IF_ERROR(ExpectAct(weight, "RmsNorm", "weight"));
+    SQA_RETURN_IF_ERROR(ExpectAct(out, "RmsNorm", "out"));
+    if (x.shape.empty() || weight.shape.size() != 1 || x.dim(-1) != weight.dim(0)) {
+      return absl::InvalidArgumentError(absl::StrCat("RmsNorm: x ", ShapeString(x.shape), " and weight ",
+                                                     ShapeString(weight.shape), " do not match"));
+    }
+    SQA_RETURN_IF_ERROR(ExpectShape(out, x.shape, "RmsNorm", "out"));
+    const int64_t d = weight.dim(0);
+    if (d == 0) return absl::OkStatus();
+    return cuda::LaunchRmsNorm(x.data, x.dtype, weight.data, weight.dtype, x.numel() / d, d, eps, out.data, out.dtype,
+                               stream());
+  }
+
+  absl::Status Linear(const TensorView& x, const TensorView& w, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(x, "Linear", "x"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(w, "Linear", "w"));
+    SQA_RETURN_IF_ERROR(ExpectAct(out, "Linear", "out"));
+    SQA_RETURN_IF_ERROR(ExpectDType(w, DType::kBF16, "Linear", "w"));
+    if (w.shape.size() != 2 || x.shape.empty() || x.dim(-1) != w.dim(1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("Linear: x ", ShapeString(x.shape), " does not match w ", ShapeString(w.shape)));
+    }
+    const int64_t in = w.dim(1), of = w.dim(0);
+    const int64_t n = in ? x.numel() / in : 0;
+    SQA_RETURN_IF_ERROR(ExpectShape(out, {n, of}, "Linear", "out"));
+    const void* xin = x.data;
+    std::unique_ptr<DeviceBuffer> tmp;
+    if (x.dtype != DType::kBF16) {  // f32 input: round to bf16 first (the GEMM is bf16 x bf16)
+      SQA_ASSIGN_OR_RETURN(tmp, Allocate(static_cast<size_t>(n * in) * 2));
+      SQA_RETURN_IF_ERROR(cuda::LaunchConvert(x.data, x.dtype, tmp->data(), DType::kBF16, n * in, stream()));
+      xin = tmp->data();
+    }
+    return gemm_.Linear(xin, w.data, out.data, out.dtype, n, in, of, stream());
+  }
+
+  absl::Status AddInPlace(const TensorView& x, const TensorView& y) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(x, "AddInPlace", "x"));
+    SQA_RETURN_IF_ERROR(ExpectAct(y, "AddInPlace", "y"));
+    if (x.numel() != y.numel()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AddInPlace: x ", ShapeString(x.shape), " and y ", ShapeString(y.shape), " differ in size"));
+    }
+    return cuda::LaunchAddInPlace(x.data, x.dtype, y.data, y.dtype, x.numel(), stream());
+  }
+
+  absl::Status Rope(const TensorView& x, const int32_t* positions, const RopeArgs& rope) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(x, "Rope", "x"));
+    if (x.shape.size() != 3) return absl::InvalidArgumentError("Rope: x must be [n, heads, head_dim]");
+    const int64_t n = x.dim(0);
+    if (n == 0) return absl::OkStatus();
+    if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
+    const void* dev_pos = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{positions, sizeof(int32_t) * n, &dev_pos}}));
+    return cuda::LaunchRope(x.data, x.dtype, n, x.dim(1), x.dim(2), static_cast<const int32_t*>(dev_pos), rope.theta,
+                            rope.position_scale, stream());
+  }
+
+  absl::Status SwiGlu(const TensorView& gate, const TensorView& up, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(gate, "SwiGlu", "gate"));
+    SQA_RETURN_IF_ERROR(ExpectAct(up, "SwiGlu", "up"));
+    SQA_RETURN_IF_ERROR(ExpectAct(out, "SwiGlu", "out"));
+    if (gate.shape != up.shape || gate.shape != out.shape || gate.dtype != up.dtype || gate.dtype != out.dtype) {
+      return absl::InvalidArgumentError(absl::StrCat("SwiGlu: gate ", ShapeString(gate.shape), ", up ",
+                                                     ShapeString(up.shape), " and out ", ShapeString(out.shape),
+                                                     " must have one shape and dtype"));
+    }
+    return cuda::LaunchSwiGlu(gate.data, up.data, out.data, gate.dtype, gate.numel(), stream());
+  }
+
+  absl::Status GatherRows(const TensorView& x, const int64_t* rows, int64_t m, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectDevice(x, "GatherRows", "x"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(out, "GatherRows", "out"));
+    if (x.shape.empty() || out.shape.empty() || out.dim(0) != m || x.dtype != out.dtype ||
+        (x.dim(0) ? x.numel() / x.dim(0) : 0) != (m ? out.numel() / m : 0)) {
+      return absl::InvalidArgumentError(absl::StrCat("GatherRows: x ", ShapeString(x.shape), " and out ",
+                                                     ShapeString(out.shape), " do not match ", m, " rows"));
+    }
+    if (m == 0) return absl::OkStatus();
+    if (rows == nullptr) return absl::InvalidArgumentError("GatherRows: null rows");
+    for (int64_t i = 0; i < m; ++i) {
+      if (rows[i] < 0 || rows[i] >= x.dim(0)) {
+        return absl::InvalidArgumentError(absl::StrCat("GatherRows: row ", rows[i], " outside [0, ", x.dim(0), ")"));
+      }
+    }
+    const void* dev_rows = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{rows, sizeof(int64_t) * m, &dev_rows}}));
+    const int64_t row_bytes = static_cast<int64_t>(out.nbytes()) / m;
+    return cuda::LaunchGatherRows(x.data, static_cast<const int64_t*>(dev_rows), m, row_bytes, out.data, stream());
+  }
+
+  absl::StatusOr<std::unique_ptr<KvCacheStorage>> CreateKvCache(const KvCacheShape& shape) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (shape.num_layers <= 0 || shape.num_blocks <= 0 || shape.block_size <= 0 || shape.num_kv_heads <= 0 ||
+        shape.head_dim <= 0) {
+      return absl::InvalidArgumentError(absl::StrCat("CreateKvCache: every dimension must be positive (layers ",
+                                                     shape.num_layers, ", blocks ", shape.num_blocks, ", block size ",
+                                                     shape.block_size, ", kv heads ", shape.num_kv_heads,
+                                                     ", head dim ", shape.head_dim, ")"));
+    }
+    const size_t bytes = static_cast<size_t>(shape.num_layers * shape.num_blocks * shape.block_elems()) * 2;
+    auto alloc = [&](DeviceMemory* m) -> absl::Status {
+      auto r = DeviceMemory::Allocate(bytes);
+      if (!r.ok()) {
+        cudaGetLastError();
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        return absl::ResourceExhaustedError(absl::StrCat("KV cache needs 2 x ", bytes, " bytes on ", name(), "; ",
+                                                         free_b, " bytes are free (", r.status().message(), ")"));
+      }
+      *m = std::move(r).value();
+      return absl::OkStatus();
+    };
+    DeviceMemory k, v;
+    SQA_RETURN_IF_ERROR(alloc(&k));
+    SQA_RETURN_IF_ERROR(alloc(&v));
+    return std::unique_ptr<KvCacheStorage>(new CudaKvCache(ctx_, shape, std::move(k), std::move(v)));
+  }
+
+  absl::Status WriteKv(KvCacheStorage& cache, int64_t layer, const TensorView& k, const TensorView& v,
+                       const int64_t* slots) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(&cache, "WriteKv"));
+    const KvCacheShape& s = kc->shape();
+    SQA_RETURN_IF_ERROR(CheckLayer(s, layer, "WriteKv"));
+    SQA_RETURN_IF_ERROR(ExpectAct(k, "WriteKv", "k"));
+    SQA_RETURN_IF_ERROR(ExpectAct(v, "WriteKv", "v"));
+    if (k.shape.empty()) return absl::InvalidArgumentError("WriteKv: k must be [n, Hkv, head_dim]");
+    const int64_t n = k.dim(0);
+    SQA_RETURN_IF_ERROR(ExpectShape(k, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "k"));
+    SQA_RETURN_IF_ERROR(ExpectShape(v, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "v"));
+    if (k.dtype != v.dtype) return absl::InvalidArgumentError("WriteKv: k and v differ in dtype");
+    if (n == 0) return absl::OkStatus();
+    if (slots == nullptr) return absl::InvalidArgumentError("WriteKv: null slots");
+    const int64_t capacity = s.num_blocks * s.block_size;
+    for (int64_t i = 0; i < n; ++i) {
+      if (slots[i] >= capacity) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("WriteKv: slot ", slots[i], " is beyond the cache's ", capacity, " slots"));
+      }
+    }
+    const void* dev_slots = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{slots, sizeof(int64_t) * n, &dev_slots}}));
+    return cuda::LaunchWriteKv(k.data, v.data, k.dtype, static_cast<const int64_t*>(dev_slots), n, s.num_kv_heads,
+                               s.head_dim, s.block_size, kc->k(layer), kc->v(layer), stream());
+  }
+
+  absl::Status AttentionPrefill(const PrefillAttentionArgs& a) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(a.cache, "AttentionPrefill"));
+    const KvCacheShape& s = kc->shape();
+    SQA_RETURN_IF_ERROR(CheckLayer(s, a.layer, "AttentionPrefill"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(a.q, "AttentionPrefill", "q"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(a.out, "AttentionPrefill", "out"));
+    SQA_RETURN_IF_ERROR(ExpectDType(a.q, DType::kBF16, "AttentionPrefill", "q"));
+    SQA_RETURN_IF_ERROR(ExpectDType(a.out, DType::kBF16, "AttentionPrefill", "out"));
+    if (a.q.shape.size() != 3 || a.q.dim(2) != s.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat("AttentionPrefill: q ", ShapeString(a.q.shape),
+                                                     " must be [n, Hq, ", s.head_dim, "]"));
+    }
+    const int64_t n = a.q.dim(0), hq = a.q.dim(1), hkv = s.num_kv_heads;
+    SQA_RETURN_IF_ERROR(CheckHeads(hq, hkv, "AttentionPrefill"));
+    const int64_t ha = std::max(hq, hkv);
+    SQA_RETURN_IF_ERROR(ExpectShape(a.out, {n, ha, s.head_dim}, "AttentionPrefill", "out"));
+    if (n == 0) return absl::OkStatus();
+    if (a.q_pos0 < 0 || a.kv.kv_len < 0 || (a.causal && a.q_pos0 + n > a.kv.kv_len)) {
+      return absl::InvalidArgumentError(absl::StrCat("AttentionPrefill: queries at [", a.q_pos0, ", ", a.q_pos0 + n,
+                                                     ") do not fit keys [0, ", a.kv.kv_len, ")"));
+    }
+    const int64_t nblocks = (a.kv.kv_len + s.block_size - 1) / s.block_size;
+    SQA_RETURN_IF_ERROR(CheckBlockTable(a.kv.block_table, nblocks, s.num_blocks, "AttentionPrefill"));
+    const void* dev_table = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{a.kv.block_table, sizeof(int32_t) * nblocks, &dev_table}}));
+    cuda::PrefillParams p;
+    p.q = a.q.data;
+    p.n = n;
+    p.q_pos0 = a.q_pos0;
+    p.kv.k = kc->k(a.layer);
+    p.kv.v = kc->v(a.layer);
+    p.kv.block_table = static_cast<const int32_t*>(dev_table);
+    p.kv.block_size = static_cast<int>(s.block_size);
+    p.kv_len = a.kv.kv_len;
+    p.num_q_heads = static_cast<int>(hq);
+    p.num_kv_heads = static_cast<int>(hkv);
+    p.head_dim = static_cast<int>(s.head_dim);
+    p.causal = a.causal;
+    p.scale = a.scale;
+    p.out = a.out.data;
+    p.lse = a.lse;
+    return cuda::LaunchAttentionPrefill(p, stream());
+  }
+
+  absl::Status AttentionDecode(const DecodeAttentionArgs& a) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(a.cache, "AttentionDecode"));
+    const KvCacheShape& s = kc->shape();
+    SQA_RETURN_IF_ERROR(CheckLayer(s, a.layer, "AttentionDecode"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(a.q, "AttentionDecode", "q"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(a.out, "AttentionDecode", "out"));
+    SQA_RETURN_IF_ERROR(ExpectDType(a.q, DType::kBF16, "AttentionDecode", "q"));
+    SQA_RETURN_IF_ERROR(ExpectDType(a.out, DType::kBF16, "AttentionDecode", "out"));
+    const int64_t batch = static_cast<int64_t>(a.seqs.size());
+    if (a.q.shape.size() != 3 || a.q.dim(0) != batch || a.q.dim(2) != s.head_dim) {
+      return absl::InvalidArgumentError(absl::StrCat("AttentionDecode: q ", ShapeString(a.q.shape), " must be [",
+                                                     batch, ", Hq, ", s.head_dim, "]"));
+    }
+    const int64_t hq = a.q.dim(1), hkv = s.num_kv_heads;
+    SQA_RETURN_IF_ERROR(CheckHeads(hq, hkv, "AttentionDecode"));
+    const int64_t ha = std::max(hq, hkv);
+    SQA_RETURN_IF_ERROR(ExpectShape(a.out, {batch, ha, s.head_dim}, "AttentionDecode", "out"));
+    if (batch == 0) return absl::OkStatus();
+    int64_t max_len = 0, stride = 1;
+    for (const KvSequenceRef& r : a.seqs) {
+      if (r.kv_len < 0 || r.kv_len > std::numeric_limits<int32_t>::max()) {
+        return absl::InvalidArgumentError(absl::StrCat("AttentionDecode: kv_len ", r.kv_len, " out of range"));
+      }
+      max_len = std::max(max_len, r.kv_len);
+      stride = std::max(stride, (r.kv_len + s.block_size - 1) / s.block_size);
+    }
+    tables_.assign(static_cast<size_t>(batch * stride), 0);
+    lens_.resize(static_cast<size_t>(batch));
+    for (int64_t b = 0; b < batch; ++b) {
+      const KvSequenceRef& r = a.seqs[b];
+      const int64_t nb = (r.kv_len + s.block_size - 1) / s.block_size;
+      SQA_RETURN_IF_ERROR(CheckBlockTable(r.block_table, nb, s.num_blocks, "AttentionDecode"));
+      std::copy(r.block_table, r.block_table + nb, tables_.begin() + b * stride);
+      lens_[b] = static_cast<int32_t>(r.kv_len);
+    }
+    const void* dev_tables = nullptr;
+    const void* dev_lens = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage({{tables_.data(), sizeof(int32_t) * tables_.size(), &dev_tables},
+                                       {lens_.data(), sizeof(int32_t) * lens_.size(), &dev_lens}}));
+    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
+                                                 static_cast<int>(s.head_dim), max_len);
+    if (ws > decode_ws_bytes_) {
+      const size_t want = std::max(ws, decode_ws_bytes_ * 2);
+      if (decode_ws_) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(decode_ws_, stream()));
+      decode_ws_ = nullptr;
+      decode_ws_bytes_ = 0;
+      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&decode_ws_, want, stream()));
+      decode_ws_bytes_ = want;
+    }
+    cuda::DecodeParams p;
+    p.q = a.q.data;
+    p.batch = static_cast<int>(batch);
+    p.k_cache = kc->k(a.layer);
+    p.v_cache = kc->v(a.layer);
+    p.block_size = static_cast<int>(s.block_size);
+    p.block_tables = static_cast<const int32_t*>(dev_tables);
+    p.block_table_stride = stride;
+    p.kv_lens = static_cast<const int32_t*>(dev_lens);
+    p.max_kv_len = max_len;
+    p.num_q_heads = static_cast<int>(hq);
+    p.num_kv_heads = static_cast<int>(hkv);
+    p.head_dim = static_cast<int>(s.head_dim);
+    p.scale = a.scale;
+    p.out = a.out.data;
+    p.lse = a.lse;
+    p.workspace = decode_ws_;
+    p.workspace_bytes = decode_ws_bytes_;
+    return cuda::LaunchAttentionDecode(p, stream());
+  }
+
+  absl::Status MergeAttention(absl::Span<const TensorView> outs, absl::Span<const float* const> lses,
+                              const TensorView& out, float* lse_out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (outs.empty() || outs.size() != lses.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("MergeAttention: ", outs.size(), " outputs and ", lses.size(),
+                                                     " LSE arrays; need the same number, at least one"));
+    }
+    SQA_RETURN_IF_ERROR(ExpectDevice(out, "MergeAttention", "out"));
+    SQA_RETURN_IF_ERROR(ExpectDType(out, DType::kBF16, "MergeAttention", "out"));
+    if (out.shape.size() != 3) return absl::InvalidArgumentError("MergeAttention: out must be [n, heads, head_dim]");
+    const DType part = outs[0].dtype;
+    for (size_t i = 0; i < outs.size(); ++i) {
+      SQA_RETURN_IF_ERROR(ExpectDevice(outs[i], "MergeAttention", "partial output"));
+      SQA_RETURN_IF_ERROR(ExpectShape(outs[i], out.shape, "MergeAttention", "partial output"));
+      if (outs[i].dtype != part || !IsAct(part)) {
+        return absl::InvalidArgumentError("MergeAttention: partial outputs must all be bf16 or all f32");
+      }
+      if (lses[i] == nullptr) return absl::InvalidArgumentError("MergeAttention: null partial LSE");
+    }
+    const int64_t n = out.dim(0);
+    const int heads = static_cast<int>(out.dim(1)), dh = static_cast<int>(out.dim(2));
+    if (n == 0) return absl::OkStatus();
+    // More parts than one launch takes: merge groups into f32 temporaries first.
+    std::vector<const void*> ptrs;
+    std::vector<const float*> lse_ptrs(lses.begin(), lses.end());
+    for (const TensorView& t : outs) ptrs.push_back(t.data);
+    DType cur = part;
+    std::vector<std::unique_ptr<DeviceBuffer>> temps;
+    while (ptrs.size() > static_cast<size_t>(cuda::kMaxMergeParts)) {
+      std::vector<const void*> next;
+      std::vector<const float*> next_lse;
+      for (size_t g = 0; g < ptrs.size(); g += cuda::kMaxMergeParts) {
+        const size_t m = std::min(ptrs.size() - g, static_cast<size_t>(cuda::kMaxMergeParts));
+        SQA_ASSIGN_OR_RETURN(auto o, Allocate(out.nbytes()));
+        SQA_ASSIGN_OR_RETURN(auto l, Allocate(sizeof(float) * n * heads));
+        SQA_RETURN_IF_ERROR(Merge(ptrs.data() + g, lse_ptrs.data() + g, static_cast<int>(m), cur, n, heads, dh,
+                                  o->data(), static_cast<float*>(l->data())));
+        next.push_back(o->data());
+        next_lse.push_back(static_cast<float*>(l->data()));
+        temps.push_back(std::move(o));
+        temps.push_back(std::move(l));
+      }
+      ptrs = std::move(next);
+      lse_ptrs = std::move(next_lse);
+      cur = DType::kBF16;
+    }
+    return Merge(ptrs.data(), lse_ptrs.data(), static_cast<int>(ptrs.size()), cur, n, heads, dh, out.data, lse_out);
+  }
+
+ private:
+  CudaBackend() = default;
+
+  cudaStream_t stream() const { return ctx_->stream.get(); }
+
+  // The runtime's current device is per host thread; the engine may drive us from another thread
+  // than the one that made us.
+  absl::Status Enter() const {
+    SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device_));
+    return absl::OkStatus();
+  }
+
+  absl::Status Merge(const void* const* outs, const float* const* lses, int parts, DType type, int64_t n, int heads,
+                     int dh, void* out, float* lse_out) {
+    cuda::MergeParams p;
+    p.outs = outs;
+    p.lses = lses;
+    p.num_parts = parts;
+    p.part_type = type == DType::kF32 ? cuda::PartialType::kF32 : cuda::PartialType::kBF16;
+    p.n = n;
+    p.heads = heads;
+    p.head_dim = dh;
+    p.out = out;
+    p.lse_out = lse_out;
+    return cuda::LaunchAttentionMerge(p, stream());
+  }
+
+  static absl::StatusOr<const CudaKvCache*> Cache(const KvCacheStorage* c, const char* op) {
+    const auto* kc = dynamic_cast<const CudaKvCache*>(c);
+    if (kc == nullptr) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": the KV cache was not made by a CUDA backend"));
+    }
+    return kc;
+  }
+
+  static absl::Status CheckLayer(const KvCacheShape& s, int64_t layer, const char* op) {
+    if (layer < 0 || layer >= s.num_layers) {
+      return absl::InvalidArgumentError(absl::StrCat(op, ": layer ", layer, " outside [0, ", s.num_layers, ")"));
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status CheckHeads(int64_t hq, int64_t hkv, const char* op) {
+    if (hq <= 0 || hkv <= 0 || (hq % hkv != 0 && hkv % hq != 0)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(op, ": ", hq, " query heads and ", hkv, " KV heads: one must divide the other"));
+    }
+    return absl::OkStatus();
+  }
+
+  static absl::Status CheckBlockTable(const int32_t* table, int64_t n, int64_t num_blocks, const char* op) {
+    if (n > 0 && table == nullptr) return absl::InvalidArgumentError(absl::StrCat(op, ": null block table"));
+    for (int64_t i = 0; i < n; ++i) {
+      if (table[i] < 0 || table[i] >= num_blocks) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(op, ": block id ", table[i], " outside the cache's [0, ", num_blocks, ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+
+  int device_ = 0;
+  std::string device_name_;
+  std::shared_ptr<Context> ctx_;
+  cuda::LtGemm gemm_;
+  HostStager stager_;
+  void* decode_ws_ = nullptr;
+  size_t decode_ws_bytes_ = 0;
+  std::vector<int32_t> tables_, lens_;
+};
+
+}  // namespace
+
+int CudaDeviceCount() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();  // clear the (non-sticky) error so later calls are not confused by it
+    return 0;
+  }
+  return n;
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options) {
+  const int count = CudaDeviceCount();
+  if (count == 0) {
+    return absl::FailedPreconditionError("no CUDA device is visible to this process (no GPU, or no driver)");
+  }
+  if (options.gpu_index < 0 || options.gpu_index >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("GPU index ", options.gpu_index, " does not exist; this machine has ", count, " CUDA device(s)"));
+  }
+  SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b, CudaBackend::Create(options.gpu_index));
+  return std::unique_ptr<Backend>(std::move(b));
+}
+
+}  // namespace sqa

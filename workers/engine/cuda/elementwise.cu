@@ -1,0 +1,308 @@
+// Fused elementwise kernels of the CUDA backend (see elementwise.h). These are memory-bound and
+// small next to the GEMMs and attention; they aim for coalesced access and one pass over the data,
+// not for peak bandwidth. Runtime dtypes are dispatched to template parameters in one place
+// (DispatchAct) per launcher.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "absl/strings/str_cat.h"
+#include "workers/engine/cuda/cuda_check.h"
+#include "workers/engine/cuda/elementwise.h"
+
+namespace sqa::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+__device__ __forceinline__ float ToF(float v) { return v; }
+__device__ __forceinline__ float ToF(bf16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float ToF(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T FromF(float v);
+template <>
+__device__ __forceinline__ float FromF<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ bf16 FromF<bf16>(float v) { return __float2bfloat16_rn(v); }
+
+constexpr int kThreads = 256;
+
+int GridFor(int64_t count) {
+  int64_t blocks = (count + kThreads - 1) / kThreads;
+  return static_cast<int>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
+}
+
+bool IsAct(DType t) { return t == DType::kF32 || t == DType::kBF16; }
+
+absl::Status BadType(const char* op, DType t) {
+  return absl::InvalidArgumentError(absl::StrCat(op, ": unsupported dtype ", DTypeStr(t), " on the CUDA backend"));
+}
+
+// Calls f(T{}) with T = float or bf16 according to t.
+template <typename F>
+absl::Status DispatchAct(DType t, const char* op, F&& f) {
+  switch (t) {
+    case DType::kF32:
+      return f(float{});
+    case DType::kBF16:
+      return f(bf16{});
+    default:
+      return BadType(op, t);
+  }
+}
+
+// ---- convert --------------------------------------------------------------------------------
+template <typename S, typename D>
+__global__ void ConvertKernel(const S* __restrict__ src, D* __restrict__ dst, int64_t n) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < n; i += int64_t{gridDim.x} * blockDim.x)
+    dst[i] = FromF<D>(ToF(src[i]));
+}
+
+// ---- embed ----------------------------------------------------------------------------------
+template <typename S, typename D>
+__global__ void EmbedKernel(const S* __restrict__ table, const int32_t* __restrict__ tokens, int64_t n,
+                            int64_t d, D* __restrict__ out) {
+  const int64_t total = n * d;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t row = i / d, col = i - row * d;
+    out[i] = FromF<D>(ToF(table[int64_t{tokens[row]} * d + col]));
+  }
+}
+
+// ---- RMSNorm: one block per row, fp32 sum of squares, then scale ----------------------------
+template <typename X, typename W, typename D>
+__global__ void RmsNormKernel(const X* __restrict__ x, const W* __restrict__ w, int64_t d, float eps,
+                              D* __restrict__ out) {
+  const int64_t row = blockIdx.x;
+  const X* xr = x + row * d;
+  D* orow = out + row * d;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    const float v = ToF(xr[j]);
+    ss += v * v;
+  }
+  __shared__ float partial[32];
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = blockDim.x / 32;
+    ss = lane < nwarps ? partial[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(partial[0] / static_cast<float>(d) + eps);
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) orow[j] = FromF<D>(ToF(xr[j]) * inv * ToF(w[j]));
+}
+
+// ---- residual add ---------------------------------------------------------------------------
+template <typename X, typename Y>
+__global__ void AddKernel(X* __restrict__ x, const Y* __restrict__ y, int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
+    x[i] = FromF<X>(ToF(x[i]) + ToF(y[i]));
+}
+
+// ---- RoPE: one thread per (token, rotation pair), looping over heads so that each angle's
+// sincos is computed once per token.
+template <typename T>
+__global__ void RopeKernel(T* __restrict__ x, int64_t n, int64_t heads, int64_t dh,
+                           const int32_t* __restrict__ positions, double theta, double inv_scale) {
+  const int64_t half = dh / 2;
+  const int64_t total = n * half;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / half, j = i - t * half;
+    const double inv_freq = pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(dh));
+    const double angle = static_cast<double>(positions[t]) * inv_scale * inv_freq;
+    double sd, cd;
+    sincos(angle, &sd, &cd);
+    const float s = static_cast<float>(sd), c = static_cast<float>(cd);
+    T* row = x + t * heads * dh;
+    for (int64_t h = 0; h < heads; ++h) {
+      T* p = row + h * dh;
+      const float x1 = ToF(p[j]), x2 = ToF(p[j + half]);
+      p[j] = FromF<T>(x1 * c - x2 * s);
+      p[j + half] = FromF<T>(x2 * c + x1 * s);
+    }
+  }
+}
+
+// ---- SwiGLU ---------------------------------------------------------------------------------
+template <typename T>
+__global__ void SwiGluKernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
+                             int64_t count) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
+    const float g = ToF(gate[i]);
+    out[i] = FromF<T>(g / (1.f + __expf(-g)) * ToF(up[i]));
+  }
+}
+
+// ---- GatherRows: byte rows copied in 4-byte words when aligned ------------------------------
+template <typename W>
+__global__ void GatherKernel(const W* __restrict__ x, const int64_t* __restrict__ rows, int64_t m,
+                             int64_t row_words, W* __restrict__ out) {
+  const int64_t total = m * row_words;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t r = i / row_words, c = i - r * row_words;
+    out[i] = x[rows[r] * row_words + c];
+  }
+}
+
+// ---- WriteKv --------------------------------------------------------------------------------
+template <typename T>
+__global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, const int64_t* __restrict__ slots,
+                              int64_t n, int64_t hkv, int64_t dh, int64_t block_size, bf16* __restrict__ kc,
+                              bf16* __restrict__ vc) {
+  const int64_t per_tok = hkv * dh;
+  const int64_t total = n * per_tok;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / per_tok, r = i - t * per_tok;
+    const int64_t slot = slots[t];
+    if (slot < 0) continue;
+    const int64_t h = r / dh, e = r - h * dh;
+    const int64_t block = slot / block_size, off = slot - block * block_size;
+    const int64_t dst = ((block * hkv + h) * block_size + off) * dh + e;
+    kc[dst] = FromF<bf16>(ToF(k[i]));
+    vc[dst] = FromF<bf16>(ToF(v[i]));
+  }
+}
+
+}  // namespace
+
+absl::Status LaunchConvert(const void* src, DType src_type, void* dst, DType dst_type, size_t n,
+                           cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  const int64_t count = static_cast<int64_t>(n);
+  auto with_src = [&](auto d) -> absl::Status {
+    using D = decltype(d);
+    switch (src_type) {
+      case DType::kF32:
+        ConvertKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const float*>(src), static_cast<D*>(dst), count);
+        break;
+      case DType::kBF16:
+        ConvertKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const bf16*>(src), static_cast<D*>(dst), count);
+        break;
+      case DType::kF16:
+        ConvertKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const __half*>(src), static_cast<D*>(dst), count);
+        break;
+      default:
+        return BadType("Convert", src_type);
+    }
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("ConvertKernel");
+    return absl::OkStatus();
+  };
+  return DispatchAct(dst_type, "Convert", with_src);
+}
+
+absl::Status LaunchEmbed(const void* table, DType table_type, const int32_t* tokens, int64_t n, int64_t d,
+                         void* out, DType out_type, cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  return DispatchAct(table_type, "Embed", [&](auto s) -> absl::Status {
+    using S = decltype(s);
+    return DispatchAct(out_type, "Embed", [&](auto o) -> absl::Status {
+      using D = decltype(o);
+      EmbedKernel<<<GridFor(n * d), kThreads, 0, stream>>>(static_cast<const S*>(table), tokens, n, d,
+                                                            static_cast<D*>(out));
+      SQA_GPU_RETURN_IF_LAUNCH_ERROR("EmbedKernel");
+      return absl::OkStatus();
+    });
+  });
+}
+
+absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_type, int64_t n, int64_t d,
+                           float eps, void* out, DType out_type, cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  if (n > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("RmsNorm: too many rows");
+  const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 128);
+  return DispatchAct(x_type, "RmsNorm", [&](auto xs) -> absl::Status {
+    using X = decltype(xs);
+    return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
+      using W = decltype(ws);
+      return DispatchAct(out_type, "RmsNorm", [&](auto os) -> absl::Status {
+        using D = decltype(os);
+        RmsNormKernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
+            static_cast<const X*>(x), static_cast<const W*>(w), d, eps, static_cast<D*>(out));
+        SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormKernel");
+        return absl::OkStatus();
+      });
+    });
+  });
+}
+
+absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count,
+                              cudaStream_t stream) {
+  if (count == 0) return absl::OkStatus();
+  return DispatchAct(x_type, "AddInPlace", [&](auto xs) -> absl::Status {
+    using X = decltype(xs);
+    return DispatchAct(y_type, "AddInPlace", [&](auto ys) -> absl::Status {
+      using Y = decltype(ys);
+      AddKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<X*>(x), static_cast<const Y*>(y), count);
+      SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddKernel");
+      return absl::OkStatus();
+    });
+  });
+}
+
+absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
+                        double theta, double position_scale, cudaStream_t stream) {
+  if (n == 0 || heads == 0) return absl::OkStatus();
+  if (dh % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", dh, " is odd"));
+  if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
+  return DispatchAct(x_type, "Rope", [&](auto xs) -> absl::Status {
+    using T = decltype(xs);
+    RopeKernel<<<GridFor(n * dh / 2), kThreads, 0, stream>>>(static_cast<T*>(x), n, heads, dh, positions, theta,
+                                                              1.0 / position_scale);
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,
+                          cudaStream_t stream) {
+  if (count == 0) return absl::OkStatus();
+  return DispatchAct(type, "SwiGlu", [&](auto ts) -> absl::Status {
+    using T = decltype(ts);
+    SwiGluKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
+                                                           static_cast<T*>(out), count);
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluKernel");
+    return absl::OkStatus();
+  });
+}
+
+absl::Status LaunchGatherRows(const void* x, const int64_t* rows, int64_t m, int64_t row_bytes, void* out,
+                              cudaStream_t stream) {
+  if (m == 0 || row_bytes == 0) return absl::OkStatus();
+  const bool words = row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0 &&
+                     reinterpret_cast<uintptr_t>(out) % 4 == 0;
+  if (words) {
+    const int64_t rw = row_bytes / 4;
+    GatherKernel<<<GridFor(m * rw), kThreads, 0, stream>>>(static_cast<const uint32_t*>(x), rows, m, rw,
+                                                           static_cast<uint32_t*>(out));
+  } else {
+    GatherKernel<<<GridFor(m * row_bytes), kThreads, 0, stream>>>(static_cast<const uint8_t*>(x), rows, m,
+                                                                  row_bytes, static_cast<uint8_t*>(out));
+  }
+  SQA_GPU_RETURN_IF_LAUNCH_ERROR("GatherKernel");
+  return absl::OkStatus();
+}
+
+absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const int64_t* slots, int64_t n,
+                           int64_t hkv, int64_t dh, int64_t block_size, void* k_cache, void* v_cache,
+                           cudaStream_t stream) {
+  if (n == 0) return absl::OkStatus();
+  if (block_size <= 0) return absl::InvalidArgumentError("WriteKv: block_size must be > 0");
+  return DispatchAct(kv_type, "WriteKv", [&](auto ts) -> absl::Status {
+    using T = decltype(ts);
+    WriteKvKernel<<<GridFor(n * hkv * dh), kThreads, 0, stream>>>(
+        static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh, block_size,
+        static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache));
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvKernel");
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace sqa::cuda

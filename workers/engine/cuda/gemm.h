@@ -1,0 +1,42 @@
+// cuBLASLt GEMM for the model's projections: out[n, out_features] = x[n, in] * W[out_features, in]^T
+// with bf16 inputs, fp32 accumulation, and a bf16 or f32 output (f32 for the LM head's logits).
+// The algorithm for each (shape, output type, pointer alignment) is chosen once by the cuBLASLt
+// heuristic and cached. Not thread-safe: one per backend, used on the backend's stream.
+#pragma once
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <map>
+#include <tuple>
+
+#include "absl/status/statusor.h"
+#include "workers/engine/cuda/raii.h"
+#include "workers/engine/model/tensor.h"
+
+namespace sqa::cuda {
+
+class LtGemm {
+ public:
+  static absl::StatusOr<LtGemm> Create(size_t workspace_bytes = size_t{32} << 20);
+  LtGemm() = default;  // empty: Linear fails until assigned from Create()
+  ~LtGemm();
+  LtGemm(LtGemm&&) noexcept;
+  LtGemm& operator=(LtGemm&&) noexcept;
+
+  // x: bf16 [n, in]; w: bf16 [out_features, in]; out: out_type (bf16 or f32) [n, out_features].
+  absl::Status Linear(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
+                      int64_t out_features, cudaStream_t stream);
+
+ private:
+  struct Plan;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // n, in, out, out_type, alignment
+  absl::StatusOr<Plan*> GetPlan(const Key& key);
+
+  LtHandle handle_;
+  DeviceMemory workspace_;
+  std::map<Key, Plan*> plans_;
+};
+
+}  // namespace sqa::cuda
