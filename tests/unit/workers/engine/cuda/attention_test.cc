@@ -1,0 +1,478 @@
+// GPU attention kernels (workers/engine/cuda/attention.h) against a float64 CPU attention computed
+// here, on fresh random inputs, every head layout (MHA, GQA, MQA, SQA, rSQA), head_dim 64/128,
+// causal chunks with q_pos0 > 0, paged and contiguous KV, ragged decode batches with split-KV,
+// and the LSE merge. Outputs are poisoned with NaN before each launch. Skips without a GPU.
+#include <cuda_runtime.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "workers/engine/cuda/attention.h"
+
+namespace sqa::cuda {
+namespace {
+
+#define ASSERT_CUDA(x) ASSERT_EQ((x), cudaSuccess) << cudaGetErrorString(x)
+
+bool HaveGpu() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess && n > 0;
+}
+
+uint16_t ToBf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  u += 0x7fff + ((u >> 16) & 1);
+  return static_cast<uint16_t>(u >> 16);
+}
+float FromBf16(uint16_t b) {
+  uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+std::vector<uint16_t> RandomBf16(size_t n, std::mt19937& rng, float scale = 1.f) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) x = ToBf16(d(rng));
+  return v;
+}
+
+template <typename T>
+struct DevBuf {
+  T* p = nullptr;
+  size_t n = 0;
+  explicit DevBuf(size_t count) : n(count) {
+    if (cudaMalloc(&p, std::max<size_t>(count, 1) * sizeof(T)) != cudaSuccess) p = nullptr;
+  }
+  DevBuf(const DevBuf&) = delete;
+  ~DevBuf() { cudaFree(p); }
+  void Upload(const std::vector<T>& h) { ASSERT_CUDA(cudaMemcpy(p, h.data(), h.size() * sizeof(T), cudaMemcpyHostToDevice)); }
+  std::vector<T> Download() const {
+    std::vector<T> h(n);
+    EXPECT_EQ(cudaMemcpy(h.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost), cudaSuccess);
+    return h;
+  }
+  void Poison() { ASSERT_CUDA(cudaMemset(p, 0xff, n * sizeof(T))); }  // NaN for bf16 and f32
+};
+
+// KV of one sequence in host memory as [pos][Hkv][dh] floats (bf16-exact values).
+struct HostKv {
+  int64_t len = 0;
+  std::vector<float> k, v;
+};
+
+// out[t][h][d], lse[t][h] in double for queries q[t][Hq][dh] at positions pos0 + t.
+void ReferenceAttention(const std::vector<float>& q, int64_t n, int64_t pos0, const HostKv& kv, int hq, int hkv,
+                        int dh, bool causal, double scale, std::vector<double>* out, std::vector<double>* lse) {
+  const int ha = std::max(hq, hkv), g = ha / hkv;
+  out->assign(n * ha * dh, 0.0);
+  lse->assign(n * ha, -std::numeric_limits<double>::infinity());
+  std::vector<double> s;
+  for (int64_t t = 0; t < n; ++t) {
+    const int64_t last = causal ? std::min(pos0 + t, kv.len - 1) : kv.len - 1;
+    for (int h = 0; h < ha; ++h) {
+      const int qh = h % hq, kh = h / g;
+      if (last < 0) continue;
+      s.assign(last + 1, 0.0);
+      double mx = -1e300;
+      for (int64_t p = 0; p <= last; ++p) {
+        double acc = 0;
+        for (int d = 0; d < dh; ++d) acc += double(q[(t * hq + qh) * dh + d]) * kv.k[(p * hkv + kh) * dh + d];
+        s[p] = acc * scale;
+        mx = std::max(mx, s[p]);
+      }
+      double sum = 0;
+      for (auto& x : s) sum += (x = std::exp(x - mx));
+      double* o = &(*out)[(t * ha + h) * dh];
+      for (int64_t p = 0; p <= last; ++p)
+        for (int d = 0; d < dh; ++d) o[d] += s[p] / sum * kv.v[(p * hkv + kh) * dh + d];
+      (*lse)[t * ha + h] = mx + std::log(sum);
+    }
+  }
+}
+
+// Paged storage of several sequences in one block pool with scattered block ids. Slots that no
+// sequence uses hold NaN, so a kernel that reads past kv_len fails the comparison.
+struct PagedPool {
+  int hkv, dh, bs;
+  int64_t num_blocks = 0;
+  std::vector<uint16_t> k, v;             // [num_blocks][Hkv][bs][dh]
+  std::vector<std::vector<int32_t>> tables;
+
+  PagedPool(int hkv_, int dh_, int bs_, const std::vector<int64_t>& lens, std::mt19937& rng)
+      : hkv(hkv_), dh(dh_), bs(bs_) {
+    int64_t total = 0;
+    for (int64_t l : lens) total += (l + bs - 1) / bs;
+    num_blocks = total + 3;  // a few never used
+    std::vector<int32_t> ids(num_blocks);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng);
+    size_t next = 0;
+    for (int64_t l : lens) {
+      tables.emplace_back();
+      for (int64_t b = 0; b < (l + bs - 1) / bs; ++b) tables.back().push_back(ids[next++]);
+    }
+    const size_t elems = static_cast<size_t>(num_blocks) * hkv * bs * dh;
+    k.assign(elems, 0x7fc0);  // bf16 NaN
+    v.assign(elems, 0x7fc0);
+  }
+  size_t Index(int seq, int64_t pos, int kh, int d) const {
+    const int64_t blk = tables[seq][pos / bs];
+    return ((static_cast<size_t>(blk) * hkv + kh) * bs + pos % bs) * dh + d;
+  }
+  // Fills sequence `seq` with random K/V and returns it as host floats.
+  HostKv Fill(int seq, int64_t len, std::mt19937& rng) {
+    HostKv kv;
+    kv.len = len;
+    kv.k.resize(len * hkv * dh);
+    kv.v.resize(len * hkv * dh);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (int64_t p = 0; p < len; ++p)
+      for (int kh = 0; kh < hkv; ++kh)
+        for (int d = 0; d < dh; ++d) {
+          const uint16_t kb = ToBf16(nd(rng)), vb = ToBf16(nd(rng));
+          k[Index(seq, p, kh, d)] = kb;
+          v[Index(seq, p, kh, d)] = vb;
+          kv.k[(p * hkv + kh) * dh + d] = FromBf16(kb);
+          kv.v[(p * hkv + kh) * dh + d] = FromBf16(vb);
+        }
+    return kv;
+  }
+};
+
+struct Errors {
+  double rel = 0, max_abs = 0, lse_max = 0;
+  int64_t nonfinite = 0;
+};
+
+Errors Compare(const std::vector<uint16_t>& got, const std::vector<double>& ref, const std::vector<float>* lse_got,
+               const std::vector<double>* lse_ref) {
+  Errors e;
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double g = FromBf16(got[i]);
+    if (!std::isfinite(g)) {
+      ++e.nonfinite;
+      continue;
+    }
+    num += (g - ref[i]) * (g - ref[i]);
+    den += ref[i] * ref[i];
+    e.max_abs = std::max(e.max_abs, std::abs(g - ref[i]));
+  }
+  e.rel = den > 0 ? std::sqrt(num / den) : std::sqrt(num);
+  if (lse_got != nullptr) {
+    for (size_t i = 0; i < lse_ref->size(); ++i) {
+      const double g = (*lse_got)[i], r = (*lse_ref)[i];
+      if (std::isinf(r) && r < 0) {
+        if (!(std::isinf(g) && g < 0)) ++e.nonfinite;
+        continue;
+      }
+      if (!std::isfinite(g)) {
+        ++e.nonfinite;
+        continue;
+      }
+      e.lse_max = std::max(e.lse_max, std::abs(g - r));
+    }
+  }
+  return e;
+}
+
+struct Layout {
+  int hq, hkv;
+  const char* name;
+};
+const Layout kLayouts[] = {{4, 4, "MHA"}, {8, 2, "GQA"}, {8, 1, "MQA"}, {4, 2, "SQA"},
+                           {2, 4, "rSQA"}, {32, 1, "MQA32"}, {2, 8, "rSQA4x"}};
+
+struct PrefillCase {
+  int dh;
+  int64_t n, q_pos0, kv_len;
+  bool causal, paged;
+  int bs;
+};
+
+class AttentionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!HaveGpu()) GTEST_SKIP() << "no CUDA device";
+    ASSERT_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  }
+  void TearDown() override {
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+  cudaStream_t stream_ = nullptr;
+  std::mt19937 rng_{std::random_device{}()};
+};
+
+TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
+  const PrefillCase cases[] = {
+      {128, 200, 0, 200, true, true, 64},     {64, 131, 0, 131, true, true, 16},
+      {128, 77, 300, 377, true, true, 64},    {64, 150, 45, 195, true, false, 0},
+      {128, 96, 0, 333, false, true, 48},     {128, 257, 11, 268, true, false, 0},
+      {64, 1, 500, 501, true, true, 64},      {128, 300, 700, 1000, true, true, 128},
+  };
+  for (const Layout& L : kLayouts) {
+    for (const PrefillCase& c : cases) {
+      SCOPED_TRACE(testing::Message() << L.name << " Hq=" << L.hq << " Hkv=" << L.hkv << " dh=" << c.dh << " n=" << c.n
+                                      << " q_pos0=" << c.q_pos0 << " kv=" << c.kv_len << " causal=" << c.causal
+                                      << " paged=" << c.paged << " bs=" << c.bs);
+      const int ha = std::max(L.hq, L.hkv);
+      auto qh = RandomBf16(c.n * L.hq * c.dh, rng_);
+      std::vector<float> qf(qh.size());
+      for (size_t i = 0; i < qh.size(); ++i) qf[i] = FromBf16(qh[i]);
+      HostKv kv;
+      std::vector<uint16_t> kdev_h, vdev_h;
+      std::vector<int32_t> table;
+      if (c.paged) {
+        PagedPool pool(L.hkv, c.dh, c.bs, {c.kv_len}, rng_);
+        kv = pool.Fill(0, c.kv_len, rng_);
+        kdev_h = pool.k;
+        vdev_h = pool.v;
+        table = pool.tables[0];
+      } else {
+        kdev_h = RandomBf16(c.kv_len * L.hkv * c.dh, rng_);
+        vdev_h = RandomBf16(c.kv_len * L.hkv * c.dh, rng_);
+        kv.len = c.kv_len;
+        kv.k.resize(kdev_h.size());
+        kv.v.resize(vdev_h.size());
+        for (size_t i = 0; i < kdev_h.size(); ++i) kv.k[i] = FromBf16(kdev_h[i]), kv.v[i] = FromBf16(vdev_h[i]);
+      }
+      DevBuf<uint16_t> dq(qh.size()), dk(kdev_h.size()), dv(vdev_h.size()), dout(c.n * ha * c.dh);
+      DevBuf<float> dlse(c.n * ha);
+      DevBuf<int32_t> dtable(table.size());
+      dq.Upload(qh);
+      dk.Upload(kdev_h);
+      dv.Upload(vdev_h);
+      if (!table.empty()) dtable.Upload(table);
+      dout.Poison();
+      dlse.Poison();
+      PrefillParams p;
+      p.q = dq.p;
+      p.n = c.n;
+      p.q_pos0 = c.q_pos0;
+      p.kv.k = dk.p;
+      p.kv.v = dv.p;
+      p.kv.block_table = c.paged ? dtable.p : nullptr;
+      p.kv.block_size = c.paged ? c.bs : 64;
+      p.kv_len = c.kv_len;
+      p.num_q_heads = L.hq;
+      p.num_kv_heads = L.hkv;
+      p.head_dim = c.dh;
+      p.causal = c.causal;
+      p.out = dout.p;
+      p.lse = dlse.p;
+      ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
+      ASSERT_CUDA(cudaStreamSynchronize(stream_));
+      std::vector<double> ref, ref_lse;
+      ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, c.causal, 1.0 / std::sqrt(double(c.dh)), &ref,
+                         &ref_lse);
+      auto got = dout.Download();
+      auto got_lse = dlse.Download();
+      Errors e = Compare(got, ref, &got_lse, &ref_lse);
+      EXPECT_EQ(e.nonfinite, 0);
+      EXPECT_LT(e.rel, 1e-2);
+      EXPECT_LT(e.max_abs, 5e-2);
+      EXPECT_LT(e.lse_max, 1e-2);
+    }
+  }
+}
+
+TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
+  const std::vector<int64_t> lens = {1, 17, 300, 0, 1000, 4099, 64, 2500};
+  for (const Layout& L : kLayouts) {
+    for (int dh : {64, 128}) {
+      for (int splits : {1, 3, 0}) {
+        const int bs = dh == 64 ? 16 : 64;
+        SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits);
+        const int ha = std::max(L.hq, L.hkv);
+        const int B = static_cast<int>(lens.size());
+        PagedPool pool(L.hkv, dh, bs, lens, rng_);
+        std::vector<HostKv> kvs;
+        for (int b = 0; b < B; ++b) kvs.push_back(pool.Fill(b, lens[b], rng_));
+        const int64_t max_len = *std::max_element(lens.begin(), lens.end());
+        const int64_t stride = (max_len + bs - 1) / bs + 2;
+        std::vector<int32_t> tables(B * stride, -1);
+        std::vector<int32_t> kv_lens(B);
+        for (int b = 0; b < B; ++b) {
+          std::copy(pool.tables[b].begin(), pool.tables[b].end(), tables.begin() + b * stride);
+          kv_lens[b] = static_cast<int32_t>(lens[b]);
+        }
+        auto qh = RandomBf16(B * L.hq * dh, rng_);
+        DevBuf<uint16_t> dq(qh.size()), dk(pool.k.size()), dv(pool.v.size()), dout(B * ha * dh);
+        DevBuf<float> dlse(B * ha);
+        DevBuf<int32_t> dtables(tables.size()), dlens(B);
+        dq.Upload(qh);
+        dk.Upload(pool.k);
+        dv.Upload(pool.v);
+        dtables.Upload(tables);
+        dlens.Upload(kv_lens);
+        dout.Poison();
+        dlse.Poison();
+        const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits);
+        DevBuf<unsigned char> ws(ws_bytes);
+        DecodeParams p;
+        p.q = dq.p;
+        p.batch = B;
+        p.k_cache = dk.p;
+        p.v_cache = dv.p;
+        p.block_size = bs;
+        p.block_tables = dtables.p;
+        p.block_table_stride = stride;
+        p.kv_lens = dlens.p;
+        p.max_kv_len = max_len;
+        p.num_q_heads = L.hq;
+        p.num_kv_heads = L.hkv;
+        p.head_dim = dh;
+        p.out = dout.p;
+        p.lse = dlse.p;
+        p.workspace = ws_bytes > 0 ? ws.p : nullptr;
+        p.workspace_bytes = ws_bytes;
+        p.num_splits = splits;
+        absl::Status st = LaunchAttentionDecode(p, stream_);
+        ASSERT_TRUE(st.ok()) << st;
+        ASSERT_CUDA(cudaStreamSynchronize(stream_));
+        auto got = dout.Download();
+        auto got_lse = dlse.Download();
+        for (int b = 0; b < B; ++b) {
+          SCOPED_TRACE(testing::Message() << "seq " << b << " len " << lens[b]);
+          std::vector<float> qb(L.hq * dh);
+          for (int i = 0; i < L.hq * dh; ++i) qb[i] = FromBf16(qh[b * L.hq * dh + i]);
+          std::vector<double> ref, ref_lse;
+          ReferenceAttention(qb, 1, lens[b] - 1, kvs[b], L.hq, L.hkv, dh, false, 1.0 / std::sqrt(double(dh)), &ref,
+                             &ref_lse);
+          std::vector<uint16_t> gb(got.begin() + b * ha * dh, got.begin() + (b + 1) * ha * dh);
+          std::vector<float> lb(got_lse.begin() + b * ha, got_lse.begin() + (b + 1) * ha);
+          Errors e = Compare(gb, ref, &lb, &ref_lse);
+          EXPECT_EQ(e.nonfinite, 0);
+          EXPECT_LT(e.rel, 1e-2);
+          EXPECT_LT(e.max_abs, 5e-2);
+          EXPECT_LT(e.lse_max, 1e-2);
+        }
+      }
+    }
+  }
+}
+
+TEST_F(AttentionTest, DecodeRejectsSmallWorkspace) {
+  DecodeParams p;
+  DevBuf<uint16_t> dummy(1024);
+  DevBuf<int32_t> dint(16);
+  p.q = p.k_cache = p.v_cache = p.out = dummy.p;
+  p.block_tables = p.kv_lens = dint.p;
+  p.batch = 1;
+  p.max_kv_len = 100000;
+  p.num_q_heads = p.num_kv_heads = 1;
+  p.head_dim = 128;
+  p.num_splits = 4;
+  absl::Status st = LaunchAttentionDecode(p, stream_);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  p.head_dim = 96;
+  EXPECT_EQ(LaunchAttentionDecode(p, stream_).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(AttentionTest, MergeMatchesFormula) {
+  for (bool f32 : {false, true}) {
+    for (int dh : {128, 64, 20}) {
+      const int S = 5, n = 37, heads = 6;
+      const int64_t rows = int64_t{n} * heads;
+      std::vector<std::vector<float>> o(S);
+      std::vector<std::vector<float>> lse(S);
+      std::vector<DevBuf<uint16_t>*> bo16;
+      std::vector<DevBuf<float>*> bo32, bl;
+      std::normal_distribution<float> nd(0.f, 3.f);
+      std::vector<const void*> outs;
+      std::vector<const float*> lses;
+      for (int s = 0; s < S; ++s) {
+        o[s].resize(rows * dh);
+        lse[s].resize(rows);
+        std::vector<uint16_t> h16(rows * dh);
+        for (int64_t i = 0; i < rows * dh; ++i) {
+          h16[i] = ToBf16(nd(rng_));
+          o[s][i] = FromBf16(h16[i]);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          // Row r % 7 == 0: every part empty; otherwise part s empty when (r + s) % 3 == 0.
+          lse[s][r] = (r % 7 == 0 || (r + s) % 3 == 0) ? -INFINITY : nd(rng_);
+        }
+        bl.push_back(new DevBuf<float>(rows));
+        bl.back()->Upload(lse[s]);
+        lses.push_back(bl.back()->p);
+        if (f32) {
+          bo32.push_back(new DevBuf<float>(rows * dh));
+          bo32.back()->Upload(o[s]);
+          outs.push_back(bo32.back()->p);
+        } else {
+          bo16.push_back(new DevBuf<uint16_t>(rows * dh));
+          bo16.back()->Upload(h16);
+          outs.push_back(bo16.back()->p);
+        }
+      }
+      DevBuf<uint16_t> dout(rows * dh);
+      DevBuf<float> dlse(rows);
+      dout.Poison();
+      dlse.Poison();
+      MergeParams mp;
+      mp.outs = outs.data();
+      mp.lses = lses.data();
+      mp.num_parts = S;
+      mp.part_type = f32 ? PartialType::kF32 : PartialType::kBF16;
+      mp.n = n;
+      mp.heads = heads;
+      mp.head_dim = dh;
+      mp.out = dout.p;
+      mp.lse_out = dlse.p;
+      ASSERT_TRUE(LaunchAttentionMerge(mp, stream_).ok());
+      ASSERT_CUDA(cudaStreamSynchronize(stream_));
+      std::vector<double> ref(rows * dh, 0.0), ref_lse(rows, -INFINITY);
+      for (int64_t r = 0; r < rows; ++r) {
+        double m = -INFINITY;
+        for (int s = 0; s < S; ++s) m = std::max<double>(m, lse[s][r]);
+        if (std::isinf(m)) continue;
+        double sum = 0;
+        for (int s = 0; s < S; ++s) sum += std::exp(lse[s][r] - m);
+        const double L = m + std::log(sum);
+        ref_lse[r] = L;
+        for (int s = 0; s < S; ++s) {
+          const double w = std::exp(lse[s][r] - L);
+          for (int d = 0; d < dh; ++d) ref[r * dh + d] += w * o[s][r * dh + d];
+        }
+      }
+      auto got = dout.Download();
+      auto got_lse = dlse.Download();
+      Errors e = Compare(got, ref, &got_lse, &ref_lse);
+      EXPECT_EQ(e.nonfinite, 0) << "f32=" << f32 << " dh=" << dh;
+      EXPECT_LT(e.rel, 5e-3) << "f32=" << f32 << " dh=" << dh;
+      EXPECT_LT(e.lse_max, 1e-4) << "f32=" << f32 << " dh=" << dh;
+      for (auto* b : bo16) delete b;
+      for (auto* b : bo32) delete b;
+      for (auto* b : bl) delete b;
+    }
+  }
+}
+
+TEST_F(AttentionTest, PrefillRejectsBadShapes) {
+  PrefillParams p;
+  p.head_dim = 80;
+  p.num_q_heads = p.num_kv_heads = 4;
+  EXPECT_EQ(LaunchAttentionPrefill(p, stream_).code(), absl::StatusCode::kInvalidArgument);
+  p.head_dim = 128;
+  p.num_q_heads = 6;
+  EXPECT_EQ(LaunchAttentionPrefill(p, stream_).code(), absl::StatusCode::kInvalidArgument);
+  p.num_q_heads = 4;
+  p.n = 10;
+  p.kv_len = 5;
+  EXPECT_EQ(LaunchAttentionPrefill(p, stream_).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace sqa::cuda
