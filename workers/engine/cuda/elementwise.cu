@@ -35,7 +35,6 @@ int GridFor(int64_t count) {
   return static_cast<int>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
 }
 
-bool IsAct(DType t) { return t == DType::kF32 || t == DType::kBF16; }
 
 absl::Status BadType(const char* op, DType t) {
   return absl::InvalidArgumentError(absl::StrCat(op, ": unsupported dtype ", DTypeStr(t), " on the CUDA backend"));
