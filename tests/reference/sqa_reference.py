@@ -169,6 +169,9 @@ def head_map(q_heads, kv_heads, rsqa="tile"):
 # ------------------------------------------------------------------------------------------------
 # model
 
+_ROW_BLOCK = 512  # query rows per attention block: bounds memory at 512 x n scores per head
+
+
 def _rmsnorm(x, w, eps):
     return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * w
 
@@ -245,7 +248,8 @@ class Model:
         n, dh = tokens.size, c.head_dim
         cos, sin = _rope_tables(np.arange(n), dh, c.theta, c.rope_factor)
         scale = 1.0 / math.sqrt(dh)
-        causal = np.triu(np.ones((n, n), dtype=bool), k=1)  # True where key is after query
+        # Additive causal mask for a diagonal block: -inf where the key comes after the query.
+        causal_block = np.where(np.triu(np.ones((_ROW_BLOCK, _ROW_BLOCK), dtype=bool), k=1), -np.inf, 0.0)
         mapping = head_map(c.q_heads, c.kv_heads, rsqa)
 
         x = self._w("model.embed_tokens.weight")[tokens]
@@ -259,12 +263,16 @@ class Model:
             k = _apply_rope(k, cos, sin)
             attn = np.empty((n, len(mapping), dh))
             for a, (qi, ki) in enumerate(mapping):
-                s = (q[:, qi, :] @ k[:, ki, :].T) * scale
-                s[causal] = -np.inf
-                s -= s.max(axis=1, keepdims=True)
-                np.exp(s, out=s)
-                s /= s.sum(axis=1, keepdims=True)
-                attn[:, a, :] = s @ v[:, ki, :]
+                # Blocks of query rows; rows [r0, r1) see keys [0, r1) with a causal mask.
+                for r0 in range(0, n, _ROW_BLOCK):
+                    r1 = min(n, r0 + _ROW_BLOCK)
+                    s = q[r0:r1, qi, :] @ k[:r1, ki, :].T
+                    s *= scale
+                    s[:, r0:r1] += causal_block[:r1 - r0, :r1 - r0]
+                    s -= s.max(axis=1, keepdims=True)
+                    np.exp(s, out=s)
+                    s /= s.sum(axis=1, keepdims=True)
+                    attn[r0:r1, a, :] = s @ v[:r1, ki, :]
             x = x + attn.reshape(n, -1) @ self._w(p + "self_attn.o_proj.weight").T
             h = _rmsnorm(x, self._w(p + "post_attention_layernorm.weight"), c.eps)
             gate = h @ self._w(p + "mlp.gate_proj.weight").T

@@ -321,6 +321,22 @@ class SelfCheckTests(EngineCase):
         self.assertGreater(err, 10 * REL_TOL)
 
 
+    def test_rope_scaling_is_distinguished(self):
+        # Ignoring the linear rope factor must show up, so VariantTests.test_rope_scaling means something.
+        d = self.new_dir("rope-conv")
+        mdir = self.tools.make_model(os.path.join(d, "model"), "GQA", seed=31, extra=["--rope-scaling-factor", "2"])
+        model = ref.Model(mdir)
+        rng = np.random.default_rng(31)
+        prompt = make_prompt(rng, 60, model.cfg.vocab)
+        r = self.tools.run(mdir, [prompt], 3, block=16, chunk=32, workdir=d)[0]
+        self.compare(model, prompt, r, 3, "rope factor 2")
+        model.cfg.rope_factor = 1.0
+        err = rel_err(np.concatenate([r[0], r[1]]), model.logits(prompt + r[2][:-1]))
+        if VERBOSE:
+            print("  rope factor ignored: rel err %.3e" % err, file=sys.stderr)
+        self.assertGreater(err, 10 * REL_TOL)
+
+
 def perturb_tensor_element(model_dir, name, index, value):
     """Rewrites one element of tensor `name` in place in whichever safetensors file holds it."""
     idx_path = os.path.join(model_dir, "model.safetensors.index.json")
@@ -513,6 +529,32 @@ class ReferenceTests(unittest.TestCase):
         x = x + t[p + "mlp.down_proj.weight"] @ (g / (1 + np.exp(-g)) * u)
         want = t["model.embed_tokens.weight"] @ norm(x, t["model.norm.weight"])
         np.testing.assert_allclose(ref.logits(self.tmp, [tok])[0], want, rtol=1e-12, atol=1e-12)
+
+    def test_row_blocking_is_exact(self):
+        # The attention loop works on blocks of query rows; tiny blocks must give the same result.
+        save_model(self.tmp, BASE_CFG, random_model(BASE_CFG, 8))
+        m = ref.Model(self.tmp)
+        toks = [int(t) for t in np.random.default_rng(8).integers(0, 50, 23)]
+        whole = m.logits(toks)
+        saved = ref._ROW_BLOCK
+        try:
+            ref._ROW_BLOCK = 5
+            blocked = m.logits(toks)
+        finally:
+            ref._ROW_BLOCK = saved
+        np.testing.assert_allclose(blocked, whole, rtol=0, atol=1e-12)
+
+    def test_cli(self):
+        save_model(self.tmp, BASE_CFG, random_model(BASE_CFG, 9))
+        out = os.path.join(self.tmp, "l.npy")
+        proc = subprocess.run([sys.executable, ref.__file__, "--model", self.tmp, "--prompt-tokens", "1,2,3,4",
+                               "--logits-out", out], capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        np.testing.assert_array_equal(np.load(out), ref.logits(self.tmp, [1, 2, 3, 4]))
+        proc = subprocess.run([sys.executable, ref.__file__, "--model", self.tmp, "--prompt-tokens", "1,999",
+                               "--logits-out", out], capture_output=True, text=True)
+        self.assertEqual(proc.returncode, 1)
+        self.assertIn("token ids must lie in [0, 50)", proc.stderr)
 
     def test_bad_files_give_clear_errors(self):
         save_model(self.tmp, BASE_CFG, random_model(BASE_CFG, 7))
