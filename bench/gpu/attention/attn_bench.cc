@@ -1,0 +1,323 @@
+// sqa-attn-bench: times the CUDA attention kernels (workers/engine/cuda/attention.h) on one GPU.
+//   prefill: causal, one sequence of N tokens, every layout of REFERENCE.md (H=32, dh 128), K/V
+//            contiguous [N, Hkv, dh] and paged (block_size 64, shuffled block table);
+//   decode:  batch B of sequences of C tokens each over the paged cache, bytes of K+V read / time.
+// Timing: CUDA events around each launch, warm-up first, median of the repeats. Inputs are random
+// (a hash kernel), never zeros. Output: a table on stdout and JSON (--json FILE).
+//
+// Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
+//                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "workers/engine/cuda/attention.h"
+
+namespace {
+
+#define CK(x)                                                                                          \
+  do {                                                                                                 \
+    cudaError_t e_ = (x);                                                                              \
+    if (e_ != cudaSuccess) {                                                                           \
+      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, \
+                   cudaGetErrorString(e_));                                                            \
+      std::exit(1);                                                                                    \
+    }                                                                                                  \
+  } while (0)
+
+struct Layout {
+  std::string name;
+  int hq, hkv;
+};
+const std::vector<Layout> kAllLayouts = {{"MHA", 32, 32}, {"GQA", 32, 8},  {"MQA", 32, 1},   {"SQA", 16, 8},
+                                         {"sSQA", 16, 16}, {"xSQA", 8, 8}, {"xSMQA", 8, 1}, {"rSQA", 8, 16}};
+
+std::vector<int64_t> ParseList(const std::string& s) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string tok;
+  while (std::getline(ss, tok, ',')) {
+    if (!tok.empty()) v.push_back(std::stoll(tok));
+  }
+  return v;
+}
+
+void Fill(void* p, size_t bytes, uint64_t seed) {
+  // Random bf16 in about [-2, 2): fill with host-made pattern chunk, copied repeatedly.
+  // (A host chunk of 64 MiB with distinct values, replicated; enough to keep data non-trivial.)
+  static std::vector<uint16_t> chunk;
+  if (chunk.empty()) {
+    chunk.resize(32u << 20);
+    std::mt19937_64 rng(seed);
+    std::normal_distribution<float> nd(0.f, 1.f);
+    for (auto& x : chunk) {
+      float f = nd(rng);
+      uint32_t u;
+      std::memcpy(&u, &f, 4);
+      x = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+    }
+  }
+  const size_t cb = chunk.size() * 2;
+  const size_t rot = (seed * 7919) % (chunk.size() / 2) * 2;  // different offset per buffer
+  char* dst = static_cast<char*>(p);
+  size_t done = 0;
+  // first piece from a rotated offset so that different buffers differ
+  size_t first = std::min(bytes, cb - rot);
+  CK(cudaMemcpy(dst, reinterpret_cast<const char*>(chunk.data()) + rot, first, cudaMemcpyHostToDevice));
+  done = first;
+  while (done < bytes) {
+    const size_t n = std::min(done, bytes - done);  // doubling device-to-device copies
+    CK(cudaMemcpy(dst + done, dst, n, cudaMemcpyDeviceToDevice));
+    done += n;
+  }
+}
+
+template <typename F>
+double MedianMs(F&& launch, int warmup, int reps, cudaStream_t s) {
+  for (int i = 0; i < warmup; ++i) launch();
+  CK(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<double> t;
+  for (int i = 0; i < reps; ++i) {
+    CK(cudaEventRecord(a, s));
+    launch();
+    CK(cudaEventRecord(b, s));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms);
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void Check(const absl::Status& st) {
+  if (!st.ok()) {
+    std::fprintf(stderr, "launch failed: %s\n", st.ToString().c_str());
+    std::exit(1);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  std::vector<int64_t> prefill_n = {8192, 32768, 131072, 200000};
+  std::vector<int64_t> decode_ctx = {32768, 131072, 524288, 1048576};
+  std::vector<int64_t> decode_batch = {1, 8, 32, 64};
+  std::vector<std::string> layout_filter;
+  std::vector<std::string> decode_layouts = {"MHA", "GQA", "MQA", "SQA", "xSQA"};
+  bool paged = true;
+  double decode_max_gb = 40.0;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto next = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "%s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    if (a == "--json") json_path = next();
+    else if (a == "--prefill") prefill_n = ParseList(next());
+    else if (a == "--decode-ctx") decode_ctx = ParseList(next());
+    else if (a == "--decode-batch") decode_batch = ParseList(next());
+    else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
+    else if (a == "--no-paged") paged = false;
+    else if (a == "--layouts") {
+      std::stringstream ss(next());
+      std::string t;
+      while (std::getline(ss, t, ',')) layout_filter.push_back(t);
+    } else if (a == "--quick") {
+      prefill_n = {4096};
+      decode_ctx = {32768};
+      decode_batch = {1, 8};
+    } else {
+      std::fprintf(stderr, "unknown flag %s\n", a.c_str());
+      return 2;
+    }
+  }
+  int n_dev = 0;
+  if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+    std::fprintf(stderr, "sqa-attn-bench: no CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  cudaStream_t s;
+  CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  nlohmann::json out;
+  out["gpu"] = prop.name;
+  out["sms"] = prop.multiProcessorCount;
+  out["prefill"] = nlohmann::json::array();
+  out["decode"] = nlohmann::json::array();
+  const int dh = 128;
+  auto wanted = [&](const std::string& name) {
+    return layout_filter.empty() || std::find(layout_filter.begin(), layout_filter.end(), name) != layout_filter.end();
+  };
+
+  std::printf("%-6s %8s %-10s %10s %9s\n", "layout", "N", "variant", "ms", "TFLOP/s");
+  for (int64_t n : prefill_n) {
+    for (const Layout& L : kAllLayouts) {
+      if (!wanted(L.name)) continue;
+      const int ha = std::max(L.hq, L.hkv);
+      const size_t qb = size_t(n) * L.hq * dh * 2, kvb = size_t(n) * L.hkv * dh * 2, ob = size_t(n) * ha * dh * 2;
+      void *q, *k, *v, *o;
+      float* lse;
+      CK(cudaMalloc(&q, qb));
+      CK(cudaMalloc(&k, kvb));
+      CK(cudaMalloc(&v, kvb));
+      CK(cudaMalloc(&o, ob));
+      CK(cudaMalloc(&lse, size_t(n) * ha * 4));
+      Fill(q, qb, 1);
+      Fill(k, kvb, 2);
+      Fill(v, kvb, 3);
+      const double flops = 4.0 * ha * double(n) * double(n) * dh / 2.0;
+      const int warm = n <= 32768 ? 3 : 1, reps = n <= 32768 ? 10 : 3;
+      for (int variant = 0; variant < (paged ? 2 : 1); ++variant) {
+        const int bs = 64;
+        int32_t* table = nullptr;
+        void *pk = k, *pv = v;
+        if (variant == 1) {
+          // Paged copy of the same K/V: blocks [Hkv][bs][dh] in shuffled order. Random content.
+          const int64_t nb = (n + bs - 1) / bs;
+          std::vector<int32_t> t(nb);
+          std::iota(t.begin(), t.end(), 0);
+          std::shuffle(t.begin(), t.end(), std::mt19937(5));
+          CK(cudaMalloc(&table, nb * 4));
+          CK(cudaMemcpy(table, t.data(), nb * 4, cudaMemcpyHostToDevice));
+          const size_t pb = size_t(nb) * bs * L.hkv * dh * 2;
+          CK(cudaMalloc(&pk, pb));
+          CK(cudaMalloc(&pv, pb));
+          Fill(pk, pb, 4);
+          Fill(pv, pb, 5);
+        }
+        sqa::cuda::PrefillParams p;
+        p.q = q;
+        p.n = n;
+        p.q_pos0 = 0;
+        p.kv.k = pk;
+        p.kv.v = pv;
+        p.kv.block_table = table;
+        p.kv.block_size = bs;
+        p.kv_len = n;
+        p.num_q_heads = L.hq;
+        p.num_kv_heads = L.hkv;
+        p.head_dim = dh;
+        p.causal = true;
+        p.out = o;
+        p.lse = lse;
+        const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
+        CK(cudaGetLastError());
+        const double tf = flops / (ms * 1e-3) / 1e12;
+        const char* vname = variant == 0 ? "contiguous" : "paged64";
+        std::printf("%-6s %8lld %-10s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname, ms, tf);
+        std::fflush(stdout);
+        out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},
+                                  {"variant", vname}, {"ms", ms}, {"tflops", tf}, {"reps", reps}});
+        if (variant == 1) {
+          CK(cudaFree(table));
+          CK(cudaFree(pk));
+          CK(cudaFree(pv));
+        }
+      }
+      CK(cudaFree(q));
+      CK(cudaFree(k));
+      CK(cudaFree(v));
+      CK(cudaFree(o));
+      CK(cudaFree(lse));
+    }
+  }
+
+  // Decode: one pool big enough for the largest combination under decode_max_gb.
+  std::printf("\n%-6s %8s %5s %7s %10s %9s %7s\n", "layout", "ctx", "batch", "splits", "us", "GB/s", "%ceil");
+  const double ceiling = 4.08e12;
+  const int bs = 64;
+  for (const std::string& lname : decode_layouts) {
+    auto it = std::find_if(kAllLayouts.begin(), kAllLayouts.end(), [&](const Layout& l) { return l.name == lname; });
+    if (it == kAllLayouts.end() || !wanted(lname)) continue;
+    const Layout L = *it;
+    const int ha = std::max(L.hq, L.hkv);
+    const size_t block_bytes = size_t(bs) * L.hkv * dh * 2;  // K or V
+    for (int64_t ctx : decode_ctx) {
+      for (int64_t batch : decode_batch) {
+        const double kv_bytes = 2.0 * double(block_bytes) * double(ctx / bs) * double(batch);
+        if (kv_bytes > decode_max_gb * 1e9) continue;
+        const int64_t per_seq = (ctx + bs - 1) / bs;
+        const int64_t nb = per_seq * batch;
+        void *pk, *pv, *q, *o, *ws = nullptr;
+        int32_t *tables, *lens;
+        CK(cudaMalloc(&pk, nb * block_bytes));
+        CK(cudaMalloc(&pv, nb * block_bytes));
+        Fill(pk, nb * block_bytes, 6);
+        Fill(pv, nb * block_bytes, 7);
+        std::vector<int32_t> t(nb);
+        std::iota(t.begin(), t.end(), 0);
+        std::shuffle(t.begin(), t.end(), std::mt19937(9));
+        CK(cudaMalloc(&tables, nb * 4));
+        CK(cudaMemcpy(tables, t.data(), nb * 4, cudaMemcpyHostToDevice));
+        std::vector<int32_t> l(batch, static_cast<int32_t>(ctx));
+        CK(cudaMalloc(&lens, batch * 4));
+        CK(cudaMemcpy(lens, l.data(), batch * 4, cudaMemcpyHostToDevice));
+        CK(cudaMalloc(&q, batch * L.hq * dh * 2));
+        Fill(q, batch * L.hq * dh * 2, 8);
+        CK(cudaMalloc(&o, batch * ha * dh * 2));
+        const size_t wsb = sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx);
+        if (wsb > 0) CK(cudaMalloc(&ws, wsb));
+        sqa::cuda::DecodeParams p;
+        p.q = q;
+        p.batch = static_cast<int>(batch);
+        p.k_cache = pk;
+        p.v_cache = pv;
+        p.block_size = bs;
+        p.block_tables = tables;
+        p.block_table_stride = per_seq;
+        p.kv_lens = lens;
+        p.max_kv_len = ctx;
+        p.num_q_heads = L.hq;
+        p.num_kv_heads = L.hkv;
+        p.head_dim = dh;
+        p.out = o;
+        p.workspace = ws;
+        p.workspace_bytes = wsb;
+        const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionDecode(p, s)); }, 3, 20, s);
+        const double bw = kv_bytes / (ms * 1e-3);
+        // splits actually used: recover from the workspace size
+        const int splits = wsb == 0 ? 1 : int(wsb / (size_t(batch) * ha * (dh + 1) * 4));
+        std::printf("%-6s %8lld %5lld %7d %10.1f %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx, (long long)batch,
+                    splits, ms * 1e3, bw / 1e9, 100.0 * bw / ceiling);
+        std::fflush(stdout);
+        out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
+                                 {"splits", splits}, {"ms", ms}, {"kv_bytes", kv_bytes}, {"bytes_per_s", bw},
+                                 {"fraction_of_copy_ceiling", bw / ceiling}});
+        cudaFree(pk);
+        cudaFree(pv);
+        cudaFree(tables);
+        cudaFree(lens);
+        cudaFree(q);
+        cudaFree(o);
+        if (ws) cudaFree(ws);
+      }
+    }
+  }
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    f << out.dump(1) << "\n";
+  }
+  return 0;
+}
