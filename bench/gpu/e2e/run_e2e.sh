@@ -1,0 +1,32 @@
+#!/bin/bash
+# End-to-end benchmark on a GPU machine: makes the 1b preset (bf16) for each layout, measures the
+# engine (sqa-e2e-bench --device cuda) and, for MHA and GQA, Hugging Face transformers on the same
+# files (hf_baseline.py), then writes RESULTS/gpu_e2e.md and .json (report.py).
+#
+# usage: run_e2e.sh BIN_DIR RESULTS_DIR [LAYOUTS...]   (default layouts: MHA GQA SQA sSQA xSQA)
+# env: PREFILL (default 8192,32768,131072), DECODE_BATCH (1,32), CHUNK (16384), MODEL_DIR (/tmp)
+set -euo pipefail
+bin=$1; res=$2; shift 2
+layouts=("$@"); [ ${#layouts[@]} -gt 0 ] || layouts=(MHA GQA SQA sSQA xSQA)
+here=$(cd "$(dirname "$0")" && pwd)
+prefill=${PREFILL:-8192,32768,131072}
+decode=${DECODE_BATCH:-1,32}
+chunk=${CHUNK:-16384}
+mdir=${MODEL_DIR:-/tmp}
+mkdir -p "$res"
+export PYTHONUNBUFFERED=1
+for l in "${layouts[@]}"; do
+  m=$mdir/sqa_e2e_$l
+  t0=$SECONDS
+  "$bin/sqa-mkmodel" --out "$m" --preset 1b --layout "$l" --dtype bf16 --seed 7 >/dev/null
+  echo "== $l: model made in $((SECONDS - t0)) s"
+  "$bin/sqa-e2e-bench" --model "$m" --device cuda --prefill "$prefill" --decode-batch "$decode" --chunk "$chunk" \
+      --json "$res/e2e_$l.json" >/dev/null
+  if [ "$l" = MHA ] || [ "$l" = GQA ]; then
+    python3 "$here/hf_baseline.py" --model "$m" --prefill "$prefill" --decode-batch "$decode" \
+        --json "$res/hf_$l.json" >/dev/null || echo "HF baseline failed for $l"
+  fi
+  rm -rf "$m"
+done
+python3 "$here/report.py" "$res" "$res/gpu_e2e" \
+  "bench/gpu/e2e/run_e2e.sh BIN RESULTS ${layouts[*]} (PREFILL=$prefill DECODE_BATCH=$decode CHUNK=$chunk)"

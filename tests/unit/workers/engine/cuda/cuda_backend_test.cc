@@ -1,0 +1,401 @@
+// Every op of the CUDA backend against the CPU backend on the same (bf16-exact) random inputs,
+// fresh per test; CUDA outputs are poisoned with NaN before each op so unwritten elements fail.
+// Tolerance: bf16 outputs, so relative 1e-2 of the reference's max |value| (GEMMs and attention
+// accumulate in fp32 on both sides). Skips without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "workers/engine/backend.h"
+#include "workers/engine/cpu/cpu_backend.h"
+#include "workers/engine/cuda/cuda_backend.h"
+#include "workers/engine/model/tensor.h"
+
+namespace sqa {
+namespace {
+
+class CudaBackendTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
+    BackendOptions o;
+    o.device = DeviceKind::kCuda;
+    auto g = CreateCudaBackend(o);
+    ASSERT_TRUE(g.ok()) << g.status();
+    gpu_ = std::move(g).value();
+    o.device = DeviceKind::kCpu;
+    auto c = CreateCpuBackend(o);
+    ASSERT_TRUE(c.ok()) << c.status();
+    cpu_ = std::move(c).value();
+    rng_.seed(std::random_device{}());
+  }
+
+  // Random values rounded to bf16, so both backends see identical inputs.
+  std::vector<float> Random(size_t n, float scale = 1.f) {
+    std::normal_distribution<float> d(0.f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = Bf16ToF32(F32ToBf16(d(rng_)));
+    return v;
+  }
+
+  // A tensor on backend `be` of its act dtype (or `dtype`) holding `host`.
+  struct T {
+    std::unique_ptr<DeviceBuffer> buf;
+    TensorView view;
+  };
+  T Make(Backend& be, std::vector<int64_t> shape, const std::vector<float>* host, DType dtype) {
+    T t;
+    auto b = be.AllocTensor(shape, &t.view, dtype);
+    EXPECT_TRUE(b.ok()) << b.status();
+    t.buf = std::move(b).value();
+    std::vector<float> fill;
+    if (host == nullptr) {  // poison
+      fill.assign(static_cast<size_t>(t.view.numel()), std::numeric_limits<float>::quiet_NaN());
+      host = &fill;
+    }
+    EXPECT_EQ(static_cast<int64_t>(host->size()), t.view.numel());
+    if (dtype == DType::kBF16) {
+      std::vector<uint16_t> h(host->size());
+      for (size_t i = 0; i < h.size(); ++i) h[i] = F32ToBf16((*host)[i]);
+      EXPECT_TRUE(be.CopyFromHost(h.data(), t.view).ok());
+    } else {
+      EXPECT_TRUE(be.CopyFromHost(host->data(), t.view).ok());
+    }
+    return t;
+  }
+  T Gpu(std::vector<int64_t> shape, const std::vector<float>* host, DType dtype = DType::kBF16) {
+    return Make(*gpu_, std::move(shape), host, dtype);
+  }
+  T Cpu(std::vector<int64_t> shape, const std::vector<float>* host) {
+    return Make(*cpu_, std::move(shape), host, DType::kF32);
+  }
+
+  std::vector<float> Read(Backend& be, const TensorView& v) {
+    std::vector<float> out(static_cast<size_t>(v.numel()));
+    if (v.dtype == DType::kBF16) {
+      std::vector<uint16_t> h(out.size());
+      EXPECT_TRUE(be.CopyToHost(v, h.data()).ok());
+      for (size_t i = 0; i < h.size(); ++i) out[i] = Bf16ToF32(h[i]);
+    } else {
+      EXPECT_TRUE(be.CopyToHost(v, out.data()).ok());
+    }
+    EXPECT_TRUE(be.Synchronize().ok());
+    return out;
+  }
+
+  // max |got - want| <= rel * max |want| (+ a floor), and no NaN anywhere.
+  static void ExpectClose(const std::vector<float>& got, const std::vector<float>& want, double rel,
+                          const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    double max_ref = 0, max_err = 0;
+    size_t worst = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_FALSE(std::isnan(got[i])) << what << ": element " << i << " not written (NaN)";
+      max_ref = std::max(max_ref, std::fabs(static_cast<double>(want[i])));
+      const double e = std::fabs(static_cast<double>(got[i]) - want[i]);
+      if (e > max_err) max_err = e, worst = i;
+    }
+    EXPECT_LE(max_err, rel * max_ref + 1e-6) << what << ": worst element " << worst << " got " << got[worst]
+                                             << " want " << want[worst] << " (max |ref| " << max_ref << ")";
+  }
+
+  std::unique_ptr<Backend> gpu_, cpu_;
+  std::mt19937 rng_;
+};
+
+TEST_F(CudaBackendTest, DeviceCountAndName) {
+  EXPECT_GT(CudaDeviceCount(), 0);
+  EXPECT_EQ(gpu_->name(), "cuda:0");
+  EXPECT_EQ(gpu_->act_dtype(), DType::kBF16);
+  BackendOptions o;
+  o.device = DeviceKind::kCuda;
+  o.gpu_index = CudaDeviceCount();
+  EXPECT_EQ(CreateCudaBackend(o).status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(CudaBackendTest, UploadWeightConvertsEveryDiskType) {
+  for (DType disk : {DType::kF32, DType::kF16, DType::kBF16}) {
+    const int64_t rows = 37, cols = 129;
+    std::vector<float> vals = Random(rows * cols);
+    std::vector<uint16_t> half(vals.size());
+    TensorView host;
+    host.dtype = disk;
+    host.shape = {rows, cols};
+    if (disk == DType::kF32) {
+      host.data = vals.data();
+    } else {
+      for (size_t i = 0; i < vals.size(); ++i) half[i] = disk == DType::kF16 ? F32ToF16(vals[i]) : F32ToBf16(vals[i]);
+      host.data = half.data();
+    }
+    auto w = gpu_->UploadWeight(host);
+    ASSERT_TRUE(w.ok()) << w.status();
+    EXPECT_EQ(w->view.dtype, DType::kBF16);
+    EXPECT_EQ(w->view.space, MemSpace::kDevice);
+    std::vector<float> got = Read(*gpu_, w->view);
+    ExpectClose(got, vals, 8e-3, std::string("upload ") + std::string(DTypeName(disk)));
+  }
+  // Rank-1 weights (norm scales) stay f32.
+  std::vector<float> norm = Random(100);
+  TensorView host{norm.data(), DType::kF32, MemSpace::kHost, {100}};
+  auto w = gpu_->UploadWeight(host);
+  ASSERT_TRUE(w.ok()) << w.status();
+  EXPECT_EQ(w->view.dtype, DType::kF32);
+  ExpectClose(Read(*gpu_, w->view), norm, 0, "norm upload");
+}
+
+TEST_F(CudaBackendTest, EmbedRmsNormAddSwiGlu) {
+  const int64_t vocab = 300, d = 520, n = 77;
+  std::vector<float> table = Random(vocab * d);
+  std::vector<int32_t> tokens(n);
+  std::uniform_int_distribution<int32_t> tok(0, vocab - 1);
+  for (auto& t : tokens) t = tok(rng_);
+  TensorView host_table{table.data(), DType::kF32, MemSpace::kHost, {vocab, d}};
+  auto gt = gpu_->UploadWeight(host_table);
+  auto ct = cpu_->UploadWeight(host_table);
+  ASSERT_TRUE(gt.ok() && ct.ok());
+  T ge = Gpu({n, d}, nullptr), ce = Cpu({n, d}, nullptr);
+  ASSERT_TRUE(gpu_->Embed(gt->view, tokens.data(), n, ge.view).ok());
+  ASSERT_TRUE(cpu_->Embed(ct->view, tokens.data(), n, ce.view).ok());
+  ExpectClose(Read(*gpu_, ge.view), Read(*cpu_, ce.view), 0, "embed");
+  // Out-of-range token: an error, not a crash.
+  std::vector<int32_t> bad = {0, static_cast<int32_t>(vocab)};
+  EXPECT_EQ(gpu_->Embed(gt->view, bad.data(), 2, Gpu({2, d}, nullptr).view).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  std::vector<float> x = Random(n * d, 3.f), w = Random(d), y = Random(n * d);
+  TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {d}};
+  auto gw = gpu_->UploadWeight(host_w);
+  auto cw = cpu_->UploadWeight(host_w);
+  ASSERT_TRUE(gw.ok() && cw.ok());
+  T gx = Gpu({n, d}, &x), cx = Cpu({n, d}, &x), go = Gpu({n, d}, nullptr), co = Cpu({n, d}, nullptr);
+  ASSERT_TRUE(gpu_->RmsNorm(gx.view, gw->view, 1e-5f, go.view).ok());
+  ASSERT_TRUE(cpu_->RmsNorm(cx.view, cw->view, 1e-5f, co.view).ok());
+  ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 1e-2, "rmsnorm");
+
+  T gy = Gpu({n, d}, &y), cy = Cpu({n, d}, &y);
+  ASSERT_TRUE(gpu_->AddInPlace(gx.view, gy.view).ok());
+  ASSERT_TRUE(cpu_->AddInPlace(cx.view, cy.view).ok());
+  ExpectClose(Read(*gpu_, gx.view), Read(*cpu_, cx.view), 1e-2, "add");
+
+  T gs = Gpu({n, d}, nullptr), cs = Cpu({n, d}, nullptr);
+  ASSERT_TRUE(gpu_->SwiGlu(gx.view, gy.view, gs.view).ok());
+  ASSERT_TRUE(cpu_->SwiGlu(cx.view, cy.view, cs.view).ok());
+  ExpectClose(Read(*gpu_, gs.view), Read(*cpu_, cs.view), 1e-2, "swiglu");
+}
+
+TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 256, 384}, {33, 520, 1000}, {300, 1024, 96}}) {
+    std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
+    TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
+    auto gw = gpu_->UploadWeight(host_w);
+    auto cw = cpu_->UploadWeight(host_w);
+    ASSERT_TRUE(gw.ok() && cw.ok());
+    T gx = Gpu({n, in}, &x), cx = Cpu({n, in}, &x), co = Cpu({n, out}, nullptr);
+    ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
+    const std::vector<float> want = Read(*cpu_, co.view);
+    for (DType od : {DType::kBF16, DType::kF32}) {
+      T go = Gpu({n, out}, nullptr, od);
+      auto st = gpu_->Linear(gx.view, gw->view, go.view);
+      ASSERT_TRUE(st.ok()) << st;
+      // f32 output keeps the fp32 accumulator: tighter than bf16 rounding.
+      ExpectClose(Read(*gpu_, go.view), want, od == DType::kF32 ? 2e-3 : 1e-2,
+                  "linear n=" + std::to_string(n) + " out " + std::string(DTypeName(od)));
+    }
+    // Shape mismatch is an error.
+    T bad = Gpu({n, out + 1}, nullptr);
+    EXPECT_EQ(gpu_->Linear(gx.view, gw->view, bad.view).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+TEST_F(CudaBackendTest, RopeAtShortAndLongPositions) {
+  for (int64_t dh : {64, 128}) {
+    const int64_t n = 50, heads = 5;
+    std::vector<float> x = Random(n * heads * dh);
+    std::vector<int32_t> pos(n);
+    std::uniform_int_distribution<int32_t> p(0, 1 << 20);
+    for (int64_t i = 0; i < n; ++i) pos[i] = i < n / 2 ? static_cast<int32_t>(i) : p(rng_);
+    for (double scale : {1.0, 4.0}) {
+      RopeArgs r;
+      r.theta = 500000.0;
+      r.position_scale = scale;
+      T gx = Gpu({n, heads, dh}, &x), cx = Cpu({n, heads, dh}, &x);
+      ASSERT_TRUE(gpu_->Rope(gx.view, pos.data(), r).ok());
+      ASSERT_TRUE(cpu_->Rope(cx.view, pos.data(), r).ok());
+      ExpectClose(Read(*gpu_, gx.view), Read(*cpu_, cx.view), 1e-2, "rope dh=" + std::to_string(dh));
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, GatherRows) {
+  const int64_t rows = 40, d = 130, m = 17;
+  std::vector<float> x = Random(rows * d);
+  std::vector<int64_t> idx(m);
+  std::uniform_int_distribution<int64_t> r(0, rows - 1);
+  for (auto& i : idx) i = r(rng_);
+  T gx = Gpu({rows, d}, &x), cx = Cpu({rows, d}, &x), go = Gpu({m, d}, nullptr), co = Cpu({m, d}, nullptr);
+  ASSERT_TRUE(gpu_->GatherRows(gx.view, idx.data(), m, go.view).ok());
+  ASSERT_TRUE(cpu_->GatherRows(cx.view, idx.data(), m, co.view).ok());
+  ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 0, "gather");
+  idx[3] = rows;
+  EXPECT_EQ(gpu_->GatherRows(gx.view, idx.data(), m, go.view).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// Fills one sequence's KV on both backends through WriteKv at scattered blocks, then compares
+// prefill attention (chunk at q_pos0 > 0, causal), decode attention over a ragged batch, and the
+// LSE merge of two halves against the whole.
+TEST_F(CudaBackendTest, KvCacheAttentionAndMerge) {
+  struct Layout {
+    int64_t hq, hkv, dh;
+  };
+  for (Layout lay : {Layout{8, 8, 64}, Layout{8, 2, 128}, Layout{4, 1, 64}, Layout{2, 4, 64}, Layout{4, 2, 128}}) {
+    SCOPED_TRACE("hq=" + std::to_string(lay.hq) + " hkv=" + std::to_string(lay.hkv) + " dh=" + std::to_string(lay.dh));
+    const int64_t ha = std::max(lay.hq, lay.hkv);
+    KvCacheShape shape;
+    shape.num_layers = 2;
+    shape.num_blocks = 64;
+    shape.block_size = 16;
+    shape.num_kv_heads = lay.hkv;
+    shape.head_dim = lay.dh;
+    auto gkv = gpu_->CreateKvCache(shape);
+    auto ckv = cpu_->CreateKvCache(shape);
+    ASSERT_TRUE(gkv.ok() && ckv.ok());
+    // Three sequences with shuffled block tables.
+    std::vector<int32_t> ids(64);
+    std::iota(ids.begin(), ids.end(), 0);
+    std::shuffle(ids.begin(), ids.end(), rng_);
+    const std::vector<int64_t> lens = {301, 17, 130};
+    std::vector<std::vector<int32_t>> tables;
+    size_t next = 0;
+    const int64_t layer = 1;
+    for (int64_t len : lens) {
+      std::vector<int32_t> t(static_cast<size_t>((len + 15) / 16));
+      for (auto& b : t) b = ids[next++];
+      tables.push_back(t);
+      std::vector<float> k = Random(len * lay.hkv * lay.dh), v = Random(len * lay.hkv * lay.dh);
+      std::vector<int64_t> slots(static_cast<size_t>(len));
+      for (int64_t p = 0; p < len; ++p) slots[p] = int64_t{t[p / 16]} * 16 + p % 16;
+      T gk = Gpu({len, lay.hkv, lay.dh}, &k), gv = Gpu({len, lay.hkv, lay.dh}, &v);
+      T ck = Cpu({len, lay.hkv, lay.dh}, &k), cv = Cpu({len, lay.hkv, lay.dh}, &v);
+      ASSERT_TRUE(gpu_->WriteKv(**gkv, layer, gk.view, gv.view, slots.data()).ok());
+      ASSERT_TRUE(cpu_->WriteKv(**ckv, layer, ck.view, cv.view, slots.data()).ok());
+    }
+
+    // Prefill: last 100 tokens of sequence 0 as a chunk.
+    {
+      const int64_t n = 100, pos0 = lens[0] - n;
+      std::vector<float> q = Random(n * lay.hq * lay.dh);
+      T gq = Gpu({n, lay.hq, lay.dh}, &q), cq = Cpu({n, lay.hq, lay.dh}, &q);
+      T go = Gpu({n, ha, lay.dh}, nullptr), co = Cpu({n, ha, lay.dh}, nullptr);
+      T glse = Gpu({n, ha}, nullptr, DType::kF32), clse = Cpu({n, ha}, nullptr);
+      PrefillAttentionArgs a;
+      a.layer = layer;
+      a.q_pos0 = pos0;
+      a.kv = {tables[0].data(), lens[0]};
+      a.cache = gkv->get();
+      a.q = gq.view;
+      a.out = go.view;
+      a.lse = glse.view.as<float>();
+      ASSERT_TRUE(gpu_->AttentionPrefill(a).ok());
+      a.cache = ckv->get();
+      a.q = cq.view;
+      a.out = co.view;
+      a.lse = clse.view.as<float>();
+      ASSERT_TRUE(cpu_->AttentionPrefill(a).ok());
+      ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 1e-2, "prefill out");
+      ExpectClose(Read(*gpu_, glse.view), Read(*cpu_, clse.view), 1e-3, "prefill lse");
+    }
+    // Decode over the three sequences.
+    const int64_t b = static_cast<int64_t>(lens.size());
+    std::vector<float> q = Random(b * lay.hq * lay.dh);
+    DecodeAttentionArgs d;
+    d.layer = layer;
+    for (size_t i = 0; i < lens.size(); ++i) d.seqs.push_back({tables[i].data(), lens[i]});
+    T gq = Gpu({b, lay.hq, lay.dh}, &q), cq = Cpu({b, lay.hq, lay.dh}, &q);
+    T go = Gpu({b, ha, lay.dh}, nullptr), co = Cpu({b, ha, lay.dh}, nullptr);
+    T glse = Gpu({b, ha}, nullptr, DType::kF32), clse = Cpu({b, ha}, nullptr);
+    d.cache = gkv->get();
+    d.q = gq.view;
+    d.out = go.view;
+    d.lse = glse.view.as<float>();
+    ASSERT_TRUE(gpu_->AttentionDecode(d).ok());
+    d.cache = ckv->get();
+    d.q = cq.view;
+    d.out = co.view;
+    d.lse = clse.view.as<float>();
+    ASSERT_TRUE(cpu_->AttentionDecode(d).ok());
+    ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 1e-2, "decode out");
+    ExpectClose(Read(*gpu_, glse.view), Read(*cpu_, clse.view), 1e-3, "decode lse");
+
+    // Merge: decode of sequence 0 split into its first 160 keys and (non-causally) the rest.
+    // Non-causal prefill over blocks [10, 19) covers keys 160..300 when given a sub-table.
+    {
+      const std::vector<int32_t>& t0 = tables[0];
+      std::vector<int32_t> head(t0.begin(), t0.begin() + 10), tail(t0.begin() + 10, t0.end());
+      std::vector<float> q1 = Random(lay.hq * lay.dh);
+      T gq1 = Gpu({1, lay.hq, lay.dh}, &q1);
+      T o1 = Gpu({1, ha, lay.dh}, nullptr), o2 = Gpu({1, ha, lay.dh}, nullptr), om = Gpu({1, ha, lay.dh}, nullptr),
+        ow = Gpu({1, ha, lay.dh}, nullptr);
+      T l1 = Gpu({1, ha}, nullptr, DType::kF32), l2 = Gpu({1, ha}, nullptr, DType::kF32),
+        lm = Gpu({1, ha}, nullptr, DType::kF32), lw = Gpu({1, ha}, nullptr, DType::kF32);
+      DecodeAttentionArgs part;
+      part.cache = gkv->get();
+      part.layer = layer;
+      part.q = gq1.view;
+      part.seqs = {{head.data(), 160}};
+      part.out = o1.view;
+      part.lse = l1.view.as<float>();
+      ASSERT_TRUE(gpu_->AttentionDecode(part).ok());
+      part.seqs = {{tail.data(), lens[0] - 160}};
+      part.out = o2.view;
+      part.lse = l2.view.as<float>();
+      ASSERT_TRUE(gpu_->AttentionDecode(part).ok());
+      part.seqs = {{t0.data(), lens[0]}};
+      part.out = ow.view;
+      part.lse = lw.view.as<float>();
+      ASSERT_TRUE(gpu_->AttentionDecode(part).ok());
+      std::vector<TensorView> outs = {o1.view, o2.view};
+      std::vector<const float*> lses = {l1.view.as<float>(), l2.view.as<float>()};
+      ASSERT_TRUE(gpu_->MergeAttention(outs, lses, om.view, lm.view.as<float>()).ok());
+      ExpectClose(Read(*gpu_, om.view), Read(*gpu_, ow.view), 1e-2, "merge out");
+      ExpectClose(Read(*gpu_, lm.view), Read(*gpu_, lw.view), 1e-3, "merge lse");
+    }
+  }
+}
+
+TEST_F(CudaBackendTest, BadKvArgumentsAreErrors) {
+  KvCacheShape shape{2, 8, 16, 2, 64};
+  auto gkv = gpu_->CreateKvCache(shape);
+  ASSERT_TRUE(gkv.ok());
+  std::vector<float> k = Random(3 * 2 * 64);
+  T gk = Gpu({3, 2, 64}, &k);
+  std::vector<int64_t> slots = {0, 1, 8 * 16};  // last is beyond the cache
+  EXPECT_EQ(gpu_->WriteKv(**gkv, 0, gk.view, gk.view, slots.data()).code(), absl::StatusCode::kInvalidArgument);
+  slots[2] = 2;
+  EXPECT_EQ(gpu_->WriteKv(**gkv, 2, gk.view, gk.view, slots.data()).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(gpu_->WriteKv(**gkv, 1, gk.view, gk.view, slots.data()).ok());
+  std::vector<int32_t> table = {9};  // block id outside the cache
+  std::vector<float> q = Random(2 * 64);
+  T gq = Gpu({1, 2, 64}, &q), go = Gpu({1, 2, 64}, nullptr);
+  DecodeAttentionArgs d;
+  d.cache = gkv->get();
+  d.layer = 0;
+  d.q = gq.view;
+  d.out = go.view;
+  d.seqs = {{table.data(), 3}};
+  EXPECT_EQ(gpu_->AttentionDecode(d).code(), absl::StatusCode::kInvalidArgument);
+  // A cache from another backend is refused.
+  auto ckv = cpu_->CreateKvCache(shape);
+  ASSERT_TRUE(ckv.ok());
+  EXPECT_EQ(gpu_->WriteKv(**ckv, 0, gk.view, gk.view, slots.data()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace sqa
