@@ -19,6 +19,15 @@ for b in sqa-mkmodel sqa-run; do
     exit 1
   fi
 done
+# Debian 12's OpenBLAS 0.3.21 falls back to generic Prescott kernels on CPUs newer than it knows
+# (~30x slower sgemm); pick the AVX-512/AVX2 kernels unless the user chose already.
+if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+  if grep -qw avx512bw /proc/cpuinfo; then
+    export OPENBLAS_CORETYPE=SkylakeX
+  elif grep -qw avx2 /proc/cpuinfo; then
+    export OPENBLAS_CORETYPE=Haswell
+  fi
+fi
 MODEL="$BUILD/models/demo-$PRESET-$LAYOUT"
 if [ ! -f "$MODEL/config.json" ]; then
   echo "demo.sh: writing a random $PRESET $LAYOUT model to $MODEL"

@@ -4,6 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
@@ -152,15 +155,18 @@ MachineInfo DescribeMachine() {
   std::string a, b, c;
   if (loadavg >> a >> b >> c) m.load_average = absl::StrCat(a, " ", b, " ", c);
   const char* cfg = openblas_get_config();
-  m.blas_config = cfg ? cfg : "";
+  const char* core = openblas_get_corename();
+  m.blas_config = absl::StrCat(cfg ? cfg : "", "; kernels ", core ? core : "?");
+  if (const char* env = std::getenv("OPENBLAS_CORETYPE")) absl::StrAppend(&m.blas_config, " (OPENBLAS_CORETYPE=", env, ")");
   return m;
 }
 
 std::string MachineMarkdown(const MachineInfo& m, const std::string& command, int threads) {
   std::string s;
   absl::StrAppend(&s, "- date: ", m.date_utc, "\n");
-  absl::StrAppend(&s, "- machine: ", m.cpu_model, ", ", m.logical_cpus, " logical CPUs; ", threads,
-                  " threads used; load average at start ", m.load_average, "\n");
+  absl::StrAppend(&s, "- machine: ", m.cpu_model, ", ", m.logical_cpus, " logical CPUs; ",
+                  threads > 0 ? absl::StrCat(threads, " threads used") : std::string("all of them used"),
+                  "; load average at start ", m.load_average, " (other work on the machine skews timings)\n");
   absl::StrAppend(&s, "- BLAS: ", m.blas_config, "\n");
   absl::StrAppend(&s, "- command: `", command, "`\n");
   return s;
@@ -225,6 +231,27 @@ void CacheFlusher::Flush() {
   }
   sink_ += acc;
   asm volatile("" : : "r"(&sink_) : "memory");
+}
+
+void EnsureFastOpenBlasKernels(char** argv) {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  const char* core = openblas_get_corename();
+  if (core == nullptr || std::string(core) != "Prescott") return;
+  __builtin_cpu_init();
+  const char* better = nullptr;
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
+    better = "SkylakeX";
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    better = "Haswell";
+  }
+  if (better == nullptr) return;
+  std::fprintf(stderr,
+               "sqa-bench: OpenBLAS chose its generic Prescott kernels for this CPU; re-running with "
+               "OPENBLAS_CORETYPE=%s (set OPENBLAS_CORETYPE yourself to override)\n",
+               better);
+  setenv("OPENBLAS_CORETYPE", better, 1);
+  execv("/proc/self/exe", argv);
+  std::fprintf(stderr, "sqa-bench: re-exec failed (%s); continuing with the Prescott kernels\n", std::strerror(errno));
 }
 
 absl::Status WriteFile(const std::string& path, const std::string& text) {

@@ -45,7 +45,7 @@ struct MachineInfo {
   std::string cpu_model;     // /proc/cpuinfo "model name"
   int logical_cpus = 0;
   std::string load_average;  // /proc/loadavg's first three fields at start: other work skews timings
-  std::string blas_config;   // openblas_get_config()
+  std::string blas_config;   // openblas_get_config() and the kernel set in use
 };
 MachineInfo DescribeMachine();
 // Markdown lines for the header of a results file.
@@ -84,6 +84,15 @@ class CacheFlusher {
   std::vector<float> buf_;
   float sink_ = 0.f;
 };
+
+// OpenBLAS 0.3.21 (Debian 12) does not know recent Xeons (e.g. family 6 model 207) and falls back
+// to its generic "Prescott" SSE3 kernels: sgemm runs ~30x below the machine's peak. The kernel set
+// is chosen when the library loads, from OPENBLAS_CORETYPE, so when that variable is unset, the
+// library picked Prescott and the CPU has AVX-512 (or AVX2), this sets OPENBLAS_CORETYPE=SkylakeX
+// (or Haswell) and re-executes the program through /proc/self/exe with the same arguments. An
+// explicit OPENBLAS_CORETYPE is always respected. Returns only when no re-exec was needed or it
+// failed (then it prints why and the program continues with the slow kernels).
+void EnsureFastOpenBlasKernels(char** argv);
 
 // Writes `text` to `path` (creating parent directories is the caller's job).
 absl::Status WriteFile(const std::string& path, const std::string& text);

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_join.h"
 #include "bench/cpu/attention_bench.h"
+#include "bench/cpu/bench_util.h"
 #include "bench/cpu/prefill_bench.h"
 
 namespace {
@@ -22,6 +23,7 @@ constexpr char kUsage[] =
 }  // namespace
 
 int main(int argc, char** argv) {
+  sqa::bench::EnsureFastOpenBlasKernels(argv);
   std::vector<std::string> all(argv, argv + argc);
   if (argc < 2 || all[1] == "--help" || all[1] == "-h" || all[1] == "help") {
     std::cerr << kUsage;

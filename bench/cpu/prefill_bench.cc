@@ -141,7 +141,7 @@ std::string RenderMarkdown(const PrefillBenchOptions& o, const std::vector<Prefi
              "KV cache", "peak RSS"});
   for (const auto& c : cells) {
     t.AddRow({c.preset, c.layout, absl::StrCat(c.hq, "/", c.hkv), absl::StrCat(c.hidden, " x ", c.layers),
-              Fmt("%.0fM", c.params / 1e6), FmtTime(c.prefill_seconds), Fmt("%.0f", c.tokens_per_s),
+              Fmt("%.3gM", c.params / 1e6), FmtTime(c.prefill_seconds), Fmt("%.0f", c.tokens_per_s),
               c.speedup_vs_mha > 0 ? Fmt("%.2fx", c.speedup_vs_mha) : "-", Fmt("%.1f", c.est_gflops),
               FmtBytes(c.kv_cache_bytes), FmtBytes(c.peak_rss_bytes)});
   }
