@@ -17,6 +17,8 @@ constexpr double kLn2 = 0.6931471805599453;
 constexpr int TK = kTileKeys;
 constexpr int kRowBlock = 6;  // query rows per register block (6 x 4 accumulators = 24 zmm)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Below this many multiply-adds (per matrix product) an attention call stays on one thread.
+constexpr double kSerialWork = 1 << 18;
 
 inline int64_t RoundUp16(int64_t x) { return (x + 15) / 16 * 16; }
 
@@ -227,7 +229,11 @@ void AttentionPrefillF32(const PrefillProblem& p, int num_threads) {
   const int64_t nqb = (p.n + bq - 1) / bq;
   const int64_t ntasks = nqb * hkv;
   const float scale2 = p.scale * kLog2e;
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  // Small problems run on the calling thread: waking a team costs more than the work.
+  const double work = static_cast<double>(p.n) * static_cast<double>(ha) * static_cast<double>(dh) *
+                      static_cast<double>(p.causal ? p.q_pos0 + (p.n + 1) / 2 : p.kv_len);
+  if (work < kSerialWork) nt = 1;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t task = 0; task < ntasks; ++task) {
     // Later query blocks see more keys under the causal mask: hand them out first.
@@ -273,8 +279,13 @@ struct DecodeTask {
 void AttentionDecodeF32(const DecodeProblem& p, int num_threads) {
   const int64_t hkv = p.kv.num_kv_heads, dh = p.kv.head_dim, dp = RoundUp16(dh);
   const int64_t ha = std::max(p.hq, hkv), group = ha / hkv;
-  const int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
+  int nt = num_threads > 0 ? num_threads : omp_get_max_threads();
   if (p.batch <= 0) return;
+  {
+    double work = 0;
+    for (int64_t b = 0; b < p.batch; ++b) work += static_cast<double>(p.seqs[b].kv_len) * ha * dh;
+    if (work < kSerialWork) nt = 1;
+  }
   // Split long contexts into key ranges (whole tiles) so that every thread has work; the partial
   // results merge exactly through their (m, l).
   thread_local std::vector<DecodeTask> tasks;
@@ -328,7 +339,7 @@ void AttentionDecodeF32(const DecodeProblem& p, int num_threads) {
   }
   const int64_t* fp = first_part.data();
   const int64_t units = p.batch * hkv;
-#pragma omp parallel for schedule(static) num_threads(nt) if (units * group * dh > 4096)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && units * group * dh > 16384)
   for (int64_t u = 0; u < units; ++u) {
     const int64_t b = u / hkv, kvh = u % hkv;
     const int64_t t_begin = fp[u], t_end = fp[u + 1];
