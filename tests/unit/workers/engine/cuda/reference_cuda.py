@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", "..", "..", "..", ".."))
 REF = os.path.join(ROOT, "tests", "reference", "sqa_reference.py")
 TOL = float(os.environ.get("SQA_REFERENCE_TOL", "2e-2"))
-LAYOUTS = ["MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "rSQA"]
+LAYOUTS = os.environ.get("SQA_LAYOUTS", "MHA,GQA,MQA,SQA,sSQA,xSQA,xSMQA,rSQA").split(",")
+DEVICE = os.environ.get("SQA_DEVICE", "cuda")  # cpu checks this script itself
 
 
 def call(argv):
@@ -56,7 +57,7 @@ def main():
             lens = [int(rng.integers(60, 200)), int(rng.integers(5, 60))]
             prompts = [[int(t) for t in rng.integers(0, vocab, n)] for n in lens]
             gen = 6
-            argv = [run, "--model", mdir, "--device", "cuda", "--generate", str(gen), "--chunk-tokens", "48",
+            argv = [run, "--model", mdir, "--device", DEVICE, "--generate", str(gen), "--chunk-tokens", "48",
                     "--block-size", "16", "--logits-out", os.path.join(d, "p.npy"), "--decode-logits-out",
                     os.path.join(d, "g.npy"), "--tokens-out", os.path.join(d, "t.json")]
             for p in prompts:
