@@ -1,0 +1,217 @@
+// sqa.v1.Worker served in-process on port 0 (GrpcServer + WorkerService + Scheduler thread), called
+// through the generated stub as the router would.
+#include "workers/server/worker_service.h"
+
+#include <gtest/gtest.h>
+
+#include <grpcpp/grpcpp.h>
+
+#include "services/server.h"
+#include "tests/unit/services/test_util.h"
+#include "tests/unit/workers/server/test_model.h"
+
+namespace sqa::worker {
+namespace {
+
+using testing::MakeEngine;
+using testing::RandomPrompt;
+using testing::ReferenceGenerate;
+using testing::TinyModel;
+
+class WorkerServiceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    SchedulerOptions so;
+    so.max_batch_tokens = 64;
+    auto s = Scheduler::Create(MakeEngine(TinyModel(), 16, 512), so, nullptr);
+    ASSERT_TRUE(s.ok()) << s.status();
+    scheduler_ = std::move(s).value();
+    scheduler_->Start();
+    WorkerServiceOptions wo;
+    wo.group = "g0";
+    wo.on_drain = [this] { server_->SetServing(false); };
+    service_ = std::make_unique<WorkerService>(scheduler_.get(), wo);
+    auto srv = GrpcServer::Start(ServerOptions(), {{service_.get(), sqa::v1::Worker::service_full_name()}});
+    ASSERT_TRUE(srv.ok()) << srv.status();
+    server_ = std::move(srv).value();
+    server_->SetServing(true);
+    channel_ = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = sqa::v1::Worker::NewStub(channel_);
+  }
+  void TearDown() override {
+    server_->Shutdown(absl::Seconds(1));
+    scheduler_->Stop();
+  }
+
+  struct StreamResult {
+    std::vector<int32_t> tokens;
+    std::vector<float> logprobs;
+    std::vector<sqa::v1::GenerateResponse> messages;
+    grpc::Status status;
+  };
+  StreamResult Generate(const sqa::v1::GenerateRequest& req, int deadline_ms = 30000) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+    auto reader = stub_->Generate(&ctx, req);
+    StreamResult r;
+    sqa::v1::GenerateResponse msg;
+    while (reader->Read(&msg)) {
+      r.tokens.insert(r.tokens.end(), msg.tokens().begin(), msg.tokens().end());
+      r.logprobs.insert(r.logprobs.end(), msg.logprobs().begin(), msg.logprobs().end());
+      r.messages.push_back(msg);
+    }
+    r.status = reader->Finish();
+    return r;
+  }
+  sqa::v1::LoadReport Load() {
+    grpc::ClientContext ctx;
+    sqa::v1::LoadReport rep;
+    EXPECT_TRUE(stub_->GetLoad(&ctx, sqa::v1::GetLoadRequest(), &rep).ok());
+    return rep;
+  }
+  // Polls until the worker holds no KV blocks and runs nothing.
+  bool WaitForEmpty() {
+    for (int i = 0; i < 500; ++i) {
+      const auto l = Load();
+      if (l.kv_blocks_used() == 0 && l.running_requests() == 0 && l.queued_requests() == 0) return true;
+      absl::SleepFor(absl::Milliseconds(10));
+    }
+    return false;
+  }
+
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<WorkerService> service_;
+  std::unique_ptr<GrpcServer> server_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<sqa::v1::Worker::Stub> stub_;
+};
+
+sqa::v1::GenerateRequest Req(const std::vector<int32_t>& prompt, int max_tokens) {
+  sqa::v1::GenerateRequest r;
+  r.mutable_prompt_tokens()->Assign(prompt.begin(), prompt.end());
+  r.set_max_tokens(max_tokens);
+  return r;
+}
+
+TEST_F(WorkerServiceTest, GenerateStreamsTheEngineTokens) {
+  const auto prompt = RandomPrompt(150, 3);
+  auto req = Req(prompt, 20);
+  req.set_return_logprobs(true);
+  req.set_request_id("req-1");
+  req.mutable_sampling()->set_temperature(0.7f);
+  req.mutable_sampling()->set_seed(77);  // top_p 0 = unset
+  const StreamResult r = Generate(req);
+  ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+  SamplingParams sp;
+  sp.temperature = 0.7f;
+  sp.seed = 77;
+  EXPECT_EQ(r.tokens, ReferenceGenerate(TinyModel(), prompt, {}, sp, 20));
+  EXPECT_EQ(r.logprobs.size(), r.tokens.size());
+  ASSERT_FALSE(r.messages.empty());
+  for (size_t i = 0; i + 1 < r.messages.size(); ++i) {
+    EXPECT_EQ(r.messages[i].finish_reason(), sqa::v1::FINISH_REASON_UNSPECIFIED);
+    EXPECT_FALSE(r.messages[i].has_usage());
+  }
+  const auto& last = r.messages.back();
+  EXPECT_EQ(last.finish_reason(), sqa::v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(last.usage().prompt_tokens(), 150);
+  EXPECT_EQ(last.usage().completion_tokens(), 20);
+  EXPECT_GT(last.usage().time_to_first_token_seconds(), 0);
+  EXPECT_GE(last.usage().total_seconds(), last.usage().time_to_first_token_seconds());
+  for (const auto& m : r.messages) EXPECT_EQ(m.request_id(), "req-1");
+}
+
+TEST_F(WorkerServiceTest, BadRequestsGetClearErrorsAndTheWorkerKeepsServing) {
+  auto expect = [&](sqa::v1::GenerateRequest req, grpc::StatusCode code, const std::string& needle) {
+    const StreamResult r = Generate(req);
+    EXPECT_EQ(r.status.error_code(), code) << r.status.error_message();
+    EXPECT_NE(r.status.error_message().find(needle), std::string::npos) << r.status.error_message();
+    EXPECT_TRUE(r.tokens.empty());
+  };
+  expect(Req({}, 5), grpc::StatusCode::INVALID_ARGUMENT, "empty");
+  expect(Req({1, 999}, 5), grpc::StatusCode::INVALID_ARGUMENT, "vocabulary");
+  expect(Req({1}, 0), grpc::StatusCode::INVALID_ARGUMENT, "max_tokens");
+  expect(Req({1}, 5000), grpc::StatusCode::INVALID_ARGUMENT, "context");
+  auto t = Req({1}, 5);
+  t.mutable_sampling()->set_temperature(-1);
+  expect(t, grpc::StatusCode::INVALID_ARGUMENT, "temperature");
+  t = Req({1}, 5);
+  t.mutable_sampling()->set_top_p(1.5f);
+  expect(t, grpc::StatusCode::INVALID_ARGUMENT, "top_p");
+  // 512 blocks of 16 = 8192 tokens, but the context (4096) is checked first; a prompt that fits
+  // the context and the KV cache is served.
+  const StreamResult ok = Generate(Req({1, 2, 3}, 3));
+  EXPECT_TRUE(ok.status.ok());
+  EXPECT_EQ(ok.tokens.size(), 3u);
+}
+
+TEST_F(WorkerServiceTest, EncodeReturnsLogitsAndPromptLogprobs) {
+  sqa::v1::EncodeRequest req;
+  const auto prompt = RandomPrompt(70, 4);
+  req.mutable_prompt_tokens()->Assign(prompt.begin(), prompt.end());
+  req.set_return_prompt_logprobs(true);
+  grpc::ClientContext ctx;
+  sqa::v1::EncodeResponse resp;
+  ASSERT_TRUE(stub_->Encode(&ctx, req, &resp).ok());
+  EXPECT_EQ(resp.values_size(), 256);
+  EXPECT_EQ(resp.prompt_logprobs_size(), 69);
+  EXPECT_EQ(resp.usage().prompt_tokens(), 70);
+  for (float lp : resp.prompt_logprobs()) EXPECT_LE(lp, 0.f);
+  req.set_output(sqa::v1::EncodeRequest::OUTPUT_HIDDEN_STATE);
+  grpc::ClientContext ctx2;
+  EXPECT_EQ(stub_->Encode(&ctx2, req, &resp).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+}
+
+TEST_F(WorkerServiceTest, ModelInfoAndLoad) {
+  grpc::ClientContext ctx;
+  sqa::v1::ModelInfo info;
+  ASSERT_TRUE(stub_->GetModelInfo(&ctx, sqa::v1::GetModelInfoRequest(), &info).ok());
+  EXPECT_EQ(info.layout(), "SQA");
+  EXPECT_EQ(info.num_attention_heads(), 8);
+  EXPECT_EQ(info.num_query_heads(), 4);
+  EXPECT_EQ(info.vocab_size(), 256);
+  EXPECT_EQ(info.device(), "cpu");
+  EXPECT_EQ(info.dtype(), "float32");
+  EXPECT_EQ(info.max_position_embeddings(), 4096);
+  const auto l = Load();
+  EXPECT_EQ(l.kv_blocks_total(), 512);
+  EXPECT_EQ(l.kv_block_size(), 16);
+  EXPECT_TRUE(l.admitting());
+  EXPECT_EQ(l.max_context_tokens(), 4096);
+  EXPECT_EQ(l.group(), "g0");
+}
+
+TEST_F(WorkerServiceTest, ClientCancelFreesKvBlocks) {
+  grpc::ClientContext ctx;
+  auto reader = stub_->Generate(&ctx, Req(RandomPrompt(200, 5), 3800));
+  sqa::v1::GenerateResponse msg;
+  ASSERT_TRUE(reader->Read(&msg));
+  EXPECT_GT(Load().kv_blocks_used(), 0);
+  ctx.TryCancel();
+  while (reader->Read(&msg)) {
+  }
+  EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  EXPECT_TRUE(WaitForEmpty());
+}
+
+TEST_F(WorkerServiceTest, ExpiredDeadlineIsDeadlineExceededAndFreesBlocks) {
+  const StreamResult r = Generate(Req(RandomPrompt(1000, 6), 3000), /*deadline_ms=*/100);
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(r.tokens.size(), 3000u);
+  EXPECT_TRUE(WaitForEmpty());
+}
+
+TEST_F(WorkerServiceTest, DrainTurnsHealthNotServingAndRefusesNewWork) {
+  EXPECT_EQ(*sqa::testing::HealthCheck(channel_, "sqa.v1.Worker"), 1);
+  grpc::ClientContext ctx;
+  sqa::v1::DrainResponse resp;
+  ASSERT_TRUE(stub_->Drain(&ctx, sqa::v1::DrainRequest(), &resp).ok());
+  EXPECT_EQ(*sqa::testing::HealthCheck(channel_, "sqa.v1.Worker"), 2);
+  EXPECT_FALSE(Load().admitting());
+  const StreamResult r = Generate(Req({1, 2}, 2));
+  EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_NE(r.status.error_message().find("draining"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace sqa::worker
