@@ -15,34 +15,40 @@ namespace {
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr double kLn2 = 0.6931471805599453;
 constexpr int TK = kTileKeys;
-constexpr int kRowBlock = 6;  // query rows per register block (6 x 4 accumulators = 24 zmm)
+constexpr int kRowBlock = 6;  // rows (P V) or keys (scores) per register block: 6 x 4 accumulators
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this many multiply-adds (per matrix product) an attention call stays on one thread.
 constexpr double kSerialWork = 1 << 18;
 
 inline int64_t RoundUp16(int64_t x) { return (x + 15) / 16 * 16; }
 
-// Per-thread working memory, grown on demand and reused across calls.
+// Per-thread working memory, grown on demand and reused across calls. Queries are packed
+// transposed (qt: [dh][rpad], rpad = rows rounded up to 16) so that scores come out as S^T
+// ([keys][rows]): a key's scalar is broadcast against 16 query rows at a time, K is read in place
+// from the cache (no transposition), and the softmax statistics of 16 rows live in one vector.
 struct Scratch {
-  std::vector<float> q;      // [R][dp] packed, pre-scaled queries
-  std::vector<float> o;      // [R][dp] unnormalised outputs
-  std::vector<float> m, l;   // [R] running max (log2 units) and sum
-  std::vector<int64_t> lim;  // [R] last key position each row may see
-  std::vector<float> kt;     // [dh][TK] transposed key tile
-  std::vector<float> v;      // [TK][dp] value tile
-  std::vector<float> p;      // [kRowBlock][TK] probabilities
-  void Ensure(int64_t rows, int64_t dh, int64_t dp) {
+  std::vector<float> qt;     // [dh][rpad] pre-scaled queries (log2 units)
+  std::vector<float> o;      // [rpad][dp] unnormalised outputs
+  std::vector<float> m, l;   // [rpad] running max (log2 units) and sum
+  std::vector<float> alpha;  // [rpad] rescale of the current tile
+  std::vector<int32_t> lim;  // [rpad] last key position each row may see (-1: none)
+  std::vector<int32_t> vmin, vmax;  // per 16-row vector: min/max of lim
+  std::vector<float> st;     // [TK][rpad] scores, then probabilities
+  std::vector<float> v;      // [TK][dp] value tile when it cannot be read in place
+  void Ensure(int64_t rpad, int64_t dh, int64_t dp) {
     auto grow = [](auto& vec, int64_t n) {
       if (static_cast<int64_t>(vec.size()) < n) vec.resize(static_cast<size_t>(n));
     };
-    grow(q, rows * dp);
-    grow(o, rows * dp);
-    grow(m, rows);
-    grow(l, rows);
-    grow(lim, rows);
-    grow(kt, dh * TK + 16);
+    grow(qt, dh * rpad);
+    grow(o, rpad * dp);
+    grow(m, rpad);
+    grow(l, rpad);
+    grow(alpha, rpad);
+    grow(lim, rpad);
+    grow(vmin, rpad / 16);
+    grow(vmax, rpad / 16);
+    grow(st, TK * rpad);
     grow(v, TK * dp);
-    grow(p, kRowBlock * TK);
   }
 };
 
@@ -51,49 +57,45 @@ Scratch& ThreadScratch() {
   return s;
 }
 
-// Gathers keys [t0, t0 + nk) of KV head `h` through the block table: K transposed into kt
-// ([dh][TK]); V either used in place (one block, no padding needed) or copied into vbuf.
-const float* PackTile(const KvLayout& kv, const int32_t* table, int64_t h, int64_t t0, int nk, int64_t dp,
-                      float* kt, float* vbuf, int64_t* vstride) {
-  const int64_t bs = kv.block_size, dh = kv.head_dim;
-  const int64_t head_off = h * bs * dh;
-  const bool in_place = dp == dh && (t0 / bs) == ((t0 + nk - 1) / bs);
-  const float* v_in_place = nullptr;
-  int j = 0;
-  while (j < nk) {
-    const int64_t pos = t0 + j;
-    const int64_t blk = table[pos / bs];
-    const int64_t off = pos % bs;
-    const int run = static_cast<int>(std::min<int64_t>(nk - j, bs - off));
-    const float* kp = kv.base + blk * kv.block_stride + head_off + off * dh;
-    const float* vp = kp + kv.v_offset;
-    for (int r = 0; r < run; ++r) {
-      const float* kr = kp + r * dh;
-      float* dst = kt + j + r;
-      for (int64_t d = 0; d < dh; ++d) dst[d * TK] = kr[d];
+typedef int32_t v16i_u __attribute__((vector_size(64), aligned(4), may_alias));
+inline v16i LoadI(const int32_t* p) { return *reinterpret_cast<const v16i_u*>(p); }
+
+// S^T[j][rows of vectors v0 .. v0+RV) for KB keys (rows of k, stride dh).
+template <int KB, int RV>
+void ScoreBlock(const float* k, int64_t dh, const float* qt, int64_t rpad, float* st) {
+  v16f acc[KB][RV];
+#pragma GCC unroll 8
+  for (int a = 0; a < KB; ++a)
+#pragma GCC unroll 4
+    for (int c = 0; c < RV; ++c) acc[a][c] = Splat(0.f);
+  for (int64_t d = 0; d < dh; ++d) {
+    v16f q[RV];
+#pragma GCC unroll 4
+    for (int c = 0; c < RV; ++c) q[c] = Load(qt + d * rpad + 16 * c);
+#pragma GCC unroll 8
+    for (int a = 0; a < KB; ++a) {
+      const float kv = k[a * dh + d];
+#pragma GCC unroll 4
+      for (int c = 0; c < RV; ++c) acc[a][c] += kv * q[c];
     }
-    if (in_place) {
-      v_in_place = vp;
-    } else {
-      for (int r = 0; r < run; ++r) {
-        float* dst = vbuf + (j + r) * dp;
-        std::copy(vp + r * dh, vp + (r + 1) * dh, dst);
-        std::fill(dst + dh, dst + dp, 0.f);
-      }
-    }
-    j += run;
   }
-  if (in_place) {
-    *vstride = dh;
-    return v_in_place;
-  }
-  *vstride = dp;
-  return vbuf;
+#pragma GCC unroll 8
+  for (int a = 0; a < KB; ++a)
+#pragma GCC unroll 4
+    for (int c = 0; c < RV; ++c) Store(st + a * rpad + 16 * c, acc[a][c]);
 }
 
+using ScoreFn = void (*)(const float*, int64_t, const float*, int64_t, float*);
+template <int KB>
+constexpr ScoreFn kScoreRow[5] = {nullptr, ScoreBlock<KB, 1>, ScoreBlock<KB, 2>, ScoreBlock<KB, 3>,
+                                  ScoreBlock<KB, 4>};
+constexpr const ScoreFn* kScoreFns[7] = {nullptr,      kScoreRow<1>, kScoreRow<2>, kScoreRow<3>,
+                                         kScoreRow<4>, kScoreRow<5>, kScoreRow<6>};
+
+// O[rows r0 .. r0+RB) = O * alpha + P V for output columns [c0, c0 + 16 NV).
 template <int RB, int NV>
-inline void PvChunk(const float* p, const float* v, int64_t vstride, int nk, const float* alpha, float* o,
-                    int64_t dp, int64_t c0) {
+void PvBlock(const float* pt, int64_t rpad, const float* v, int64_t vstride, int nk, const float* alpha, float* o,
+             int64_t dp, int64_t c0) {
   v16f acc[RB][NV];
 #pragma GCC unroll 8
   for (int r = 0; r < RB; ++r)
@@ -104,9 +106,10 @@ inline void PvChunk(const float* p, const float* v, int64_t vstride, int nk, con
     v16f vv[NV];
 #pragma GCC unroll 4
     for (int c = 0; c < NV; ++c) vv[c] = Load(vr + 16 * c);
+    const float* pj = pt + j * rpad;
 #pragma GCC unroll 8
     for (int r = 0; r < RB; ++r) {
-      const float pr = p[r * TK + j];
+      const float pr = pj[r];
 #pragma GCC unroll 4
       for (int c = 0; c < NV; ++c) acc[r][c] += pr * vv[c];
     }
@@ -117,106 +120,123 @@ inline void PvChunk(const float* p, const float* v, int64_t vstride, int nk, con
     for (int c = 0; c < NV; ++c) Store(o + r * dp + c0 + 16 * c, acc[r][c]);
 }
 
-// One register block of RB query rows against one key tile: scores, mask, online softmax
-// update of (m, l), then o = o * alpha + P V.
+using PvFn = void (*)(const float*, int64_t, const float*, int64_t, int, const float*, float*, int64_t, int64_t);
 template <int RB>
-void RowBlockTile(const float* qp, int64_t dh, int64_t dp, const float* kt, const float* v, int64_t vstride, int nk,
-                  const int64_t* lim_rel, bool need_mask, float* o, float* m, float* l, float* pbuf) {
-  v16f acc[RB][4];
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r)
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) acc[r][c] = Splat(0.f);
-  for (int64_t d = 0; d < dh; ++d) {
-    const float* kr = kt + d * TK;
-    const v16f k0 = Load(kr), k1 = Load(kr + 16), k2 = Load(kr + 32), k3 = Load(kr + 48);
-#pragma GCC unroll 8
-    for (int r = 0; r < RB; ++r) {
-      const float qv = qp[r * dp + d];
-      acc[r][0] += qv * k0;
-      acc[r][1] += qv * k1;
-      acc[r][2] += qv * k2;
-      acc[r][3] += qv * k3;
-    }
-  }
-  float alpha[RB];
+constexpr PvFn kPvRow[5] = {nullptr, PvBlock<RB, 1>, PvBlock<RB, 2>, PvBlock<RB, 3>, PvBlock<RB, 4>};
+constexpr const PvFn* kPvFns[kRowBlock + 1] = {nullptr, kPvRow<1>, kPvRow<2>, kPvRow<3>, kPvRow<4>, kPvRow<5>, kPvRow<6>};
+
+// Attends the R packed rows in `s` (qt, lim, vmin/vmax, o, m, l initialised; rpad = R rounded up
+// to 16) to keys [kb, ke) of KV head h. Tiles never cross a block, so K and V are read in place.
+void AttendRange(const KvLayout& kv, const int32_t* table, int64_t h, int64_t kb, int64_t ke, int64_t R, int64_t rpad,
+                 Scratch& s) {
+  const int64_t dh = kv.head_dim, dp = RoundUp16(dh), bs = kv.block_size;
+  const int64_t nvec = rpad / 16;
   const v16f neg_inf = Splat(kNegInf);
-#pragma GCC unroll 8
-  for (int r = 0; r < RB; ++r) {
-    if (need_mask) {
-      const int32_t last = static_cast<int32_t>(std::min<int64_t>(lim_rel[r], nk - 1));
-      const v16i idx = Iota();
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) acc[r][c] = (idx + 16 * c <= last) ? acc[r][c] : neg_inf;
+  for (int64_t t0 = kb; t0 < ke;) {
+    const int64_t off = t0 % bs;
+    const int nk = static_cast<int>(std::min<int64_t>({TK, ke - t0, bs - off}));
+    const float* kp = kv.base + table[t0 / bs] * kv.block_stride + h * bs * dh + off * dh;
+    const float* vp = kp + kv.v_offset;
+    int64_t vstride = dh;
+    if (dp != dh) {  // rows are not a whole number of vectors: copy into a zero-padded tile
+      for (int j = 0; j < nk; ++j) {
+        std::copy(vp + j * dh, vp + (j + 1) * dh, s.v.data() + j * dp);
+        std::fill(s.v.data() + j * dp + dh, s.v.data() + (j + 1) * dp, 0.f);
+      }
+      vp = s.v.data();
+      vstride = dp;
     }
-    const float mx = HMax(Max(Max(acc[r][0], acc[r][1]), Max(acc[r][2], acc[r][3])));
-    const float m_new = std::max(m[r], mx);
-    float* prow = pbuf + r * TK;
-    if (m_new == kNegInf) {  // no visible key yet for this row
-      alpha[r] = 1.f;
-#pragma GCC unroll 4
-      for (int c = 0; c < 4; ++c) Store(prow + 16 * c, Splat(0.f));
+    // Row vectors that see at least one key of this tile.
+    int64_t v_first = nvec, v_last = -1;
+    for (int64_t v = 0; v < nvec; ++v) {
+      if (s.vmax[v] >= t0) {
+        v_first = std::min(v_first, v);
+        v_last = v;
+      }
+    }
+    if (v_last < 0) {
+      t0 += nk;
       continue;
     }
-    alpha[r] = std::exp2(m[r] - m_new);
-    v16f sum = Splat(0.f);
-#pragma GCC unroll 4
-    for (int c = 0; c < 4; ++c) {
-      const v16f pv = Exp2(acc[r][c] - m_new);
-      Store(prow + 16 * c, pv);
-      sum += pv;
-    }
-    l[r] = l[r] * alpha[r] + HSum(sum);
-    m[r] = m_new;
-  }
-  for (int64_t c0 = 0; c0 < dp; c0 += 64) {
-    switch (std::min<int64_t>(4, (dp - c0) / 16)) {
-      case 4: PvChunk<RB, 4>(pbuf, v, vstride, nk, alpha, o, dp, c0); break;
-      case 3: PvChunk<RB, 3>(pbuf, v, vstride, nk, alpha, o, dp, c0); break;
-      case 2: PvChunk<RB, 2>(pbuf, v, vstride, nk, alpha, o, dp, c0); break;
-      default: PvChunk<RB, 1>(pbuf, v, vstride, nk, alpha, o, dp, c0); break;
-    }
-  }
-}
-
-using RowBlockFn = void (*)(const float*, int64_t, int64_t, const float*, const float*, int64_t, int, const int64_t*,
-                            bool, float*, float*, float*, float*);
-constexpr RowBlockFn kRowBlockFns[kRowBlock + 1] = {nullptr,          RowBlockTile<1>, RowBlockTile<2>,
-                                                     RowBlockTile<3>, RowBlockTile<4>, RowBlockTile<5>,
-                                                     RowBlockTile<6>};
-
-// Attends the R packed rows in `s` (q, lim, o, m, l initialised) to keys [kb, ke) of KV head h.
-void AttendRange(const KvLayout& kv, const int32_t* table, int64_t h, int64_t kb, int64_t ke, int64_t R, Scratch& s) {
-  const int64_t dh = kv.head_dim, dp = RoundUp16(dh);
-  int64_t rel[kRowBlock];
-  for (int64_t t0 = kb; t0 < ke; t0 += TK) {
-    const int nk = static_cast<int>(std::min<int64_t>(TK, ke - t0));
-    int64_t vstride = 0;
-    const float* v = PackTile(kv, table, h, t0, nk, dp, s.kt.data(), s.v.data(), &vstride);
-    for (int64_t rb = 0; rb < R; rb += kRowBlock) {
-      const int rn = static_cast<int>(std::min<int64_t>(kRowBlock, R - rb));
-      bool need_mask = nk < TK, any_visible = false;
-      for (int r = 0; r < rn; ++r) {
-        rel[r] = s.lim[rb + r] - t0;
-        if (rel[r] < nk - 1) need_mask = true;
-        if (rel[r] >= 0) any_visible = true;
+    // Scores for row vectors [v_first, v_last].
+    float* st = s.st.data();
+    for (int64_t v0 = v_first; v0 <= v_last; v0 += 4) {
+      const int rv = static_cast<int>(std::min<int64_t>(4, v_last + 1 - v0));
+      for (int j0 = 0; j0 < nk; j0 += 6) {
+        const int kbn = std::min(6, nk - j0);
+        kScoreFns[kbn][rv](kp + j0 * dh, dh, s.qt.data() + v0 * 16, rpad, st + j0 * rpad + v0 * 16);
       }
-      if (!any_visible) continue;  // the whole tile is masked for these rows: nothing changes
-      kRowBlockFns[rn](s.q.data() + rb * dp, dh, dp, s.kt.data(), v, vstride, nk, rel, need_mask,
-                       s.o.data() + rb * dp, s.m.data() + rb, s.l.data() + rb, s.p.data());
     }
+    // Online softmax, 16 rows at a time.
+    for (int64_t v = v_first; v <= v_last; ++v) {
+      float* col = st + v * 16;
+      const v16f m_old = Load(s.m.data() + v * 16);
+      v16f mx = neg_inf;
+      if (s.vmin[v] < t0 + nk - 1) {  // some row of this vector does not see the whole tile
+        const v16i rel = LoadI(s.lim.data() + v * 16) - static_cast<int32_t>(t0);
+        for (int j = 0; j < nk; ++j) {
+          v16f x = Load(col + j * rpad);
+          x = (v16i{} + j <= rel) ? x : neg_inf;
+          Store(col + j * rpad, x);
+          mx = Max(mx, x);
+        }
+      } else {
+        for (int j = 0; j < nk; ++j) mx = Max(mx, Load(col + j * rpad));
+      }
+      const v16f m_new = Max(m_old, mx);
+      const v16f m_use = m_new == neg_inf ? Splat(0.f) : m_new;  // rows with no visible key yet
+      const v16f alpha = Exp2(m_old - m_use);
+      v16f sum = Splat(0.f);
+      for (int j = 0; j < nk; ++j) {
+        const v16f p = Exp2(Load(col + j * rpad) - m_use);
+        Store(col + j * rpad, p);
+        sum += p;
+      }
+      Store(s.l.data() + v * 16, Load(s.l.data() + v * 16) * alpha + sum);
+      Store(s.m.data() + v * 16, m_new);
+      Store(s.alpha.data() + v * 16, alpha);
+    }
+    // O = O * alpha + P V over the rows of those vectors.
+    const int64_t r_begin = v_first * 16, r_end = std::min(R, (v_last + 1) * 16);
+    for (int64_t r0 = r_begin; r0 < r_end; r0 += kRowBlock) {
+      const int rn = static_cast<int>(std::min<int64_t>(kRowBlock, r_end - r0));
+      bool any = false;
+      for (int r = 0; r < rn; ++r) any |= s.lim[r0 + r] >= t0;
+      if (!any) continue;  // alpha = 1 and P = 0 for all of them: nothing changes
+      for (int64_t c0 = 0; c0 < dp; c0 += 64) {
+        const int nv = static_cast<int>(std::min<int64_t>(4, (dp - c0) / 16));
+        kPvFns[rn][nv](st + r0, rpad, vp, vstride, nk, s.alpha.data() + r0, s.o.data() + r0 * dp, dp, c0);
+      }
+    }
+    t0 += nk;
   }
 }
 
-inline void InitRows(Scratch& s, int64_t R, int64_t dp) {
-  std::fill(s.o.begin(), s.o.begin() + R * dp, 0.f);
-  std::fill(s.m.begin(), s.m.begin() + R, kNegInf);
-  std::fill(s.l.begin(), s.l.begin() + R, 0.f);
+inline void InitRows(Scratch& s, int64_t rpad, int64_t dp) {
+  std::fill(s.o.begin(), s.o.begin() + rpad * dp, 0.f);
+  std::fill(s.m.begin(), s.m.begin() + rpad, kNegInf);
+  std::fill(s.l.begin(), s.l.begin() + rpad, 0.f);
+  std::fill(s.lim.begin(), s.lim.begin() + rpad, -1);
 }
 
-inline void PackQueryRow(const float* src, int64_t dh, int64_t dp, float scale2, float* dst) {
-  for (int64_t d = 0; d < dh; ++d) dst[d] = src[d] * scale2;
-  for (int64_t d = dh; d < dp; ++d) dst[d] = 0.f;
+// Packs query row `row` (dh floats at src) into qt, scaled into log2 units.
+inline void PackQueryRow(const float* src, int64_t dh, int64_t rpad, int64_t row, float scale2, float* qt) {
+  for (int64_t d = 0; d < dh; ++d) qt[d * rpad + row] = src[d] * scale2;
+}
+
+// Zeroes the padding rows of qt and computes per-vector lim bounds.
+inline void FinishRows(Scratch& s, int64_t R, int64_t rpad, int64_t dh) {
+  for (int64_t d = 0; d < dh; ++d)
+    for (int64_t r = R; r < rpad; ++r) s.qt[d * rpad + r] = 0.f;
+  for (int64_t v = 0; v < rpad / 16; ++v) {
+    int32_t lo = INT32_MAX, hi = -1;
+    for (int64_t r = v * 16; r < std::min(R, v * 16 + 16); ++r) {
+      lo = std::min(lo, s.lim[r]);
+      hi = std::max(hi, s.lim[r]);
+    }
+    s.vmin[v] = lo;  // over real rows only: padding rows' values are never used
+    s.vmax[v] = hi;
+  }
 }
 
 }  // namespace
@@ -239,19 +259,21 @@ void AttentionPrefillF32(const PrefillProblem& p, int num_threads) {
     // Later query blocks see more keys under the causal mask: hand them out first.
     const int64_t qb = nqb - 1 - task / hkv, kvh = task % hkv;
     const int64_t i0 = qb * bq, i1 = std::min(p.n, i0 + bq), nb = i1 - i0, R = group * nb;
+    const int64_t rpad = RoundUp16(R);
     Scratch& s = ThreadScratch();
-    s.Ensure(R, dh, dp);
-    InitRows(s, R, dp);
+    s.Ensure(rpad, dh, dp);
+    InitRows(s, rpad, dp);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = kvh * group + g, qh = h % p.hq;
       for (int64_t i = i0; i < i1; ++i) {
         const int64_t row = g * nb + (i - i0);
-        PackQueryRow(p.q + (i * p.hq + qh) * dh, dh, dp, scale2, s.q.data() + row * dp);
-        s.lim[row] = p.causal ? std::min(p.q_pos0 + i, p.kv_len - 1) : p.kv_len - 1;
+        PackQueryRow(p.q + (i * p.hq + qh) * dh, dh, rpad, row, scale2, s.qt.data());
+        s.lim[row] = static_cast<int32_t>(p.causal ? std::min(p.q_pos0 + i, p.kv_len - 1) : p.kv_len - 1);
       }
     }
+    FinishRows(s, R, rpad, dh);
     const int64_t ke = p.causal ? std::min(p.q_pos0 + i1, p.kv_len) : p.kv_len;
-    AttendRange(p.kv, p.block_table, kvh, 0, ke, R, s);
+    AttendRange(p.kv, p.block_table, kvh, 0, ke, R, rpad, s);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = kvh * group + g;
       for (int64_t i = i0; i < i1; ++i) {
@@ -324,15 +346,17 @@ void AttentionDecodeF32(const DecodeProblem& p, int num_threads) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
   for (int64_t t = 0; t < ntasks; ++t) {
     const DecodeTask& task = tk[t];
+    const int64_t rpad = RoundUp16(group);
     Scratch& s = ThreadScratch();
-    s.Ensure(group, dh, dp);
-    InitRows(s, group, dp);
+    s.Ensure(rpad, dh, dp);
+    InitRows(s, rpad, dp);
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = task.kvh * group + g, qh = h % p.hq;
-      PackQueryRow(p.q + (task.b * p.hq + qh) * dh, dh, dp, scale2, s.q.data() + g * dp);
-      s.lim[g] = p.seqs[task.b].kv_len - 1;
+      PackQueryRow(p.q + (task.b * p.hq + qh) * dh, dh, rpad, g, scale2, s.qt.data());
+      s.lim[g] = static_cast<int32_t>(p.seqs[task.b].kv_len - 1);
     }
-    AttendRange(p.kv, p.seqs[task.b].block_table, task.kvh, task.kb, task.ke, group, s);
+    FinishRows(s, group, rpad, dh);
+    AttendRange(p.kv, p.seqs[task.b].block_table, task.kvh, task.kb, task.ke, group, rpad, s);
     std::copy(s.o.begin(), s.o.begin() + group * dp, po + task.part * group * dp);
     std::copy(s.m.begin(), s.m.begin() + group, pm + task.part * group);
     std::copy(s.l.begin(), s.l.begin() + group, pl + task.part * group);

@@ -1,6 +1,7 @@
 #include "workers/engine/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -8,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <string>
 #include <utility>
@@ -15,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "services/common/log.h"
 #include "services/common/status.h"
 #include "workers/engine/cpu/attention.h"
 #include "workers/engine/cpu/simd.h"
@@ -84,7 +87,7 @@ int64_t Rows(const TensorView& t) {
 class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& options) {
-    threads_ = options.num_threads > 0 ? options.num_threads : omp_get_num_procs();
+    threads_ = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();  // honours OMP_NUM_THREADS
     openblas_set_num_threads(threads_);
   }
 
@@ -524,9 +527,36 @@ class CpuBackend : public Backend {
   int64_t rope_dh_ = 0;
 };
 
+// OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons (e.g. Emerald Rapids, model 207)
+// and falls back to its SSE3 "Prescott" kernels, about 4x slower than its AVX-512 ones. When the
+// library is a DYNAMIC_ARCH build that did exactly that, the user has not chosen a core type
+// (OPENBLAS_CORETYPE), and the CPU has AVX-512, re-run OpenBLAS's own core selection with
+// OPENBLAS_CORETYPE=SkylakeX. Symbols are looked up at run time, so other BLAS builds are untouched.
+void FixOpenBlasCoreType() {
+  if (std::getenv("OPENBLAS_CORETYPE") != nullptr) return;
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512dq") || !__builtin_cpu_supports("avx512vl")) {
+    return;
+  }
+  using NameFn = char* (*)();
+  using VoidFn = void (*)();
+  auto corename = reinterpret_cast<NameFn>(dlsym(RTLD_DEFAULT, "openblas_get_corename"));
+  auto quit = reinterpret_cast<VoidFn>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_quit"));
+  auto init = reinterpret_cast<VoidFn>(dlsym(RTLD_DEFAULT, "gotoblas_dynamic_init"));
+  if (corename == nullptr || quit == nullptr || init == nullptr) return;
+  const char* name = corename();
+  if (name == nullptr || std::strcmp(name, "Prescott") != 0) return;
+  setenv("OPENBLAS_CORETYPE", "SkylakeX", 0);
+  quit();
+  init();
+  SQA_VLOG(1) << "OpenBLAS picked Prescott kernels on an AVX-512 CPU; switched to " << corename();
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options) {
+  static std::once_flag blas_fix;
+  std::call_once(blas_fix, FixOpenBlasCoreType);
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
   }
