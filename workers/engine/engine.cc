@@ -309,6 +309,16 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     SQA_ASSIGN_OR_RETURN(TensorView lg, logits_buf.View(*backend, {m, vocab}, DType::kF32));
     SQA_RETURN_IF_ERROR(backend->GatherRows(h, rows.data(), m, sel));
     SQA_RETURN_IF_ERROR(backend->RmsNorm(sel, final_norm.view, static_cast<float>(cfg.rms_norm_eps), seln));
+    bool want_hidden = false;
+    for (const Segment& s : segments) want_hidden = want_hidden || s.hidden_state;
+    if (want_hidden) {  // Encode's OUTPUT_HIDDEN_STATE: copy seln to the host as f32
+      std::vector<uint8_t> raw(static_cast<size_t>(m * d) * DTypeSize(act));
+      SQA_RETURN_IF_ERROR(backend->CopyToHost(seln, raw.data()));
+      SQA_RETURN_IF_ERROR(backend->Synchronize());
+      out.hidden_size = d;
+      out.hidden.resize(static_cast<size_t>(m * d));
+      ConvertToF32(raw.data(), act, static_cast<size_t>(m * d), out.hidden.data());
+    }
     SQA_RETURN_IF_ERROR(backend->Linear(seln, lm_head, lg));
     out.data.resize(static_cast<size_t>(m * vocab));
     SQA_RETURN_IF_ERROR(backend->CopyToHost(lg, out.data.data()));

@@ -31,6 +31,10 @@ struct Logits {
   std::vector<int64_t> row_begin;   // per segment: first row of that segment's logits
   int64_t rows() const { return vocab ? static_cast<int64_t>(data.size()) / vocab : 0; }
   const float* row(int64_t r) const { return data.data() + r * vocab; }
+  // Final-normed hidden states (the lm_head input) of the same rows, rows * hidden_size f32; filled
+  // only when some segment sets `hidden_state` (then for every returned row). Added for Encode.
+  int64_t hidden_size = 0;
+  std::vector<float> hidden;
 };
 
 class Engine {
@@ -54,6 +58,7 @@ class Engine {
     SeqId seq = 0;
     absl::Span<const int32_t> tokens;  // appended after the sequence's current tokens
     bool all_logits = false;           // logits of every token, else only of the last
+    bool hidden_state = false;         // also return Logits::hidden (final-normed hidden state)
   };
   // One forward pass over several segments (e.g. a prefill chunk plus a decode batch): appends
   // each segment's tokens to its sequence's KV cache and returns the requested logits in segment

@@ -198,9 +198,6 @@ absl::StatusOr<RequestId> Scheduler::SubmitGenerateImpl(GenerateParams p, absl::
 absl::StatusOr<RequestId> Scheduler::SubmitEncodeImpl(EncodeParams p, absl::Time deadline, RequestCallbacks cb) {
   if (p.prompt.empty()) return absl::InvalidArgumentError("prompt_tokens is empty; send at least one token");
   SQA_RETURN_IF_ERROR(ValidateCommon(p.prompt, "prompt_tokens"));
-  if (p.output == EncodeOutput::kHiddenState)
-    return absl::UnimplementedError(
-        "Encode with OUTPUT_HIDDEN_STATE is not implemented by this worker yet; ask for OUTPUT_LOGITS");
   const int64_t n = static_cast<int64_t>(p.prompt.size());
   const int64_t ctx = config_.max_position_embeddings;
   if (ctx > 0 && n > ctx)
@@ -359,8 +356,11 @@ bool Scheduler::Step() {
     const int64_t left = static_cast<int64_t>(r->feed.size()) - r->prefilled;
     if (r->decoding || left <= 0) continue;
     const int64_t c = std::min(left, budget);
-    segs.push_back({r->seq, absl::MakeConstSpan(r->feed.data() + r->prefilled, static_cast<size_t>(c)),
-                    r->encode && r->enc.prompt_logprobs});
+    Engine::Segment seg{r->seq, absl::MakeConstSpan(r->feed.data() + r->prefilled, static_cast<size_t>(c)),
+                        r->encode && r->enc.prompt_logprobs};
+    // The hidden state is only needed from the last chunk.
+    seg.hidden_state = r->encode && r->enc.output == EncodeOutput::kHiddenState && c == left;
+    segs.push_back(seg);
     seg_req.push_back(r);
     info.parts.push_back({r->id, c, false});
     budget -= c;
@@ -431,9 +431,19 @@ bool Scheduler::Step() {
       }
     }
     if (r.prefilled < static_cast<int64_t>(r.feed.size())) continue;
-    const float* last = logits->row(base + (segs[i].all_logits ? n - 1 : 0));
+    const int64_t last_row = base + (segs[i].all_logits ? n - 1 : 0);
+    const float* last = logits->row(last_row);
     if (r.encode) {
-      r.result.values.assign(last, last + vocab);
+      if (r.enc.output == EncodeOutput::kHiddenState) {
+        const int64_t d = logits->hidden_size;
+        if (d <= 0 || static_cast<int64_t>(logits->hidden.size()) < (last_row + 1) * d) {
+          Finish(r, absl::InternalError("the engine returned no hidden state"));
+          continue;
+        }
+        r.result.values.assign(logits->hidden.begin() + last_row * d, logits->hidden.begin() + (last_row + 1) * d);
+      } else {
+        r.result.values.assign(last, last + vocab);
+      }
       Finish(r, absl::OkStatus());
     } else {
       emit(r, last);

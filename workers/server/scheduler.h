@@ -85,7 +85,7 @@ struct RequestResult {
   double queue_seconds = 0;        // submit -> admission
   double time_to_first_token_seconds = 0;  // submit -> first new token (generate)
   double total_seconds = 0;        // submit -> finish
-  std::vector<float> values;          // encode: logits of the last position
+  std::vector<float> values;          // encode: logits [vocab] or final-normed hidden state [hidden] of the last position
   std::vector<float> prompt_logprobs; // encode: log p(prompt[i] | prompt[<i]) for i >= 1
 };
 

@@ -248,10 +248,10 @@ TEST(Scheduler, RejectionsAreImmediateAndActionable) {
   GenerateParams resume_all = Gen({1}, 2);
   resume_all.resume_tokens = {3, 4};
   EXPECT_EQ(code(resume_all).code(), absl::StatusCode::kInvalidArgument);
-  EncodeParams hidden;
-  hidden.prompt = {1, 2};
-  hidden.output = EncodeOutput::kHiddenState;
-  EXPECT_EQ(h.sched->SubmitEncode(hidden, kNoDeadline, {}).status().code(), absl::StatusCode::kUnimplemented);
+  EncodeParams enc;
+  EXPECT_EQ(h.sched->SubmitEncode(enc, kNoDeadline, {}).status().code(), absl::StatusCode::kInvalidArgument);
+  enc.prompt = RandomPrompt(513, 1);
+  EXPECT_EQ(h.sched->SubmitEncode(enc, kNoDeadline, {}).status().code(), absl::StatusCode::kInvalidArgument);
 
   // Queue of 1: the second waiting request is refused; the first completes.
   Collector a;
@@ -362,6 +362,29 @@ TEST(Scheduler, EncodeMatchesEngineLogitsAndPromptLogprobs) {
     EXPECT_NEAR(c.result.prompt_logprobs[i - 1], row[prompt[i]] - (m + std::log(s)), 1e-3) << i;
   }
   EXPECT_EQ(h.sched->Load().kv_blocks_used, 0);
+}
+
+TEST(Scheduler, EncodeHiddenStateTimesLmHeadGivesTheLogits) {
+  Harness h(/*budget=*/16);
+  const auto prompt = RandomPrompt(37, 8);
+  Collector logits, hidden;
+  EncodeParams p;
+  p.prompt = prompt;
+  ASSERT_TRUE(h.sched->SubmitEncode(p, kNoDeadline, logits.Callbacks()).ok());
+  p.output = EncodeOutput::kHiddenState;
+  ASSERT_TRUE(h.sched->SubmitEncode(p, kNoDeadline, hidden.Callbacks()).ok());
+  h.RunUntilIdle();
+  ASSERT_TRUE(logits.status.ok() && hidden.status.ok()) << hidden.status;
+  const ModelConfig& c = TinyModel()->config();
+  ASSERT_EQ(hidden.result.values.size(), static_cast<size_t>(c.hidden_size));
+  const TensorView& w = TinyModel()->weights().lm_head;  // [V, d], f32 on disk
+  ASSERT_EQ(w.dtype, DType::kF32);
+  const float* wd = static_cast<const float*>(w.data);
+  for (int64_t v = 0; v < c.vocab_size; ++v) {
+    double dot = 0;
+    for (int64_t j = 0; j < c.hidden_size; ++j) dot += static_cast<double>(hidden.result.values[j]) * wd[v * c.hidden_size + j];
+    EXPECT_NEAR(dot, logits.result.values[v], 1e-3) << v;
+  }
 }
 
 TEST(Scheduler, DrainRefusesNewWorkAndFinishesAccepted) {

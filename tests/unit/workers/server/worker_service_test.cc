@@ -158,8 +158,11 @@ TEST_F(WorkerServiceTest, EncodeReturnsLogitsAndPromptLogprobs) {
   EXPECT_EQ(resp.usage().prompt_tokens(), 70);
   for (float lp : resp.prompt_logprobs()) EXPECT_LE(lp, 0.f);
   req.set_output(sqa::v1::EncodeRequest::OUTPUT_HIDDEN_STATE);
+  req.set_return_prompt_logprobs(false);
   grpc::ClientContext ctx2;
-  EXPECT_EQ(stub_->Encode(&ctx2, req, &resp).error_code(), grpc::StatusCode::UNIMPLEMENTED);
+  ASSERT_TRUE(stub_->Encode(&ctx2, req, &resp).ok());
+  EXPECT_EQ(resp.values_size(), 64);  // hidden_size of the tiny preset
+  EXPECT_EQ(resp.prompt_logprobs_size(), 0);
 }
 
 TEST_F(WorkerServiceTest, ModelInfoAndLoad) {
