@@ -26,14 +26,15 @@ using namespace attn_detail;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32;         // keys per warp tile
+constexpr int kStages = 3;         // warp-private cp.async stages (two tiles in flight per warp)
 constexpr int kMaxSplits = 128;
 constexpr int kRowsPerGroupMax = 32;  // MT = 2 m16 tiles
 
 template <int D>
 __host__ __device__ constexpr int DecodeSmemBytes() {
-  // Per warp: 2 stages x (K + V) x [kTileN][D] bf16. Reused at the end for the warp merge
+  // Per warp: kStages x (K + V) x [kTileN][D] bf16. Reused at the end for the warp merge
   // (kWarps x 32 rows x D f32 + m, l), which must fit.
-  constexpr int kv = kWarps * 2 * 2 * kTileN * D * 2;
+  constexpr int kv = kWarps * kStages * 2 * kTileN * D * 2;
   constexpr int merge = kWarps * kRowsPerGroupMax * (D + 2) * 4;
   constexpr int q = kRowsPerGroupMax * D * 2;
   return (kv > merge ? kv : merge) + q;
@@ -88,7 +89,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelAr
   }
   CpAsyncCommit();
 
-  bf16* wK = sKV + warp * (2 * 2 * kTileN * D);  // [stage][K|V][kTileN][D]
+  bf16* wK = sKV + warp * (kStages * 2 * kTileN * D);  // [stage][K|V][kTileN][D]
   auto load_tile = [&](int64_t k0, int st) {
     bf16* dk = wK + st * 2 * kTileN * D;
     bf16* dv = dk + kTileN * D;
@@ -107,8 +108,11 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelAr
   const int n_tiles = static_cast<int>((n_keys + kTileN - 1) / kTileN);
   // Warp w takes tiles w, w + kWarps, ...
   const int my_tiles = n_tiles > warp ? (n_tiles - warp + kWarps - 1) / kWarps : 0;
-  if (my_tiles > 0) load_tile(ks0 + static_cast<int64_t>(warp) * kTileN, 0);
-  CpAsyncCommit();
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_tiles) load_tile(ks0 + static_cast<int64_t>(warp + st * kWarps) * kTileN, st);
+    CpAsyncCommit();
+  }
 
   float o[MT][D / 8][4];
 #pragma unroll
@@ -121,19 +125,17 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelAr
 
   // Q stays in shared memory (all warps read all rows); its fragments are re-read per tile,
   // which keeps registers free for the accumulators (this kernel is bandwidth-bound).
-  CpAsyncWait<1>();
+  CpAsyncWait<kStages - 1>();
   __syncthreads();
 
   for (int it = 0; it < my_tiles; ++it) {
-    const int st = it & 1;
+    const int st = it % kStages;
     const int64_t k0 = ks0 + static_cast<int64_t>(warp + it * kWarps) * kTileN;
-    if (it + 1 < my_tiles) {
-      load_tile(k0 + kWarps * kTileN, st ^ 1);
-      CpAsyncCommit();
-      CpAsyncWait<1>();
-    } else {
-      CpAsyncWait<0>();
+    if (it + kStages - 1 < my_tiles) {
+      load_tile(k0 + (kStages - 1) * kWarps * kTileN, (it + kStages - 1) % kStages);
     }
+    CpAsyncCommit();  // possibly empty: keeps the group count fixed
+    CpAsyncWait<kStages - 1>();
     __syncwarp();
     const bf16* tK = wK + st * 2 * kTileN * D;
     const bf16* tV = tK + kTileN * D;
@@ -326,7 +328,8 @@ int NumSms() {
 int ChooseSplits(int batch, int hkv, int row_groups, int64_t max_kv_len, int requested) {
   if (requested > 0) return std::min(requested, kMaxSplits);
   const int64_t ctas = static_cast<int64_t>(batch) * hkv * row_groups;
-  const int64_t want = (2 * NumSms() + ctas - 1) / ctas;              // about two waves
+  // One CTA per SM fits (shared memory); fill about two waves without a ragged last one.
+  const int64_t want = ctas >= NumSms() ? 1 : std::max<int64_t>(1, 2 * NumSms() / ctas);
   const int64_t by_len = std::max<int64_t>(1, max_kv_len / 512);       // at least 512 keys a split
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMaxSplits})));
 }

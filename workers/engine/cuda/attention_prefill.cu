@@ -4,7 +4,7 @@
 // Work decomposition. The query heads that share one KV head are packed into the M dimension:
 // packed row m of KV head kvh is (token m / g, attention head kvh * g + m % g) with g = Ha / Hkv,
 // so each K/V tile is loaded once for the whole group (GQA/MQA/SQA). rSQA (Hq < Hkv) has g = 1
-// and head h reads query head h % Hq. A CTA (8 warps, 16 rows each) owns 128 packed rows of one
+// and head h reads query head h % Hq. A CTA (4 warps, 32 rows each) owns 128 packed rows of one
 // KV head and walks the key tiles of 64 from the causal diagonal down to 0 (the masked tiles
 // first). CTAs are numbered so that the tiles with the most keys (the last rows) start first,
 // which balances the causal triangle across waves.
@@ -23,9 +23,10 @@ namespace {
 
 using namespace attn_detail;
 
-constexpr int kWarps = 8;
+constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kBlockM = kWarps * 16;
+constexpr int kMT = 2;                        // m16 tiles per warp: 32 query rows per warp
+constexpr int kBlockM = kWarps * 16 * kMT;    // 128 packed rows per CTA
 constexpr int kBlockN = 64;
 
 template <int D>
@@ -39,6 +40,7 @@ struct PrefillKernelArgs {
   const bf16* v;
   const int32_t* block_table;
   int block_size;
+  bool tile_in_block;  // paged and block_size % kBlockN == 0: a key tile never crosses a block
   int hq, hkv, ha, g;
   int64_t n, q_pos0, kv_len;
   int64_t rows;        // n * g packed rows per KV head
@@ -49,8 +51,11 @@ struct PrefillKernelArgs {
   float* lse;
 };
 
+// Two CTAs of 4 warps per SM (255 registers at most per thread): each warp owns 32 rows, so every
+// K/V fragment read from shared memory feeds two m16 tiles; Q fragments are re-read from shared
+// memory per k-step to leave the registers to the S and O accumulators.
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernelArgs a) {
+__global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillKernelArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
   bf16* sK = sQ + kBlockM * D;        // 2 stages of [kBlockN][D]
@@ -62,8 +67,8 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
   const int lane = tid % 32;
   const int64_t linear = blockIdx.x;
   const int kvh = static_cast<int>(linear % a.hkv);
-  const int64_t mt = a.row_tiles - 1 - linear / a.hkv;  // longest (last) row tiles first
-  const int64_t row0 = mt * kBlockM;
+  const int64_t mt_idx = a.row_tiles - 1 - linear / a.hkv;  // longest (last) row tiles first
+  const int64_t row0 = mt_idx * kBlockM;
   const int g = a.g;
 
   const int64_t row_end = min(row0 + kBlockM, a.rows);
@@ -72,7 +77,7 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
   int64_t kv_end = a.kv_len;
   if (a.causal) kv_end = min(kv_end, a.q_pos0 + t_last + 1);
   const int num_tiles = kv_end > 0 ? static_cast<int>((kv_end + kBlockN - 1) / kBlockN) : 0;
-  // Tiles whose last key is <= unmasked_end - 1 need no mask for any row of this CTA.
+  // Tiles whose keys all lie below unmasked_end need no mask for any row of this CTA.
   const int64_t unmasked_end = a.causal ? min(a.kv_len, a.q_pos0 + t_first + 1) : a.kv_len;
 
   // --- Q tile -> shared memory.
@@ -90,15 +95,32 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
   }
 
   auto load_kv = [&](int jt, int st) {
-    const int64_t k0 = static_cast<int64_t>(jt) * kBlockN;
+    const int k0 = jt * kBlockN;
     bf16* dk = sK + st * kBlockN * D;
     bf16* dv = sV + st * kBlockN * D;
-#pragma unroll
+    int64_t tile_base = 0;
+    if (a.tile_in_block) {
+      const int bi = k0 / a.block_size;
+      const int64_t blk = a.block_table[bi];
+      tile_base = ((blk * a.hkv + kvh) * a.block_size + (k0 - static_cast<int64_t>(bi) * a.block_size)) * D;
+    }
+#pragma unroll 2
     for (int i = tid; i < kBlockN * kChunks; i += kThreads) {
       const int r = i / kChunks, c = i % kChunks;
-      const int64_t p = k0 + r;
+      const int p = k0 + r;
       const bool valid = p < kv_end;
-      const int64_t off = valid ? KvOffset<D>(a.block_table, a.block_size, a.hkv, kvh, p) + c * 8 : 0;
+      int64_t off = 0;
+      if (valid) {
+        if (a.tile_in_block) {
+          off = tile_base + r * D;
+        } else if (a.block_table != nullptr) {
+          const int bi = p / a.block_size;
+          off = ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D;
+        } else {
+          off = (static_cast<int64_t>(p) * a.hkv + kvh) * D;
+        }
+        off += c * 8;
+      }
       CpAsync16(SmemAddr(dk + Swz<D>(r, c)), a.k + off, valid);
       CpAsync16(SmemAddr(dv + Swz<D>(r, c)), a.v + off, valid);
     }
@@ -107,22 +129,26 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
   if (num_tiles > 0) load_kv(num_tiles - 1, 0);
   CpAsyncCommit();
 
-  // Per-thread rows: r_lo = warp*16 + lane/4 and r_lo + 8.
-  const int r_lo = warp * 16 + lane / 4;
-  int64_t row_limit[2];  // last visible key position per row (causal), else kv_len - 1
+  // Per-thread rows: for m-tile mt and half i, row warp*32 + mt*16 + lane/4 + 8*i.
+  const int r_base = warp * 16 * kMT + lane / 4;
+  int row_limit[kMT][2];  // last visible key position per row (positions fit in int32)
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t pr = row0 + r_lo + i * 8;
-    const int64_t t = pr / g;
-    row_limit[i] = a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1;
-  }
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t pr = row0 + r_base + mt * 16 + i * 8;
+      const int64_t t = pr / g;
+      row_limit[mt][i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
+    }
 
-  uint32_t qf[D / 16][4];
-  float o[D / 8][4];
+  float o[kMT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float m_i[2] = {-INFINITY, -INFINITY};
-  float l_i[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[mt][i][0] = o[mt][i][1] = o[mt][i][2] = o[mt][i][3] = 0.f;
+  float m_i[kMT][2], l_i[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) m_i[mt][0] = m_i[mt][1] = -INFINITY, l_i[mt][0] = l_i[mt][1] = 0.f;
 
   for (int it = 0; it < num_tiles; ++it) {
     const int jt = num_tiles - 1 - it;
@@ -135,89 +161,102 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
       CpAsyncWait<0>();
     }
     __syncthreads();
-    if (it == 0) {
-#pragma unroll
-      for (int ks = 0; ks < D / 16; ++ks) {
-        const int r = warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
-        Ldsm4(qf[ks], SmemAddr(sQ + Swz<D>(r, ks * 2 + lane / 16)));
-      }
-    }
     const bf16* tK = sK + st * kBlockN * D;
     const bf16* tV = sV + st * kBlockN * D;
 
-    // S = Q K^T for this warp's 16 rows x 64 keys.
-    float s[kBlockN / 8][4];
+    // S = Q K^T for this warp's 32 rows x 64 keys.
+    float s[kMT][kBlockN / 8][4];
 #pragma unroll
-    for (int i = 0; i < kBlockN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+      for (int i = 0; i < kBlockN / 8; ++i) s[mt][i][0] = s[mt][i][1] = s[mt][i][2] = s[mt][i][3] = 0.f;
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
+      uint32_t qf[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        const int r = warp * 16 * kMT + mt * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        Ldsm4(qf[mt], SmemAddr(sQ + Swz<D>(r, ks * 2 + lane / 16)));
+      }
 #pragma unroll
       for (int nb2 = 0; nb2 < kBlockN / 16; ++nb2) {
         uint32_t b[4];
         const int r = nb2 * 16 + (lane % 8) + (lane / 16) * 8;
         Ldsm4(b, SmemAddr(tK + Swz<D>(r, ks * 2 + (lane / 8) % 2)));
-        Mma(s[2 * nb2], qf[ks], b[0], b[1]);
-        Mma(s[2 * nb2 + 1], qf[ks], b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma(s[mt][2 * nb2], qf[mt], b[0], b[1]);
+          Mma(s[mt][2 * nb2 + 1], qf[mt], b[2], b[3]);
+        }
       }
     }
 
-    // Scale (log2 domain) and mask.
-    const int64_t k0 = static_cast<int64_t>(jt) * kBlockN;
+    // Scale (log2 domain), mask, online softmax.
+    const int k0 = jt * kBlockN;
     const bool need_mask = k0 + kBlockN > unmasked_end;
 #pragma unroll
-    for (int nb = 0; nb < kBlockN / 8; ++nb) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nb][e] * a.scale_log2;
-        if (need_mask) {
-          const int64_t key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
-          if (key > row_limit[e >> 1]) x = -INFINITY;
-        }
-        s[nb][e] = x;
-      }
-    }
-
-    // Online softmax.
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-      mx = QuadMax(mx);
-      const float m_new = fmaxf(m_i[i], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = exp2f(m_i[i] - m_use);
-      float sum = 0.f;
+    for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
       for (int nb = 0; nb < kBlockN / 8; ++nb) {
-        const float p0 = exp2f(s[nb][2 * i] - m_use);
-        const float p1 = exp2f(s[nb][2 * i + 1] - m_use);
-        s[nb][2 * i] = p0;
-        s[nb][2 * i + 1] = p1;
-        sum += p0 + p1;
-      }
-      l_i[i] = l_i[i] * alpha + sum;
-      m_i[i] = m_new;
 #pragma unroll
-      for (int nd = 0; nd < D / 8; ++nd) {
-        o[nd][2 * i] *= alpha;
-        o[nd][2 * i + 1] *= alpha;
+        for (int e = 0; e < 4; ++e) {
+          float x = s[mt][nb][e] * a.scale_log2;
+          if (need_mask) {
+            const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
+            if (key > row_limit[mt][e >> 1]) x = -INFINITY;
+          }
+          s[mt][nb][e] = x;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[mt][nb][2 * i], s[mt][nb][2 * i + 1]));
+        mx = QuadMax(mx);
+        const float m_new = fmaxf(m_i[mt][i], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        const float alpha = exp2f(m_i[mt][i] - m_use);
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < kBlockN / 8; ++nb) {
+          const float p0 = exp2f(s[mt][nb][2 * i] - m_use);
+          const float p1 = exp2f(s[mt][nb][2 * i + 1] - m_use);
+          s[mt][nb][2 * i] = p0;
+          s[mt][nb][2 * i + 1] = p1;
+          sum += p0 + p1;
+        }
+        l_i[mt][i] = l_i[mt][i] * alpha + sum;
+        m_i[mt][i] = m_new;
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          o[mt][nd][2 * i] *= alpha;
+          o[mt][nd][2 * i + 1] *= alpha;
+        }
       }
     }
 
     // O += P V.
 #pragma unroll
     for (int ks = 0; ks < kBlockN / 16; ++ks) {
-      const uint32_t pa[4] = {PackBf16(s[2 * ks][0], s[2 * ks][1]), PackBf16(s[2 * ks][2], s[2 * ks][3]),
-                              PackBf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                              PackBf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+      uint32_t pa[kMT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+        pa[mt][0] = PackBf16(s[mt][2 * ks][0], s[mt][2 * ks][1]);
+        pa[mt][1] = PackBf16(s[mt][2 * ks][2], s[mt][2 * ks][3]);
+        pa[mt][2] = PackBf16(s[mt][2 * ks + 1][0], s[mt][2 * ks + 1][1]);
+        pa[mt][3] = PackBf16(s[mt][2 * ks + 1][2], s[mt][2 * ks + 1][3]);
+      }
 #pragma unroll
       for (int nd2 = 0; nd2 < D / 16; ++nd2) {
         uint32_t b[4];
         const int r = ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
         Ldsm4T(b, SmemAddr(tV + Swz<D>(r, nd2 * 2 + lane / 16)));
-        Mma(o[2 * nd2], pa, b[0], b[1]);
-        Mma(o[2 * nd2 + 1], pa, b[2], b[3]);
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          Mma(o[mt][2 * nd2], pa[mt], b[0], b[1]);
+          Mma(o[mt][2 * nd2 + 1], pa[mt], b[2], b[3]);
+        }
       }
     }
     __syncthreads();
@@ -226,23 +265,25 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillKernel(const PrefillKernel
 
   // Epilogue: normalize, write out and LSE.
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const float l = QuadSum(l_i[i]);
-    const int64_t pr = row0 + r_lo + i * 8;
-    if (pr >= a.rows) continue;
-    const int64_t t = pr / g;
-    const int h = kvh * g + static_cast<int>(pr - t * g);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    bf16* dst = a.out + (t * a.ha + h) * D + (lane % 4) * 2;
+  for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-    for (int nd = 0; nd < D / 8; ++nd) {
-      *reinterpret_cast<__nv_bfloat162*>(dst + nd * 8) =
-          __floats2bfloat162_rn(o[nd][2 * i] * inv, o[nd][2 * i + 1] * inv);
+    for (int i = 0; i < 2; ++i) {
+      const float l = QuadSum(l_i[mt][i]);
+      const int64_t pr = row0 + r_base + mt * 16 + i * 8;
+      if (pr >= a.rows) continue;
+      const int64_t t = pr / g;
+      const int h = kvh * g + static_cast<int>(pr - t * g);
+      const float inv = l > 0.f ? 1.f / l : 0.f;
+      bf16* dst = a.out + (t * a.ha + h) * D + (lane % 4) * 2;
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        *reinterpret_cast<__nv_bfloat162*>(dst + nd * 8) =
+            __floats2bfloat162_rn(o[mt][nd][2 * i] * inv, o[mt][nd][2 * i + 1] * inv);
+      }
+      if (a.lse != nullptr && lane % 4 == 0) {
+        a.lse[t * a.ha + h] = l > 0.f ? (m_i[mt][i] + log2f(l)) * kLn2 : -INFINITY;
+      }
     }
-    if (a.lse != nullptr && lane % 4 == 0) {
-      a.lse[t * a.ha + h] = l > 0.f ? (m_i[i] + log2f(l)) * kLn2 : -INFINITY;
-    }
-  }
 }
 
 template <int D>
@@ -272,6 +313,9 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
         absl::StrCat("attention prefill: Hq=", hq, " and Hkv=", hkv, " must divide one another"));
   }
   if (p.n < 0 || p.kv_len < 0 || p.q_pos0 < 0) return absl::InvalidArgumentError("attention prefill: negative size");
+  if (p.kv_len >= (int64_t{1} << 31) - kBlockN || p.q_pos0 + p.n >= (int64_t{1} << 31)) {
+    return absl::InvalidArgumentError("attention prefill: positions must stay below 2^31");
+  }
   if (p.causal && p.q_pos0 + p.n > p.kv_len) {
     return absl::InvalidArgumentError(absl::StrCat("attention prefill: queries end at position ", p.q_pos0 + p.n,
                                                    " but only ", p.kv_len, " keys are given (causal)"));
@@ -289,6 +333,7 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
   a.v = static_cast<const bf16*>(p.kv.v);
   a.block_table = p.kv.block_table;
   a.block_size = p.kv.block_size;
+  a.tile_in_block = p.kv.block_table != nullptr && p.kv.block_size % kBlockN == 0;
   a.hq = hq;
   a.hkv = hkv;
   a.ha = hq > hkv ? hq : hkv;
