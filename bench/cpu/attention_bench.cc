@@ -114,40 +114,79 @@ struct CellTiming {
   int reps = 0;
 };
 
-absl::StatusOr<CellTiming> TimePrefill(Backend& be, const AttnLayout& l, int64_t tokens, const KvFixture& kv,
-                                       const AttentionBenchOptions& o, double predicted_s) {
-  SQA_ASSIGN_OR_RETURN(Tensor q, MakeTensor(be, {tokens, l.hq, o.head_dim}));
-  SQA_ASSIGN_OR_RETURN(Tensor out, MakeTensor(be, {tokens, l.ha(), o.head_dim}));
-  SQA_RETURN_IF_ERROR(FillTensor(be, q.view, 42));
-  SQA_RETURN_IF_ERROR(FillTensor(be, out.view, 43));  // touches the pages before timing
-  PrefillAttentionArgs args;
-  args.cache = kv.cache.get();
-  args.layer = 0;
-  args.q = q.view;
-  args.q_pos0 = 0;
-  args.kv = KvSequenceRef{kv.tables[0].data(), tokens};
-  args.causal = true;
-  args.out = out.view;
-  auto run = [&]() -> absl::StatusOr<double> {
+// One layout's prefill cell at one length: its own KV cache, queries and output, and the times
+// measured so far. The cells of one length are timed round-robin (one repeat of each layout in
+// turn) so that load from other processes skews every layout alike, not whichever ran during it.
+class PrefillCellRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<PrefillCellRunner>> Make(Backend& be, const AttnLayout& l, int64_t tokens,
+                                                                 const AttentionBenchOptions& o) {
+    auto r = std::unique_ptr<PrefillCellRunner>(new PrefillCellRunner(be, l));
+    SQA_ASSIGN_OR_RETURN(r->kv_, MakeKv(be, l, tokens, 1, o));
+    SQA_ASSIGN_OR_RETURN(r->q_, MakeTensor(be, {tokens, l.hq, o.head_dim}));
+    SQA_ASSIGN_OR_RETURN(r->out_, MakeTensor(be, {tokens, l.ha(), o.head_dim}));
+    SQA_RETURN_IF_ERROR(FillTensor(be, r->q_.view, 42));
+    SQA_RETURN_IF_ERROR(FillTensor(be, r->out_.view, 43));  // touches the pages before timing
+    r->args_.cache = r->kv_.cache.get();
+    r->args_.layer = 0;
+    r->args_.q = r->q_.view;
+    r->args_.q_pos0 = 0;
+    r->args_.kv = KvSequenceRef{r->kv_.tables[0].data(), tokens};
+    r->args_.causal = true;
+    r->args_.out = r->out_.view;
+    return r;
+  }
+  absl::StatusOr<double> Run() {
     double t0 = NowSeconds();
-    SQA_RETURN_IF_ERROR(be.AttentionPrefill(args));
-    SQA_RETURN_IF_ERROR(be.Synchronize());
+    SQA_RETURN_IF_ERROR(be_.AttentionPrefill(args_));
+    SQA_RETURN_IF_ERROR(be_.Synchronize());
     return NowSeconds() - t0;
-  };
-  // Warm-up (thread pool, instruction cache) unless the run is long enough that it does not
-  // matter; a smaller length of the same layout ran just before.
-  if (predicted_s < 1.0) {
-    SQA_RETURN_IF_ERROR(run().status());
   }
+  const AttnLayout& layout() const { return layout_; }
   std::vector<double> times;
-  SQA_ASSIGN_OR_RETURN(double first, run());
-  times.push_back(first);
-  int target = o.quick ? 1 : std::clamp(static_cast<int>(o.prefill_cell_budget_s / first), 1, kMaxPrefillReps);
-  while (static_cast<int>(times.size()) < target) {
-    SQA_ASSIGN_OR_RETURN(double t, run());
-    times.push_back(t);
+  int target_reps = 1;
+
+ private:
+  PrefillCellRunner(Backend& be, const AttnLayout& l) : be_(be), layout_(l) {}
+  Backend& be_;
+  AttnLayout layout_;
+  KvFixture kv_;
+  Tensor q_, out_;
+  PrefillAttentionArgs args_;
+};
+
+// Times every layout's prefill at `tokens`. `predicted` holds each layout's expected seconds
+// (scaled from the previous length; 0 when unknown): short runs get a warm-up first.
+absl::StatusOr<std::vector<CellTiming>> TimePrefillRoundRobin(Backend& be, const std::vector<AttnLayout>& layouts,
+                                                              int64_t tokens, const AttentionBenchOptions& o,
+                                                              const std::vector<double>& predicted) {
+  std::vector<std::unique_ptr<PrefillCellRunner>> cells;
+  for (const AttnLayout& l : layouts) {
+    SQA_ASSIGN_OR_RETURN(auto c, PrefillCellRunner::Make(be, l, tokens, o));
+    cells.push_back(std::move(c));
   }
-  return CellTiming{Median(times), static_cast<int>(times.size())};
+  for (size_t i = 0; i < cells.size(); ++i) {
+    // Warm-up (thread pool, caches, instruction cache) unless a run is long enough that it
+    // does not matter (a smaller length of the same layout ran just before).
+    if (predicted[i] < 1.0) SQA_RETURN_IF_ERROR(cells[i]->Run().status());
+  }
+  for (auto& c : cells) {
+    SQA_ASSIGN_OR_RETURN(double first, c->Run());
+    c->times.push_back(first);
+    c->target_reps = o.quick ? 1 : std::clamp(static_cast<int>(o.prefill_cell_budget_s / first), 1, kMaxPrefillReps);
+  }
+  for (bool more = true; more;) {
+    more = false;
+    for (auto& c : cells) {
+      if (static_cast<int>(c->times.size()) >= c->target_reps) continue;
+      SQA_ASSIGN_OR_RETURN(double t, c->Run());
+      c->times.push_back(t);
+      more = true;
+    }
+  }
+  std::vector<CellTiming> out;
+  for (auto& c : cells) out.push_back(CellTiming{Median(c->times), static_cast<int>(c->times.size())});
+  return out;
 }
 
 absl::StatusOr<CellTiming> TimeDecode(Backend& be, const AttnLayout& l, int64_t tokens, int64_t batch,
@@ -420,14 +459,19 @@ absl::StatusOr<AttentionBenchResult> RunAttentionBench(const AttentionBenchOptio
 
   std::map<std::string, std::pair<int64_t, double>> last;  // layout -> (N, seconds) measured before
   for (int64_t n : o.lengths) {
+    std::vector<double> predicted;
     for (const AttnLayout& l : layouts) {
-      SQA_ASSIGN_OR_RETURN(KvFixture kv, MakeKv(*be, l, n, max_batch, o));
-      double predicted = 0;
+      double p = 0;
       if (auto it = last.find(l.name); it != last.end()) {
         double ratio = double(n) / double(it->second.first);
-        predicted = it->second.second * ratio * ratio;
+        p = it->second.second * ratio * ratio;
       }
-      SQA_ASSIGN_OR_RETURN(CellTiming t, TimePrefill(*be, l, n, kv, o, predicted));
+      predicted.push_back(p);
+    }
+    SQA_ASSIGN_OR_RETURN(std::vector<CellTiming> timings, TimePrefillRoundRobin(*be, layouts, n, o, predicted));
+    for (size_t i = 0; i < layouts.size(); ++i) {
+      const AttnLayout& l = layouts[i];
+      const CellTiming& t = timings[i];
       last[l.name] = {n, t.median};
       PrefillCell c;
       c.layout = l.name;
@@ -443,6 +487,9 @@ absl::StatusOr<AttentionBenchResult> RunAttentionBench(const AttentionBenchOptio
       r.prefill.push_back(c);
       std::cerr << Fmt("prefill %-5s N=%-6lld %9.2f ms  %6.1f GFLOP/s  (%d reps)\n", l.name.c_str(),
                        static_cast<long long>(n), c.seconds * 1e3, c.gflops, c.reps);
+    }
+    for (const AttnLayout& l : layouts) {
+      SQA_ASSIGN_OR_RETURN(KvFixture kv, MakeKv(*be, l, n, max_batch, o));
       for (int64_t b : o.decode_batches) {
         SQA_ASSIGN_OR_RETURN(CellTiming d, TimeDecode(*be, l, n, b, kv, o, flusher.get()));
         DecodeCell dc;
