@@ -17,6 +17,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "workers/engine/model/tensor.h"
 
 namespace sqa {
 
@@ -41,8 +42,8 @@ class Communicator {
 
   // `bytes` from `root`'s buffer into every rank's buffer (in place).
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
-  // In-place element-wise sum of `count` f32 values over all ranks.
-  virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  // In-place element-wise sum of `count` values over all ranks. Gloo takes f32; NCCL f32, bf16, f16.
+  virtual absl::Status AllReduceSum(void* data, size_t count, DType dtype) = 0;
   // Every rank contributes `bytes` from `send`; `recv` receives world_size * bytes, rank-major.
   virtual absl::Status AllGather(const void* send, size_t bytes, void* recv) = 0;
   // Sends `send_bytes` to rank `to` while receiving `recv_bytes` from rank `from` (a ring step).

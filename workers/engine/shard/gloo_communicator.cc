@@ -97,7 +97,11 @@ class GlooCommunicator : public Communicator {
     });
   }
 
-  absl::Status AllReduceSum(float* data, size_t count) override {
+  absl::Status AllReduceSum(void* raw, size_t count, DType dtype) override {
+    if (dtype != DType::kF32) {
+      return absl::InvalidArgumentError(absl::StrCat("gloo all-reduce supports f32 only, got ", DTypeName(dtype)));
+    }
+    float* data = static_cast<float*>(raw);
     return Run("all-reduce", stats_.all_reduce, count * sizeof(float), [&] {
       gloo::AllreduceOptions opts(ctx_);
       opts.setOutput(data, count);

@@ -47,9 +47,16 @@ class NcclCommunicator : public Communicator {
     return Run("broadcast", stats_.broadcast, bytes,
                [&] { return ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_); });
   }
-  absl::Status AllReduceSum(float* data, size_t count) override {
-    return Run("all-reduce", stats_.all_reduce, count * sizeof(float),
-               [&] { return ncclAllReduce(data, data, count, ncclFloat32, ncclSum, comm_, stream_); });
+  absl::Status AllReduceSum(void* data, size_t count, DType dtype) override {
+    ncclDataType_t t;
+    switch (dtype) {
+      case DType::kF32: t = ncclFloat32; break;
+      case DType::kBF16: t = ncclBfloat16; break;
+      case DType::kF16: t = ncclFloat16; break;
+      default: return absl::InvalidArgumentError("NCCL all-reduce supports f32, bf16 and f16");
+    }
+    return Run("all-reduce", stats_.all_reduce, count * DTypeSize(dtype),
+               [&] { return ncclAllReduce(data, data, count, t, ncclSum, comm_, stream_); });
   }
   absl::Status AllGather(const void* send, size_t bytes, void* recv) override {
     return Run("all-gather", stats_.all_gather, bytes,

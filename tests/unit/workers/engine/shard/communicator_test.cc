@@ -42,7 +42,7 @@ TEST(GlooCommunicatorTest, CollectivesGiveExactResults) {
 
       std::vector<float> x(1000);
       for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(rank + 1) * static_cast<float>(i);
-      ASSERT_TRUE(comm.AllReduceSum(x.data(), x.size()).ok());
+      ASSERT_TRUE(comm.AllReduceSum(x.data(), x.size(), DType::kF32).ok());
       const float factor = static_cast<float>(world * (world + 1) / 2);
       for (size_t i = 0; i < x.size(); ++i) ASSERT_EQ(x[i], factor * static_cast<float>(i)) << i;
 
@@ -72,11 +72,11 @@ TEST(GlooCommunicatorTest, DeadPeerGivesErrorNotHang) {
   RunGroup(2, milliseconds(500), [](int rank, Communicator& comm) {
     if (rank == 1) return;  // rank 1 "dies": never joins the collective
     float v = 1.f;
-    absl::Status s = comm.AllReduceSum(&v, 1);
+    absl::Status s = comm.AllReduceSum(&v, 1, DType::kF32);
     EXPECT_FALSE(s.ok());
     EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
     EXPECT_FALSE(comm.ok());
-    EXPECT_EQ(comm.AllReduceSum(&v, 1).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ(comm.AllReduceSum(&v, 1, DType::kF32).code(), absl::StatusCode::kFailedPrecondition);
   });
   EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(10));
 }
@@ -137,7 +137,7 @@ TEST(NcclCommunicatorTest, CollectivesMatchGlooSemantics) {
       float* d = nullptr;
       ASSERT_EQ(cudaMalloc(&d, n * sizeof(float)), cudaSuccess);
       cudaMemcpy(d, host.data(), n * sizeof(float), cudaMemcpyHostToDevice);
-      ASSERT_TRUE((*comm)->AllReduceSum(d, n).ok());
+      ASSERT_TRUE((*comm)->AllReduceSum(d, n, DType::kF32).ok());
       cudaMemcpy(host.data(), d, n * sizeof(float), cudaMemcpyDeviceToHost);
       const float factor = static_cast<float>(world * (world + 1) / 2);
       for (size_t i = 0; i < n; i += 997) ASSERT_EQ(host[i], factor * static_cast<float>(i % 1000));
