@@ -68,7 +68,11 @@ Init InitFor(uint64_t seed, const std::string& name, const ModelConfig& c) {
     std_dev = residual_scale / std::sqrt(static_cast<double>(c.o_in_dim()));
   } else if (absl::EndsWith(name, "down_proj.weight")) {
     std_dev = residual_scale / std::sqrt(static_cast<double>(c.intermediate_size));
-  } else {  // q, k, v, gate, up: read the RMS-normalized residual stream
+  } else if (absl::EndsWith(name, "q_proj.weight")) {
+    // Twice the k scale: scores q.k/sqrt(d_head) ~ N(0, 4), so attention is peaked enough that
+    // its output (and any error in it) shows in the logits instead of averaging away.
+    std_dev = 2.0 / std::sqrt(d);
+  } else {  // k, v, gate, up: read the RMS-normalized residual stream
     std_dev = 1.0 / std::sqrt(d);
   }
   init.center = static_cast<float>(center);

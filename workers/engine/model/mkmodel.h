@@ -3,8 +3,10 @@
 // Weights are uniform with the variance of the usual N(0, 1/fan_in) init, chosen so a forward
 // pass stays well conditioned at any depth and context length:
 //   embed_tokens                 std 1        (each token's residual starts at RMS 1)
-//   q/k/v/gate/up_proj           std 1/sqrt(hidden_size)   (inputs are RMS-normalized, so
-//                                 q, k, v, gate, up come out at RMS ~1 and q.k/sqrt(d_head) ~ N(0,1))
+//   k/v/gate/up_proj             std 1/sqrt(hidden_size)   (inputs are RMS-normalized, so
+//                                 k, v, gate, up come out at RMS ~1)
+//   q_proj                       std 2/sqrt(hidden_size)   (q.k/sqrt(d_head) ~ N(0, 4): attention
+//                                 peaked enough that its output matters at long context)
 //   o_proj, down_proj            std 1/sqrt(fan_in) / sqrt(2 * num_layers)   (each of the 2L
 //                                 residual updates adds variance <= 1/(2L): the stream stays O(1))
 //   input/post-attention norms   1 + U(-0.05, 0.05)

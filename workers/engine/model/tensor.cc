@@ -106,6 +106,7 @@ uint16_t F32ToF16(float v) {
 void ConvertToF32(const void* src, DType src_type, size_t n, float* dst) {
   // Sources may come straight from a file mapping, so reads go through memcpy (no alignment
   // assumption); the compiler turns these loops into vector code.
+  if (n == 0) return;  // src/dst may be null for empty tensors
   const auto* p = static_cast<const uint8_t*>(src);
   switch (src_type) {
     case DType::kF32:
@@ -144,6 +145,7 @@ void ConvertToF32(const void* src, DType src_type, size_t n, float* dst) {
 }
 
 void ConvertFromF32(const float* src, size_t n, DType dst_type, void* dst) {
+  if (n == 0) return;
   auto* p = static_cast<uint8_t*>(dst);
   switch (dst_type) {
     case DType::kF32:

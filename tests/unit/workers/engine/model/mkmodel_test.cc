@@ -168,7 +168,9 @@ TEST(MkModel, WeightStatistics) {
   EXPECT_NEAR(mean, 0.0, 0.01);
   EXPECT_LE(mx, std::sqrt(3.0) + 1e-6);
   stats(w.layers[2].q_proj, &mean, &sd, &mx);
-  EXPECT_NEAR(sd * std::sqrt(d), 1.0, 0.02);
+  EXPECT_NEAR(sd * std::sqrt(d), 2.0, 0.04);
+  stats(w.layers[2].k_proj, &mean, &sd, &mx);
+  EXPECT_NEAR(sd * std::sqrt(d), 1.0, 0.03);
   stats(w.layers[2].o_proj, &mean, &sd, &mx);
   EXPECT_NEAR(sd * std::sqrt(double(c.o_in_dim())) * std::sqrt(2 * layers), 1.0, 0.03);
   stats(w.layers[3].down_proj, &mean, &sd, &mx);

@@ -187,7 +187,8 @@ TEST(Model, OneDtype) {
   EXPECT_THAT(LoadError(dir.path()),
               HasSubstr("model.norm.weight is BF16 but model.embed_tokens.weight is F32; all weights must share one dtype"));
   EditWeights(dir / "model.safetensors", [](auto& b) {
-    for (auto& [name, blob] : b) blob.dtype = DType::kI32;  // F32 bytes relabeled: same sizes
+    for (auto& [name, blob] : b) blob.dtype = DType::kI32;  // 4-byte elements relabeled
+    b["model.norm.weight"].bytes.resize(64 * 4);              // was BF16 after the edit above
   });
   EXPECT_THAT(LoadError(dir.path()), HasSubstr("has dtype I32; weights must be F32, BF16 or F16"));
 }
