@@ -18,7 +18,7 @@ constexpr int TK = kTileKeys;
 constexpr int kRowBlock = 6;  // rows (P V) or keys (scores) per register block: 6 x 4 accumulators
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // Below this many multiply-adds (per matrix product) an attention call stays on one thread.
-constexpr double kSerialWork = 1 << 18;
+constexpr double kSerialWork = 1 << 22;
 
 inline int64_t RoundUp16(int64_t x) { return (x + 15) / 16 * 16; }
 

@@ -88,7 +88,7 @@ class CpuBackend : public Backend {
  public:
   explicit CpuBackend(const BackendOptions& options) {
     threads_ = options.num_threads > 0 ? options.num_threads : omp_get_max_threads();  // honours OMP_NUM_THREADS
-    openblas_set_num_threads(threads_);
+    openblas_set_num_threads(1);  // Linear parallelises over output features itself
   }
 
   std::string name() const override { return "cpu"; }
@@ -167,7 +167,7 @@ class CpuBackend : public Backend {
     const float* xp = x.as<float>();
     const float* w = weight.as<float>();
     float* o = out.as<float>();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n * d > 32768)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n * d > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       const float* r = xp + i * d;
       double ss = 0;
@@ -190,9 +190,24 @@ class CpuBackend : public Backend {
           absl::StrCat("Linear: x ", Shape(x), ", weight ", Shape(w), ", out ", Shape(out)));
     }
     if (n == 0 || of == 0) return absl::OkStatus();
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(of),
-                static_cast<blasint>(in), 1.f, x.as<float>(), static_cast<blasint>(in), w.as<float>(),
-                static_cast<blasint>(in), 0.f, out.as<float>(), static_cast<blasint>(of));
+    // One thread pool only: OpenBLAS runs single-threaded and OpenMP splits the output features
+    // (each thread reads its own slice of W). Two spinning pools on the same cores (OpenBLAS's
+    // pthreads and OpenMP's) slow each other down badly, most of all on a busy machine.
+    const float* xp = x.as<float>();
+    const float* wp = w.as<float>();
+    float* op = out.as<float>();
+    const double work = static_cast<double>(n) * static_cast<double>(in) * static_cast<double>(of);
+    const int64_t nt = work < (1 << 22) ? 1 : std::min<int64_t>(threads_, (of + 63) / 64);
+    const int64_t per = (of + nt - 1) / nt;
+    const int64_t chunk = nt == 1 ? of : (per + 15) / 16 * 16;
+#pragma omp parallel for schedule(static) num_threads(static_cast<int>(nt)) if (nt > 1)
+    for (int64_t t = 0; t < nt; ++t) {
+      const int64_t c0 = t * chunk, c1 = std::min(of, c0 + chunk);
+      if (c1 <= c0) continue;
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(c1 - c0),
+                  static_cast<blasint>(in), 1.f, xp, static_cast<blasint>(in), wp + c0 * in, static_cast<blasint>(in),
+                  0.f, op + c0, static_cast<blasint>(of));
+    }
     return absl::OkStatus();
   }
 
@@ -205,7 +220,7 @@ class CpuBackend : public Backend {
     float* a = x.as<float>();
     const float* b = y.as<float>();
     const int64_t n = x.numel();
-#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > 65536)
+#pragma omp parallel for simd schedule(static) num_threads(threads_) if (n > (1 << 18))
     for (int64_t i = 0; i < n; ++i) a[i] += b[i];
     return absl::OkStatus();
   }
@@ -227,7 +242,7 @@ class CpuBackend : public Backend {
     const int64_t half = dh / 2;
     float* xp = x.as<float>();
     const float* table = rope_table_.data();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n * heads * dh > 32768)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n * heads * dh > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       const float* cs = table + static_cast<int64_t>(positions[i]) * dh;  // [cos(half) | sin(half)]
       for (int64_t h = 0; h < heads; ++h) {
@@ -256,7 +271,7 @@ class CpuBackend : public Backend {
     const float* u = up.as<float>();
     float* o = out.as<float>();
     const int64_t nv = n / 16;
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n > 65536)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n > (1 << 18))
     for (int64_t c = 0; c < nv; ++c) {
       const cpu::v16f gv = cpu::Load(g + c * 16), uv = cpu::Load(u + c * 16);
       const cpu::v16f e = cpu::Exp(-gv);
@@ -323,7 +338,7 @@ class CpuBackend : public Backend {
     const int64_t stride = kv->block_stride(), voff = s.block_elems();
     const float* kp = k.as<float>();
     const float* vp = v.as<float>();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n * hkv * dh > 65536)
+#pragma omp parallel for schedule(static) num_threads(threads_) if (n * hkv * dh > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       const int64_t blk = slots[i] / bs, off = slots[i] % bs;
       for (int64_t h = 0; h < hkv; ++h) {
@@ -423,7 +438,7 @@ class CpuBackend : public Backend {
     const int64_t rows = out.dim(0) * out.dim(1), dh = out.dim(2);
     const size_t ns = outs.size();
     float* o = out.as<float>();
-#pragma omp parallel num_threads(threads_) if (rows * dh * static_cast<int64_t>(ns) > 65536)
+#pragma omp parallel num_threads(threads_) if (rows * dh * static_cast<int64_t>(ns) > (1 << 18))
     {
       std::vector<float> acc(static_cast<size_t>(dh));
       std::vector<double> w(ns);
@@ -554,9 +569,13 @@ void FixOpenBlasCoreType() {
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options) {
+void EnsureOpenBlasKernels() {
   static std::once_flag blas_fix;
   std::call_once(blas_fix, FixOpenBlasCoreType);
+}
+
+absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options) {
+  EnsureOpenBlasKernels();
   if (options.num_threads < 0) {
     return absl::InvalidArgumentError(absl::StrCat("num_threads must be >= 0, got ", options.num_threads));
   }

@@ -12,4 +12,11 @@ namespace sqa {
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCpuBackend(const BackendOptions& options);
 
+// OpenBLAS 0.3.21 (Debian 12) does not recognise recent Xeons and silently uses its SSE3
+// "Prescott" kernels (~4x slower sgemm). This re-runs OpenBLAS's core selection as SkylakeX when
+// that happened on an AVX-512 CPU and OPENBLAS_CORETYPE is unset; otherwise it does nothing.
+// Idempotent and thread-safe; CreateCpuBackend calls it. Programs that call cblas directly
+// (benchmarks) should call it first.
+void EnsureOpenBlasKernels();
+
 }  // namespace sqa
