@@ -66,5 +66,6 @@ int main(int argc, char** argv) {
     return 1;
   }
   (*router)->Wait();
+  signals->reset();  // joins the watcher thread: Drain() has returned before the router is destroyed
   return 0;
 }

@@ -1,0 +1,460 @@
+// Integration tests of the services: real sqa-worker and sqa-router processes on loopback (port 0
+// + port files), a tiny model from sqa-mkmodel, talked to through the client library as a user
+// would. Binaries come from SQA_BIN_DIR (the build's bin/).
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "grpcpp/create_channel.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "router/launcher.h"
+#include "services/client/client.h"
+#include "services/port_file.h"
+#include "sqa/v1/worker.grpc.pb.h"
+
+namespace sqa {
+namespace {
+
+using router::ChildProcess;
+
+std::string Bin(const std::string& name) { return std::string(SQA_BIN_DIR) + "/" + name; }
+
+// Runs a command to completion; returns its exit status (-1 if it could not start).
+int RunToCompletion(const std::vector<std::string>& argv, const std::string& log) {
+  auto c = ChildProcess::Spawn(argv, log);
+  if (!c.ok()) return -1;
+  while ((*c)->Running()) absl::SleepFor(absl::Milliseconds(20));
+  const int st = (*c)->wait_status();
+  return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+std::string HttpGet(int port, const std::string& path) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    close(fd);
+    return "";
+  }
+  std::string req = absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: localhost\r\n\r\n");
+  (void)!write(fd, req.data(), req.size());
+  std::string out;
+  char buf[8192];
+  for (ssize_t n; (n = read(fd, buf, sizeof buf)) > 0;) out.append(buf, n);
+  close(fd);
+  size_t body = out.find("\r\n\r\n");
+  return body == std::string::npos ? "" : out.substr(body + 4);
+}
+
+// Sum of the samples of `name` whose label set contains every string in `labels`.
+double MetricValue(const std::string& text, const std::string& name,
+                   const std::vector<std::string>& labels = {}) {
+  double sum = 0;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (line.empty() || line[0] == '#') continue;
+    if (!absl::StartsWith(line, name) || line.size() <= name.size()) continue;
+    const char next = line[name.size()];
+    if (next != '{' && next != ' ') continue;
+    bool all = true;
+    for (const auto& l : labels) all &= absl::StrContains(line, l);
+    if (!all) continue;
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) sum += v;
+  }
+  return sum;
+}
+
+struct Proc {
+  std::unique_ptr<ChildProcess> child;
+  int port = 0;
+  int metrics_port = 0;
+  std::string log;
+};
+
+// Starts a binary with --port 0 --port-file --metrics-port 0 --metrics-port-file and waits for
+// both files.
+Proc StartService(const std::string& dir, const std::string& name, std::vector<std::string> argv) {
+  Proc p;
+  const std::string base = absl::StrCat(dir, "/", name);
+  p.log = base + ".log";
+  for (const char* a : {"--port", "0", "--metrics-port", "0"}) argv.push_back(a);
+  argv.push_back("--port-file");
+  argv.push_back(base + ".port");
+  argv.push_back("--metrics-port-file");
+  argv.push_back(base + ".mport");
+  auto c = ChildProcess::Spawn(argv, p.log);
+  EXPECT_TRUE(c.ok()) << c.status();
+  if (!c.ok()) return p;
+  p.child = std::move(*c);
+  auto port = WaitForPortFile(base + ".port", absl::Seconds(60));
+  auto mport = WaitForPortFile(base + ".mport", absl::Seconds(60));
+  EXPECT_TRUE(port.ok() && mport.ok()) << name << " did not start; log:\n" << router::TailOfFile(p.log);
+  if (port.ok()) p.port = *port;
+  if (mport.ok()) p.metrics_port = *mport;
+  return p;
+}
+
+Proc StartWorker(const std::string& dir, const std::string& model, const std::string& name) {
+  return StartService(dir, name, {Bin("sqa-worker"), "--model", model, "--host", "127.0.0.1", "--device",
+                                  "cpu", "--threads", "1", "--kv-cache-mb", "32"});
+}
+
+Proc StartRouter(const std::string& dir, const std::string& name, const std::vector<Proc*>& workers,
+                 std::vector<std::string> extra = {}) {
+  std::vector<std::string> addrs;
+  for (Proc* w : workers) addrs.push_back(absl::StrCat("127.0.0.1:", w->port));
+  std::vector<std::string> argv = {Bin("sqa-router"), "--workers", absl::StrJoin(addrs, ","), "--host",
+                                   "127.0.0.1", "--metrics-host", "127.0.0.1", "--health-interval-ms", "200"};
+  argv.insert(argv.end(), extra.begin(), extra.end());
+  return StartService(dir, name, argv);
+}
+
+std::unique_ptr<client::InferenceClient> Client(int port, const std::string& service = "inference") {
+  auto c = client::InferenceClient::Create({.target = absl::StrCat("127.0.0.1:", port), .service = service});
+  return c.ok() ? std::move(*c) : nullptr;
+}
+
+// Waits until the router reports `n` healthy workers (its readiness follows them).
+void WaitHealthy(const Proc& router, int n) {
+  const absl::Time end = absl::Now() + absl::Seconds(30);
+  while (absl::Now() < end) {
+    if (MetricValue(HttpGet(router.metrics_port, "/metrics"), "sqa_router_healthy_groups") == n) return;
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  ADD_FAILURE() << "router did not see " << n << " healthy workers; log:\n" << router::TailOfFile(router.log);
+}
+
+absl::StatusOr<v1::LoadReport> GetLoad(int port) {
+  auto ch = grpc::CreateChannel(absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials());
+  auto stub = v1::Worker::NewStub(ch);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  v1::LoadReport r;
+  grpc::Status s = stub->GetLoad(&ctx, v1::GetLoadRequest(), &r);
+  if (!s.ok()) return absl::UnavailableError(s.error_message());
+  return r;
+}
+
+v1::GenerateRequest Request(std::vector<int32_t> prompt, int max_tokens) {
+  v1::GenerateRequest r;
+  r.mutable_prompt_tokens()->Assign(prompt.begin(), prompt.end());
+  r.set_max_tokens(max_tokens);
+  return r;
+}
+
+class ServicesTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    char tmpl[] = "/tmp/sqa-services-test-XXXXXX";
+    ASSERT_NE(mkdtemp(tmpl), nullptr);
+    dir_ = new std::string(tmpl);
+    model_ = new std::string(*dir_ + "/model");
+    ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--layout", "SQA", "--seed", "3",
+                               "--out", *model_},
+                              *dir_ + "/mkmodel.log"),
+              0)
+        << router::TailOfFile(*dir_ + "/mkmodel.log");
+    w0_ = new Proc(StartWorker(*dir_, *model_, "w0"));
+    w1_ = new Proc(StartWorker(*dir_, *model_, "w1"));
+    router_ = new Proc(StartRouter(*dir_, "router", {w0_, w1_}, {"--max-message-mb", "1"}));
+    WaitHealthy(*router_, 2);
+  }
+  static void TearDownTestSuite() {
+    for (Proc* p : {router_, w0_, w1_}) {
+      if (p && p->child) p->child->Stop(absl::Seconds(10));
+      delete p;
+    }
+    std::error_code ec;
+    if (!HasFailure()) std::filesystem::remove_all(*dir_, ec);
+    delete dir_;
+    delete model_;
+  }
+
+  // sqa-run's tokens for the same model, prompt and sampling.
+  static std::vector<int32_t> SqaRun(const std::vector<int32_t>& prompt, int n,
+                                     std::vector<std::string> sampling = {}) {
+    static int k = 0;
+    const std::string out = absl::StrCat(*dir_, "/run", k++, ".json");
+    std::vector<std::string> argv = {Bin("sqa-run"), "--model", *model_, "--prompt-tokens",
+                                     absl::StrJoin(prompt, ","), "--generate", absl::StrCat(n),
+                                     "--tokens-out", out, "--threads", "1"};
+    argv.insert(argv.end(), sampling.begin(), sampling.end());
+    EXPECT_EQ(RunToCompletion(argv, out + ".log"), 0) << router::TailOfFile(out + ".log");
+    std::ifstream in(out);
+    if (!in) return {};
+    auto j = nlohmann::json::parse(in);
+    return j["sequences"][0]["generated"].get<std::vector<int32_t>>();
+  }
+
+  static std::string* dir_;
+  static std::string* model_;
+  static Proc* w0_;
+  static Proc* w1_;
+  static Proc* router_;
+};
+std::string* ServicesTest::dir_ = nullptr;
+std::string* ServicesTest::model_ = nullptr;
+Proc* ServicesTest::w0_ = nullptr;
+Proc* ServicesTest::w1_ = nullptr;
+Proc* ServicesTest::router_ = nullptr;
+
+TEST_F(ServicesTest, TokensThroughRouterEqualSqaRun) {
+  auto c = Client(router_->port);
+  const std::vector<int32_t> prompt = {1, 2, 3, 40, 50, 60, 7};
+  // Greedy.
+  auto greedy = c->Generate(Request(prompt, 24), absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(greedy.ok()) << greedy.status();
+  EXPECT_EQ(greedy->tokens, SqaRun(prompt, 24));
+  EXPECT_EQ(greedy->finish_reason, v1::FINISH_REASON_LENGTH);
+  EXPECT_EQ(greedy->usage.completion_tokens(), 24);
+  // Seeded sampling, several times (both workers get some): same tokens as sqa-run each time.
+  const std::vector<int32_t> expected =
+      SqaRun(prompt, 24, {"--temperature", "0.9", "--top-k", "50", "--top-p", "0.95", "--seed", "1234"});
+  ASSERT_EQ(expected.size(), 24u);
+  for (int i = 0; i < 4; ++i) {
+    auto req = Request(prompt, 24);
+    req.mutable_sampling()->set_temperature(0.9f);
+    req.mutable_sampling()->set_top_k(50);
+    req.mutable_sampling()->set_top_p(0.95f);
+    req.mutable_sampling()->set_seed(1234);
+    auto r = c->Generate(req, absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tokens, expected) << "attempt " << i;
+  }
+}
+
+TEST_F(ServicesTest, HealthAndReflectionAnswer) {
+  auto c = Client(router_->port);
+  auto h = c->Health();
+  ASSERT_TRUE(h.ok()) << h.status();
+  EXPECT_TRUE(*h);
+  auto hs = c->Health("sqa.v1.Inference");
+  ASSERT_TRUE(hs.ok()) << hs.status();
+  EXPECT_TRUE(*hs);
+  auto services = c->ListServices();
+  ASSERT_TRUE(services.ok()) << services.status();
+  EXPECT_NE(std::find(services->begin(), services->end(), "sqa.v1.Inference"), services->end())
+      << absl::StrJoin(*services, ",");
+  EXPECT_NE(std::find(services->begin(), services->end(), "grpc.health.v1.Health"), services->end());
+  auto wc = Client(w0_->port, "worker");
+  auto wh = wc->Health("sqa.v1.Worker");
+  ASSERT_TRUE(wh.ok()) << wh.status();
+  EXPECT_TRUE(*wh);
+  auto ws = wc->ListServices();
+  ASSERT_TRUE(ws.ok()) << ws.status();
+  EXPECT_NE(std::find(ws->begin(), ws->end(), "sqa.v1.Worker"), ws->end());
+  // GetModelInfo through the router carries the pool.
+  auto info = c->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->layout(), "SQA");
+  ASSERT_EQ(info->pools_size(), 1);
+  EXPECT_EQ(info->pools(0).healthy_groups(), 2);
+  EXPECT_GT(info->pools(0).max_context_tokens(), 0);
+}
+
+TEST_F(ServicesTest, MetricsPassPromtoolAndCountersMove) {
+  const std::string ok_label = "outcome=\"ok\"";
+  const std::string before = HttpGet(router_->metrics_port, "/metrics");
+  auto c = Client(router_->port);
+  for (int i = 0; i < 3; ++i) {
+    auto r = c->Generate(Request({5, 6, 7}, 4), absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  const std::string after = HttpGet(router_->metrics_port, "/metrics");
+  EXPECT_EQ(MetricValue(after, "sqa_router_requests_total", {ok_label}) -
+                MetricValue(before, "sqa_router_requests_total", {ok_label}),
+            3);
+  EXPECT_EQ(MetricValue(after, "sqa_router_time_to_first_token_seconds_count") -
+                MetricValue(before, "sqa_router_time_to_first_token_seconds_count"),
+            3);
+  EXPECT_EQ(MetricValue(after, "sqa_router_generated_tokens_total") -
+                MetricValue(before, "sqa_router_generated_tokens_total"),
+            12);
+  EXPECT_EQ(MetricValue(after, "sqa_router_healthy_groups"), 2);
+  EXPECT_GT(MetricValue(after, "sqa_router_request_duration_seconds_count"), 0);
+  for (const auto& [name, port] : std::vector<std::pair<std::string, int>>{
+           {"router", router_->metrics_port}, {"worker", w0_->metrics_port}}) {
+    const std::string file = absl::StrCat(*dir_, "/", name, ".prom");
+    std::ofstream(file) << HttpGet(port, "/metrics");
+    const std::string cmd = absl::StrCat("promtool check metrics < ", file, " > ", file, ".out 2>&1");
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << name << ":\n" << router::TailOfFile(file + ".out");
+  }
+}
+
+TEST_F(ServicesTest, BadRequestsAreRejectedAndServicesKeepServing) {
+  auto c = Client(router_->port);
+  auto info = c->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  const int64_t max_ctx = info->pools(0).max_context_tokens();
+  const absl::Time dl = absl::Now() + absl::Seconds(30);
+  auto code = [&](v1::GenerateRequest r) { return c->Generate(r, dl).status().code(); };
+  const auto kInvalid = absl::StatusCode::kInvalidArgument;
+  EXPECT_EQ(code(Request({}, 4)), kInvalid);                                   // empty prompt
+  EXPECT_EQ(code(Request(std::vector<int32_t>(max_ctx + 1, 1), 1)), kInvalid);  // over the pool
+  EXPECT_EQ(code(Request({1, info->vocab_size()}, 4)), kInvalid);              // token >= vocab
+  EXPECT_EQ(code(Request({1, 2}, 0)), kInvalid);                               // max_tokens 0
+  EXPECT_EQ(code(Request({1, 2}, -3)), kInvalid);
+  EXPECT_EQ(code(Request({1, 2}, static_cast<int>(max_ctx))), kInvalid);       // beyond context
+  auto t = Request({1, 2}, 4);
+  t.mutable_sampling()->set_temperature(-1);
+  EXPECT_EQ(code(t), kInvalid);
+  for (float p : {1.5f, -0.2f}) {
+    auto r = Request({1, 2}, 4);
+    r.mutable_sampling()->set_top_p(p);
+    EXPECT_EQ(code(r), kInvalid) << p;
+  }
+  // Oversized message: the router was started with --max-message-mb 1.
+  EXPECT_EQ(code(Request(std::vector<int32_t>(300000, 1 << 28), 1)), absl::StatusCode::kResourceExhausted);
+  // The worker itself rejects a bad token too (the router passed its answer through above).
+  auto w = Client(w1_->port, "worker");
+  EXPECT_EQ(w->Generate(Request({1, info->vocab_size() + 5}, 2), dl).status().code(), kInvalid);
+  // Still serving.
+  auto ok = c->Generate(Request({1, 2, 3}, 3), dl);
+  EXPECT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->tokens.size(), 3u);
+}
+
+TEST_F(ServicesTest, CancellationFreesKvBlocksAndDeadlinesExpire) {
+  auto c = Client(router_->port);
+  int64_t used_during = 0;
+  int seen = 0;
+  auto r = c->Generate(Request({9, 8, 7, 6}, 3000), absl::Now() + absl::Seconds(60),
+                       [&](const v1::GenerateResponse&) {
+                         if (++seen == 2) {
+                           for (Proc* w : {w0_, w1_}) {
+                             auto l = GetLoad(w->port);
+                             if (l.ok()) used_during += l->kv_blocks_used();
+                           }
+                         }
+                         return seen < 5;
+                       });
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_GT(used_during, 0);
+  auto wait_free = [&] {
+    const absl::Time end = absl::Now() + absl::Seconds(10);
+    while (absl::Now() < end) {
+      int64_t used = 0;
+      for (Proc* w : {w0_, w1_}) {
+        auto l = GetLoad(w->port);
+        used += l.ok() ? l->kv_blocks_used() : 1000;
+      }
+      if (used == 0) return true;
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+    return false;
+  };
+  EXPECT_TRUE(wait_free()) << "KV blocks not freed after cancellation";
+  // The same through the worker metrics.
+  for (Proc* w : {w0_, w1_}) {
+    EXPECT_EQ(MetricValue(HttpGet(w->metrics_port, "/metrics"), "sqa_worker_kv_blocks_used"), 0);
+  }
+  // An expired deadline.
+  auto d = c->Generate(Request({9, 8, 7, 6}, 3000), absl::Now() + absl::Milliseconds(40));
+  EXPECT_EQ(d.status().code(), absl::StatusCode::kDeadlineExceeded) << d.status();
+  EXPECT_TRUE(wait_free()) << "KV blocks not freed after the deadline";
+}
+
+TEST_F(ServicesTest, AdmissionQueueFullRejectsExcessAndCompletesTheRest) {
+  Proc small = StartRouter(*dir_, "router-small", {w0_, w1_}, {"--max-inflight", "1", "--max-queued", "1"});
+  WaitHealthy(small, 2);
+  auto c = Client(small.port);
+  constexpr int kN = 6;
+  std::vector<absl::StatusCode> codes(kN);
+  std::vector<size_t> lengths(kN);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < kN; ++i) {
+    threads.emplace_back([&, i] {
+      auto r = c->Generate(Request({3, 1, 4, 1, 5}, 400), absl::Now() + absl::Seconds(60));
+      codes[i] = r.status().code();
+      lengths[i] = r.ok() ? r->tokens.size() : 0;
+    });
+  }
+  for (auto& t : threads) t.join();
+  int ok = 0, exhausted = 0;
+  for (int i = 0; i < kN; ++i) {
+    if (codes[i] == absl::StatusCode::kOk) {
+      ++ok;
+      EXPECT_EQ(lengths[i], 400u);
+    }
+    exhausted += codes[i] == absl::StatusCode::kResourceExhausted;
+  }
+  EXPECT_EQ(ok + exhausted, kN);
+  EXPECT_GE(ok, 2);  // one running + one queued at least
+  EXPECT_GE(exhausted, 1);
+  const std::string m = HttpGet(small.metrics_port, "/metrics");
+  EXPECT_EQ(MetricValue(m, "sqa_router_requests_total", {"code=\"RESOURCE_EXHAUSTED\""}), exhausted);
+  small.child->Stop(absl::Seconds(10));
+}
+
+// Own workers: this test kills one.
+TEST(WorkerFailureTest, KilledWorkerMidStreamIsResumedWithoutLossOrRepeat) {
+  char tmpl[] = "/tmp/sqa-failover-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string model = dir + "/model";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--seed", "5", "--out", model},
+                            dir + "/mkmodel.log"),
+            0);
+  Proc w0 = StartWorker(dir, model, "w0");
+  Proc w1 = StartWorker(dir, model, "w1");
+  Proc router = StartRouter(dir, "router", {&w0, &w1});
+  WaitHealthy(router, 2);
+  auto c = Client(router.port);
+  auto req = Request({11, 22, 33, 44, 55}, 1500);
+  req.mutable_sampling()->set_temperature(0.8f);
+  req.mutable_sampling()->set_top_k(40);
+  req.mutable_sampling()->set_seed(99);
+  auto undisturbed = c->Generate(req, absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(undisturbed.ok()) << undisturbed.status();
+  ASSERT_EQ(undisturbed->tokens.size(), 1500u);
+
+  int killed_port = 0;
+  int seen = 0;
+  auto disturbed = c->Generate(req, absl::Now() + absl::Seconds(60), [&](const v1::GenerateResponse& m) {
+    seen += m.tokens_size();
+    if (killed_port == 0 && seen >= 3) {
+      for (Proc* w : {&w0, &w1}) {
+        auto l = GetLoad(w->port);
+        if (l.ok() && l->running_requests() + l->queued_requests() > 0) {
+          w->child->Signal(SIGKILL);
+          killed_port = w->port;
+          break;
+        }
+      }
+    }
+    return true;
+  });
+  ASSERT_NE(killed_port, 0) << "no worker was running the request";
+  ASSERT_TRUE(disturbed.ok()) << disturbed.status() << "\nrouter log:\n" << router::TailOfFile(router.log);
+  EXPECT_EQ(disturbed->tokens, undisturbed->tokens);
+  EXPECT_EQ(disturbed->usage.completion_tokens(), 1500);
+  const std::string m = HttpGet(router.metrics_port, "/metrics");
+  EXPECT_EQ(MetricValue(m, "sqa_router_resumes_total"), 1)
+      << "the worker finished before it was killed: the test did not exercise a resume";
+  // The router keeps serving on the survivor.
+  auto after = c->Generate(Request({1, 2, 3}, 4), absl::Now() + absl::Seconds(30));
+  EXPECT_TRUE(after.ok()) << after.status();
+  for (Proc* p : {&router, &w0, &w1}) p->child->Stop(absl::Seconds(10));
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
+}
+
+}  // namespace
+}  // namespace sqa
