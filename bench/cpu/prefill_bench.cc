@@ -215,6 +215,27 @@ class TempDir {
 
 }  // namespace
 
+absl::StatusOr<std::pair<std::string, std::vector<std::string>>> SplitPresetSpec(
+    const std::string& spec, const std::vector<std::string>& defaults) {
+  size_t slash = spec.find('/');
+  if (slash == std::string::npos) return std::make_pair(spec, defaults);
+  std::vector<std::string> layouts;
+  std::string cur;
+  for (char ch : spec.substr(slash + 1) + "+") {
+    if (ch == '+') {
+      if (!cur.empty()) layouts.push_back(cur);
+      cur.clear();
+    } else {
+      cur.push_back(ch);
+    }
+  }
+  if (slash == 0 || layouts.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("bad --presets entry '", spec, "'; expected NAME or NAME/LAYOUT+LAYOUT (e.g. 1b/MHA+SQA)"));
+  }
+  return std::make_pair(spec.substr(0, slash), layouts);
+}
+
 absl::StatusOr<PrefillBenchOptions> ParsePrefillOptions(const std::vector<std::string>& argv, std::string* json_path,
                                                        std::string* md_path) {
   SQA_ASSIGN_OR_RETURN(Args a, Args::Parse(argv,
@@ -250,9 +271,10 @@ absl::StatusOr<PrefillBenchOptions> ParsePrefillOptions(const std::vector<std::s
   o.threads = static_cast<int>(threads);
   if (o.presets.empty() || o.layouts.empty()) return absl::InvalidArgumentError("--presets and --layouts must not be empty");
   // Validate every name before spending minutes writing models.
-  for (const auto& p : o.presets) {
-    for (const auto& l : o.layouts) {
-      SQA_RETURN_IF_ERROR(PresetConfig(p, l).status());
+  for (const auto& spec : o.presets) {
+    SQA_ASSIGN_OR_RETURN(auto pl, SplitPresetSpec(spec, o.layouts));
+    for (const auto& l : pl.second) {
+      SQA_RETURN_IF_ERROR(PresetConfig(pl.first, l).status());
     }
   }
   *json_path = a.Get("json", "");
@@ -264,8 +286,10 @@ absl::StatusOr<std::vector<PrefillCellResult>> RunPrefillBench(const PrefillBenc
                                                                const std::string& self_exe) {
   SQA_ASSIGN_OR_RETURN(TempDir tmp, TempDir::Make(o.work_dir));
   std::vector<PrefillCellResult> cells;
-  for (const std::string& preset : o.presets) {
-    for (const std::string& layout : o.layouts) {
+  for (const std::string& spec : o.presets) {
+    SQA_ASSIGN_OR_RETURN(auto preset_layouts, SplitPresetSpec(spec, o.layouts));
+    const std::string& preset = preset_layouts.first;
+    for (const std::string& layout : preset_layouts.second) {
       SQA_ASSIGN_OR_RETURN(ModelConfig cfg, PresetConfig(preset, layout));
       MkModelOptions mk;
       mk.config = cfg;

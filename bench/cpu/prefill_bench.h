@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -14,6 +15,7 @@
 namespace sqa::bench {
 
 struct PrefillBenchOptions {
+  // Preset names; "1b/MHA+SQA" limits that preset to the listed layouts instead of `layouts`.
   std::vector<std::string> presets = {"small", "medium"};
   std::vector<std::string> layouts = {"MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "rSQA"};
   int64_t tokens = 4096;
@@ -26,6 +28,11 @@ struct PrefillBenchOptions {
   bool quick = false;
   std::string command;
 };
+
+// Splits a --presets entry "name" or "name/L1+L2" into the preset and its layouts (`defaults`
+// when none are given).
+absl::StatusOr<std::pair<std::string, std::vector<std::string>>> SplitPresetSpec(
+    const std::string& spec, const std::vector<std::string>& defaults);
 
 absl::StatusOr<PrefillBenchOptions> ParsePrefillOptions(const std::vector<std::string>& args, std::string* json_path,
                                                        std::string* md_path);
