@@ -207,10 +207,10 @@ TEST(CpuAttentionTest, PrefillMatchesNaiveForEveryLayout) {
 }
 
 TEST(CpuAttentionTest, DecodeBatchOfMixedLengths) {
-  const int64_t lens[] = {1, 5, 64, 130, 1000, 3};
+  const int64_t lens[] = {1, 5, 64, 130, 1000, 3, 9000};  // the long one takes the multithreaded path
   for (const Layout& l : kLayouts) {
     for (int64_t dh : {64, 40}) {
-      const int64_t bs = 16, ha = std::max(l.hq, l.hkv), B = 6;
+      const int64_t bs = 16, ha = std::max(l.hq, l.hkv), B = 7;
       int64_t blocks = 0;
       for (int64_t len : lens) blocks += (len + bs - 1) / bs;
       AttnFixture fx(l.hkv, dh, bs, blocks + 2);
