@@ -41,7 +41,10 @@ class Communicator {
   virtual bool ok() const = 0;
 
   // `bytes` from `root`'s buffer into every rank's buffer (in place).
-  virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+  absl::Status Broadcast(void* data, size_t bytes, int root) { return Broadcast(data, bytes, root, timeout()); }
+  // The same with its own bound (a follower waiting for the leader's next step plan waits long).
+  virtual absl::Status Broadcast(void* data, size_t bytes, int root, std::chrono::milliseconds timeout) = 0;
+  virtual std::chrono::milliseconds timeout() const = 0;
   // In-place element-wise sum of `count` values over all ranks. Gloo takes f32; NCCL f32, bf16, f16.
   virtual absl::Status AllReduceSum(void* data, size_t count, DType dtype) = 0;
   // Every rank contributes `bytes` from `send`; `recv` receives world_size * bytes, rank-major.

@@ -86,20 +86,22 @@ class GlooCommunicator : public Communicator {
   bool ok() const override { return ok_; }
   const CollectiveStats& stats() const override { return stats_; }
 
-  absl::Status Broadcast(void* data, size_t bytes, int root) override {
+  std::chrono::milliseconds timeout() const override { return timeout_; }
+
+  absl::Status Broadcast(void* data, size_t bytes, int root, std::chrono::milliseconds timeout) override {
     return Run("broadcast", stats_.broadcast, bytes, [&] {
       gloo::BroadcastOptions opts(ctx_);
       opts.setOutput(static_cast<uint8_t*>(data), bytes);
       opts.setRoot(root);
       opts.setTag(NextTag());
-      opts.setTimeout(timeout_);
+      opts.setTimeout(timeout);
       gloo::broadcast(opts);
     });
   }
 
   absl::Status AllReduceSum(void* raw, size_t count, DType dtype) override {
     if (dtype != DType::kF32) {
-      return absl::InvalidArgumentError(absl::StrCat("gloo all-reduce supports f32 only, got ", DTypeName(dtype)));
+      return absl::InvalidArgumentError(absl::StrCat("gloo all-reduce supports f32 only, got ", std::string(DTypeName(dtype))));
     }
     float* data = static_cast<float*>(raw);
     return Run("all-reduce", stats_.all_reduce, count * sizeof(float), [&] {

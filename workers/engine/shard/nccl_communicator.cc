@@ -43,7 +43,9 @@ class NcclCommunicator : public Communicator {
   bool ok() const override { return ok_; }
   const CollectiveStats& stats() const override { return stats_; }
 
-  absl::Status Broadcast(void* data, size_t bytes, int root) override {
+  std::chrono::milliseconds timeout() const override { return timeout_; }
+
+  absl::Status Broadcast(void* data, size_t bytes, int root, std::chrono::milliseconds /*timeout*/) override {
     return Run("broadcast", stats_.broadcast, bytes,
                [&] { return ncclBroadcast(data, data, bytes, ncclUint8, root, comm_, stream_); });
   }
