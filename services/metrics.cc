@@ -1,7 +1,15 @@
 #include "services/metrics.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <exception>
+#include <thread>
 
 #include <prometheus/exposer.h>
 
@@ -19,6 +27,7 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
     const MetricsOptions& options, std::shared_ptr<prometheus::Registry> registry) {
   std::unique_ptr<MetricsServer> self(new MetricsServer());
   self->registry_ = std::move(registry);
+  self->host_ = options.host;
   if (options.port < 0) return self;
   if (options.port > 65535) return absl::InvalidArgumentError(absl::StrCat("metrics port ", options.port, " is above 65535"));
   const std::string addr = options.host.find(':') != std::string::npos
@@ -41,7 +50,34 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   return self;
 }
 
-MetricsServer::~MetricsServer() = default;
+MetricsServer::~MetricsServer() {
+  if (exposer_ == nullptr) return;
+  // civetweb's listener polls with a 2 s timeout, so stopping it takes up to 2 s unless a
+  // connection wakes it: poke it from a helper thread while the exposer shuts down.
+  std::atomic<bool> stopped{false};
+  std::thread poker;
+  in_addr addr{};
+  const std::string host = (host_.empty() || host_ == "0.0.0.0") ? "127.0.0.1" : host_;
+  if (port_ > 0 && inet_pton(AF_INET, host.c_str(), &addr) == 1) {
+    poker = std::thread([&stopped, addr, port = port_] {
+      while (!stopped.load()) {
+        const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd >= 0) {
+          sockaddr_in sa{};
+          sa.sin_family = AF_INET;
+          sa.sin_port = htons(static_cast<uint16_t>(port));
+          sa.sin_addr = addr;
+          (void)connect(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+          close(fd);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      }
+    });
+  }
+  exposer_.reset();
+  stopped = true;
+  if (poker.joinable()) poker.join();
+}
 
 prometheus::Histogram::BucketBoundaries ExponentialBuckets(double start, double factor, int count) {
   prometheus::Histogram::BucketBoundaries b;

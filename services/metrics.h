@@ -46,7 +46,7 @@ class MetricsServer {
   // written. With options.port < 0 returns a server that exposes nothing (port() == -1).
   static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
       const MetricsOptions& options, std::shared_ptr<prometheus::Registry> registry);
-  ~MetricsServer();
+  ~MetricsServer();  // stops serving (within ~20 ms)
 
   int port() const { return port_; }  // the bound port, -1 when disabled
 
@@ -54,6 +54,7 @@ class MetricsServer {
   MetricsServer() = default;
   std::unique_ptr<prometheus::Exposer> exposer_;
   std::shared_ptr<prometheus::Registry> registry_;
+  std::string host_;
   int port_ = -1;
 };
 

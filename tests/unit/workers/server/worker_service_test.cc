@@ -3,10 +3,16 @@
 #include "workers/server/worker_service.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <grpcpp/grpcpp.h>
 
+#include "services/metrics.h"
 #include "services/server.h"
+#include "workers/server/worker_metrics.h"
 #include "tests/unit/services/test_util.h"
 #include "tests/unit/workers/server/test_model.h"
 
@@ -23,7 +29,12 @@ class WorkerServiceTest : public ::testing::Test {
   void SetUp() override {
     SchedulerOptions so;
     so.max_batch_tokens = 64;
-    auto s = Scheduler::Create(MakeEngine(TinyModel(), 16, 512), so, nullptr);
+    registry_ = std::make_shared<prometheus::Registry>();
+    metrics_ = std::make_unique<WorkerMetrics>(*registry_);
+    auto ms = MetricsServer::Start(MetricsOptions(), registry_);
+    ASSERT_TRUE(ms.ok()) << ms.status();
+    metrics_server_ = std::move(ms).value();
+    auto s = Scheduler::Create(MakeEngine(TinyModel(), 16, 512), so, metrics_.get());
     ASSERT_TRUE(s.ok()) << s.status();
     scheduler_ = std::move(s).value();
     scheduler_->Start();
@@ -79,6 +90,19 @@ class WorkerServiceTest : public ::testing::Test {
     return false;
   }
 
+  // Value of one sample line ("name{labels} value") of the /metrics text, or -1 when absent.
+  double Metric(const std::string& series) {
+    auto body = sqa::testing::HttpGet("127.0.0.1", metrics_server_->port(), "/metrics");
+    EXPECT_TRUE(body.ok()) << body.status();
+    const std::string key = series + " ";
+    const size_t at = body->find("\n" + key);
+    if (at == std::string::npos) return -1;
+    return std::stod(body->substr(at + 1 + key.size()));
+  }
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::unique_ptr<WorkerMetrics> metrics_;
+  std::unique_ptr<MetricsServer> metrics_server_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<WorkerService> service_;
   std::unique_ptr<GrpcServer> server_;
@@ -214,6 +238,55 @@ TEST_F(WorkerServiceTest, DrainTurnsHealthNotServingAndRefusesNewWork) {
   const StreamResult r = Generate(Req({1, 2}, 2));
   EXPECT_EQ(r.status.error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_NE(r.status.error_message().find("draining"), std::string::npos);
+}
+
+TEST_F(WorkerServiceTest, MetricsMoveAsRequestsCompleteAndPassPromtool) {
+  EXPECT_EQ(Metric("sqa_worker_generation_tokens_total"), 0);
+  EXPECT_EQ(Metric("sqa_worker_kv_blocks_capacity"), 512);
+  ASSERT_TRUE(Generate(Req(RandomPrompt(40, 1), 7)).status.ok());
+  EXPECT_EQ(Metric("sqa_worker_generation_tokens_total"), 7);
+  EXPECT_EQ(Metric("sqa_worker_prompt_tokens_total"), 40);
+  EXPECT_EQ(Metric("sqa_worker_requests_total{kind=\"generate\",outcome=\"ok\"}"), 1);
+  EXPECT_GT(Metric("sqa_worker_step_duration_seconds_count"), 0);
+  EXPECT_GT(Metric("sqa_worker_prefill_tokens_per_second"), 0);
+  EXPECT_EQ(Metric("sqa_worker_kv_blocks_used"), 0);
+  EXPECT_EQ(Metric("sqa_worker_running_requests"), 0);
+  Generate(Req({}, 7));
+  EXPECT_EQ(Metric("sqa_worker_requests_total{kind=\"generate\",outcome=\"invalid_argument\"}"), 1);
+
+  // A cancelled stream: KV in use while it runs, released after (visible in the metrics).
+  {
+    grpc::ClientContext ctx;
+    auto reader = stub_->Generate(&ctx, Req(RandomPrompt(300, 2), 3000));
+    sqa::v1::GenerateResponse msg;
+    ASSERT_TRUE(reader->Read(&msg));
+    EXPECT_GT(Metric("sqa_worker_kv_blocks_used"), 0);
+    EXPECT_EQ(Metric("sqa_worker_running_requests"), 1);
+    ctx.TryCancel();
+    while (reader->Read(&msg)) {
+    }
+    reader->Finish();
+  }
+  ASSERT_TRUE(WaitForEmpty());
+  EXPECT_EQ(Metric("sqa_worker_kv_blocks_used"), 0);
+  EXPECT_EQ(Metric("sqa_worker_requests_total{kind=\"generate\",outcome=\"cancelled\"}"), 1);
+
+  if (std::system("command -v promtool >/dev/null 2>&1") != 0) GTEST_SKIP() << "promtool not installed";
+  auto body = sqa::testing::HttpGet("127.0.0.1", metrics_server_->port(), "/metrics");
+  ASSERT_TRUE(body.ok());
+  const std::string path = ::testing::TempDir() + "/worker_metrics_" + std::to_string(::getpid()) + ".txt";
+  FILE* f = std::fopen(path.c_str(), "w");
+  std::fwrite(body->data(), 1, body->size(), f);
+  std::fclose(f);
+  const std::string cmd = "promtool check metrics < " + path + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[256];
+  while (std::fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_EQ(out, "") << out;
+  std::remove(path.c_str());
 }
 
 }  // namespace
