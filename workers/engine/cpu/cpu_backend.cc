@@ -21,6 +21,7 @@
 #include "services/common/status.h"
 #include "workers/engine/cpu/attention.h"
 #include "workers/engine/cpu/simd.h"
+#include "workers/engine/cpu/small_gemm.h"
 
 namespace sqa {
 namespace {
@@ -200,10 +201,15 @@ class CpuBackend : public Backend {
     const int64_t nt = work < (1 << 22) ? 1 : std::min<int64_t>(threads_, (of + 63) / 64);
     const int64_t per = (of + nt - 1) / nt;
     const int64_t chunk = nt == 1 ? of : (per + 15) / 16 * 16;
+    const bool small = n <= cpu::kSmallGemmMaxRows;
 #pragma omp parallel for schedule(static) num_threads(static_cast<int>(nt)) if (nt > 1)
     for (int64_t t = 0; t < nt; ++t) {
       const int64_t c0 = t * chunk, c1 = std::min(of, c0 + chunk);
       if (c1 <= c0) continue;
+      if (small) {
+        cpu::SmallGemmF32(xp, n, in, wp, c0, c1, op, of);
+        continue;
+      }
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(c1 - c0),
                   static_cast<blasint>(in), 1.f, xp, static_cast<blasint>(in), wp + c0 * in, static_cast<blasint>(in),
                   0.f, op + c0, static_cast<blasint>(of));
