@@ -109,7 +109,7 @@ std::string LocalCluster::Describe() const {
   for (size_t i = 0; i < infos_.size(); ++i) {
     absl::StrAppend(&s, "worker ", i, "    grpc ", options_.host, ":", infos_[i].port,
                     "   metrics http://", options_.host, ":", infos_[i].metrics_port, "/metrics",
-                    "   log ", infos_[i].log_file, "\n");
+                    "   pid ", children_[i]->pid(), "   log ", infos_[i].log_file, "\n");
   }
   return s;
 }

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -403,6 +404,36 @@ TEST_F(ServicesTest, AdmissionQueueFullRejectsExcessAndCompletesTheRest) {
   small.child->Stop(absl::Seconds(10));
 }
 
+TEST_F(ServicesTest, RouterDrainsOnSigtermFinishingInFlightStreams) {
+  Proc r = StartRouter(*dir_, "router-drain", {w0_, w1_}, {"--drain-timeout-seconds", "30"});
+  WaitHealthy(r, 2);
+  auto c = Client(r.port);
+  std::atomic<int> seen{0};
+  absl::StatusOr<client::GenerateResult> long_result = absl::UnknownError("not run");
+  std::thread t([&] {
+    long_result = c->Generate(Request({2, 7, 1, 8}, 1500), absl::Now() + absl::Seconds(60),
+                              [&](const v1::GenerateResponse& m) {
+                                seen += m.tokens_size();
+                                return true;
+                              });
+  });
+  while (seen.load() < 3) absl::SleepFor(absl::Milliseconds(2));
+  r.child->Signal(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(100));
+  // Draining: not ready, and new calls are refused while the running stream continues.
+  auto h = c->Health();
+  EXPECT_TRUE(!h.ok() || !*h) << "router still SERVING while draining";
+  auto refused = c->Generate(Request({1, 2}, 2), absl::Now() + absl::Seconds(5));
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kUnavailable) << refused.status();
+  t.join();
+  ASSERT_TRUE(long_result.ok()) << long_result.status();
+  EXPECT_EQ(long_result->tokens.size(), 1500u);
+  const absl::Time end = absl::Now() + absl::Seconds(20);
+  while (r.child->Running() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_FALSE(r.child->Running()) << "router did not exit after draining";
+  EXPECT_TRUE(WIFEXITED(r.child->wait_status()) && WEXITSTATUS(r.child->wait_status()) == 0);
+}
+
 // Own workers: this test kills one.
 TEST(WorkerFailureTest, KilledWorkerMidStreamIsResumedWithoutLossOrRepeat) {
   char tmpl[] = "/tmp/sqa-failover-test-XXXXXX";
@@ -452,6 +483,66 @@ TEST(WorkerFailureTest, KilledWorkerMidStreamIsResumedWithoutLossOrRepeat) {
   auto after = c->Generate(Request({1, 2, 3}, 4), absl::Now() + absl::Seconds(30));
   EXPECT_TRUE(after.ok()) << after.status();
   for (Proc* p : {&router, &w0, &w1}) p->child->Stop(absl::Seconds(10));
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
+}
+
+bool ProcessGone(pid_t pid, absl::Duration timeout) {
+  const absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    if (kill(pid, 0) != 0 && errno == ESRCH) return true;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return false;
+}
+
+std::vector<pid_t> WorkerPids(const std::string& log) {
+  std::vector<pid_t> pids;
+  for (absl::string_view line : absl::StrSplit(router::TailOfFile(log, 100000), '\n')) {
+    if (!absl::StartsWith(line, "worker ")) continue;
+    size_t at = line.find("pid ");
+    if (at == absl::string_view::npos) continue;
+    absl::string_view rest = line.substr(at + 4);
+    int pid = 0;
+    if (absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &pid)) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// sqa-local: serves, stops its workers on SIGTERM, and its workers die with it on SIGKILL.
+TEST(LocalTest, ServesAndLeavesNoOrphans) {
+  char tmpl[] = "/tmp/sqa-local-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string model = dir + "/model";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--out", model}, dir + "/mk.log"), 0);
+  for (int signo : {SIGTERM, SIGKILL}) {
+    SCOPED_TRACE(signo == SIGTERM ? "SIGTERM" : "SIGKILL");
+    const std::string base = absl::StrCat(dir, "/local", signo);
+    auto local = ChildProcess::Spawn({Bin("sqa-local"), "--model", model, "--workers", "2", "--port", "0",
+                                      "--port-file", base + ".port", "--metrics-port", "0",
+                                      "--threads-per-worker", "1"},
+                                     base + ".log");
+    ASSERT_TRUE(local.ok()) << local.status();
+    auto port = WaitForPortFile(base + ".port", absl::Seconds(60));
+    ASSERT_TRUE(port.ok()) << router::TailOfFile(base + ".log");
+    auto c = Client(*port);
+    auto r = c->Generate(Request({4, 5, 6}, 8), absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tokens.size(), 8u);
+    const std::vector<pid_t> pids = WorkerPids(base + ".log");
+    ASSERT_EQ(pids.size(), 2u) << router::TailOfFile(base + ".log");
+    for (pid_t p : pids) EXPECT_EQ(kill(p, 0), 0);
+    (*local)->Signal(signo);
+    const absl::Time end = absl::Now() + absl::Seconds(30);
+    while ((*local)->Running() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(20));
+    ASSERT_FALSE((*local)->Running());
+    if (signo == SIGTERM) {
+      EXPECT_TRUE(WIFEXITED((*local)->wait_status()) && WEXITSTATUS((*local)->wait_status()) == 0)
+          << router::TailOfFile(base + ".log");
+    }
+    for (pid_t p : pids) EXPECT_TRUE(ProcessGone(p, absl::Seconds(10))) << "worker " << p << " outlived sqa-local";
+  }
   std::error_code ec;
   if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
 }
