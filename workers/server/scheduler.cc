@@ -29,6 +29,7 @@ struct Scheduler::Request {
   int32_t last_token = 0;      // decode input of the next step
   int64_t generated = 0;       // completion tokens so far, resume tokens included
   bool first_token_sent = false;
+  bool stopped_before_start = false;  // resume_tokens end with a stop token: nothing to generate
   RequestCallbacks cb;
   RequestResult result;
 };
@@ -187,6 +188,10 @@ absl::StatusOr<RequestId> Scheduler::SubmitGenerateImpl(GenerateParams p, absl::
   r->feed = p.prompt;
   r->feed.insert(r->feed.end(), p.resume_tokens.begin(), p.resume_tokens.end());
   r->generated = static_cast<int64_t>(p.resume_tokens.size());
+  // A resumed stream whose last sent token was a stop token had finished; only its closing message
+  // was lost. Answer STOP with no new tokens instead of generating past the stop token.
+  r->stopped_before_start = !p.resume_tokens.empty() && std::find(p.stop_tokens.begin(), p.stop_tokens.end(),
+                                                                  p.resume_tokens.back()) != p.stop_tokens.end();
   r->result.prompt_tokens = n;
   r->reserve_blocks = blocks;
   r->gen = std::move(p);
@@ -294,7 +299,11 @@ bool Scheduler::Step() {
   auto check = [&](Request& r) {
     if (r.done) return;
     if (!cancels.empty() && std::find(cancels.begin(), cancels.end(), r.id) != cancels.end()) r.cancelled = true;
-    if (r.cancelled) {
+    if (r.stopped_before_start) {
+      r.result.finish_reason = FinishReason::kStop;
+      Finish(r, absl::OkStatus());
+      did = true;
+    } else if (r.cancelled) {
       Finish(r, absl::CancelledError("request cancelled by the client"));
       did = true;
     } else if (r.deadline < start) {

@@ -61,7 +61,8 @@ enum class FinishReason { kNone, kLength, kStop, kContext };
 struct GenerateParams {
   std::vector<int32_t> prompt;
   // Tokens already produced for this request elsewhere (resume): prefilled after the prompt;
-  // sampling steps continue from their count. They count towards max_tokens.
+  // sampling steps continue from their count. They count towards max_tokens. When the last of
+  // them is a stop token the request finishes at once with kStop and no new token.
   std::vector<int32_t> resume_tokens;
   SamplingParams sampling;          // already normalized (top_p in (0, 1])
   int32_t max_tokens = 0;           // total completion tokens, resume_tokens included

@@ -332,6 +332,19 @@ TEST(Scheduler, ResumeContinuesTheSameStream) {
   EXPECT_EQ(resumed.tokens, std::vector<int32_t>(full.tokens.begin() + 4, full.tokens.end()));
   EXPECT_EQ(resumed.result.completion_tokens, 10);
   EXPECT_EQ(resumed.result.prompt_tokens, 40);
+
+  // A stream that had ended on a stop token (only the closing message was lost) is not continued.
+  Collector after_stop;
+  GenerateParams q = Gen(prompt, 10, sp);
+  q.resume_tokens.assign(full.tokens.begin(), full.tokens.begin() + 3);
+  q.stop_tokens = {full.tokens[2]};
+  ASSERT_TRUE(h.sched->SubmitGenerate(q, kNoDeadline, after_stop.Callbacks()).ok());
+  h.RunUntilIdle();
+  ASSERT_TRUE(after_stop.status.ok());
+  EXPECT_TRUE(after_stop.tokens.empty());
+  EXPECT_EQ(after_stop.result.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(after_stop.result.completion_tokens, 3);
+  EXPECT_EQ(h.sched->Load().kv_blocks_used, 0);
 }
 
 TEST(Scheduler, EncodeMatchesEngineLogitsAndPromptLogprobs) {
