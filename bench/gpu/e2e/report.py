@@ -106,6 +106,17 @@ def main():
                      % (", ".join("%.2fx" % x for x in r), "met" if ok else "missed"))
         summary["targets"]["mha_vs_hf"] = {"ratios": r, "met": ok}
         lines.append("")
+    sweep = []
+    for fn in sorted(glob.glob(os.path.join(src, "sweep_MHA_chunk*.json"))):
+        with open(fn) as f:
+            j = json.load(f)
+        for r in j["prefill"]:
+            sweep.append((j["chunk_tokens"], r["tokens"], r["tokens_per_second"]))
+    if sweep:
+        lines.append("Prefill chunk size (MHA, engine): " + ", ".join(
+            "chunk %d: %.0f tok/s at %s" % (c, t, k(n)) for c, n, t in sorted(sweep)))
+        summary["chunk_sweep_mha"] = [{"chunk": c, "tokens": n, "tokens_per_second": t} for c, n, t in sorted(sweep)]
+        lines.append("")
     lines.append("## Decode tokens/s (ratio = engine / transformers)")
     lines.append("")
     lines.append("| layout | " + " | ".join("B=%d engine | B=%d HF | B=%d ratio | B=%d ms/step" % (b, b, b, b) for b in batches) + " |")

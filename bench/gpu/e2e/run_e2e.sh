@@ -4,7 +4,9 @@
 # files (hf_baseline.py), then writes RESULTS/gpu_e2e.md and .json (report.py).
 #
 # usage: run_e2e.sh BIN_DIR RESULTS_DIR [LAYOUTS...]   (default layouts: MHA GQA SQA sSQA xSQA)
-# env: PREFILL (default 8192,32768,131072), DECODE_BATCH (1,32), CHUNK (16384), MODEL_DIR (/tmp)
+# env: PREFILL (default 8192,32768,131072), DECODE_BATCH (1,32), CHUNK (16384), MODEL_DIR (/tmp),
+#      CHUNK_SWEEP (e.g. "8192 32768 131072": MHA prefill at the largest PREFILL length with each
+#      chunk size, written to sweep_MHA_chunk<C>.json)
 set -euo pipefail
 bin=$1; res=$2; shift 2
 layouts=("$@"); [ ${#layouts[@]} -gt 0 ] || layouts=(MHA GQA SQA sSQA xSQA)
@@ -22,6 +24,12 @@ for l in "${layouts[@]}"; do
   echo "== $l: model made in $((SECONDS - t0)) s"
   "$bin/sqa-e2e-bench" --model "$m" --device cuda --prefill "$prefill" --decode-batch "$decode" --chunk "$chunk" \
       --json "$res/e2e_$l.json" >/dev/null
+  if [ "$l" = MHA ] && [ -n "${CHUNK_SWEEP:-}" ]; then
+    for c in $CHUNK_SWEEP; do
+      "$bin/sqa-e2e-bench" --model "$m" --device cuda --prefill "${prefill##*,}" --decode-batch none --chunk "$c" \
+          --json "$res/sweep_MHA_chunk$c.json" >/dev/null
+    done
+  fi
   if [ "$l" = MHA ] || [ "$l" = GQA ]; then
     python3 "$here/hf_baseline.py" --model "$m" --prefill "$prefill" --decode-batch "$decode" \
         --json "$res/hf_$l.json" >/dev/null || echo "HF baseline failed for $l"

@@ -8,14 +8,16 @@
 // outlive the backend.
 //
 // Host arrays (tokens, positions, slots, block tables) go through HostStager: each call packs its
-// arrays into a pinned ring buffer and issues one async copy into a device staging area. A ring
-// region is reused only after the event recorded behind its copy has completed, so the host never
-// waits on the GPU unless the ring is full.
+// arrays into a pinned ring buffer and issues one async copy into a device buffer kept per kind of
+// array; an array equal to the one last staged for its kind is not copied again (a decode step's
+// block tables serve every layer). A ring region is reused only after the event recorded behind
+// its copy has completed, so the host never waits on the GPU unless the ring is full.
 #include "workers/engine/cuda/cuda_backend.h"
 
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <deque>
@@ -32,6 +34,7 @@
 #include "workers/engine/cuda/elementwise.h"
 #include "workers/engine/cuda/gemm.h"
 #include "workers/engine/cuda/raii.h"
+#include "workers/engine/cuda/sampling_kernels.h"
 
 namespace sqa {
 namespace {
@@ -111,7 +114,13 @@ class CudaKvCache final : public KvCacheStorage {
   DeviceMemory k_, v_;
 };
 
-// Packs host arrays into pinned memory and copies them to the device with one async copy.
+// What a staged array is for. Each kind has its own device buffer, so an array that the engine
+// passes again unchanged (the positions for the q and k RoPE, a block table used by every layer)
+// is copied once and reused.
+enum class Staged { kTokens, kPositions, kSlots, kRows, kPrefillTable, kDecodeTables, kSampleParams, kCount };
+
+// Packs a call's host arrays into a pinned ring and copies them to the device with one async copy,
+// unless the device copy of that kind already holds exactly these bytes.
 class HostStager {
  public:
   struct Item {
@@ -127,24 +136,42 @@ class HostStager {
   }
 
   ~HostStager() {
-    if (dev_) cudaFreeAsync(dev_, ctx_->stream.get());
+    for (Slot& sl : slots_) {
+      if (sl.dev) cudaFreeAsync(sl.dev, ctx_->stream.get());
+    }
   }
 
-  absl::Status Stage(std::initializer_list<Item> items) {
+  absl::Status Stage(Staged kind, std::initializer_list<Item> items) {
+    Slot& sl = slots_[static_cast<int>(kind)];
     size_t total = 0;
     for (const Item& it : items) total += Align(it.bytes);
-    if (total == 0) {
-      for (const Item& it : items) *it.dev = nullptr;
+    packed_.assign(total, 0);
+    size_t off = 0;
+    for (const Item& it : items) {
+      if (it.bytes) std::memcpy(packed_.data() + off, it.src, it.bytes);
+      off += Align(it.bytes);
+    }
+    auto hand_out = [&]() {
+      size_t o = 0;
+      for (const Item& it : items) {
+        *it.dev = it.bytes ? static_cast<char*>(sl.dev) + o : nullptr;
+        o += Align(it.bytes);
+      }
+    };
+    if (total == 0 || (sl.valid && sl.last == packed_)) {
+      hand_out();
       return absl::OkStatus();
     }
     cudaStream_t s = ctx_->stream.get();
-    // Device staging area: reused in stream order, so a plain grow is enough.
-    if (total > dev_bytes_) {
-      if (dev_) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(dev_, s));
-      dev_ = nullptr;
-      const size_t want = std::max(total, dev_bytes_ * 2);
-      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&dev_, want, s));
-      dev_bytes_ = want;
+    sl.valid = false;
+    // The kind's device buffer is rewritten in stream order after every kernel that read it.
+    if (total > sl.dev_bytes) {
+      const size_t want = std::max(total, sl.dev_bytes * 2);
+      if (sl.dev) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(sl.dev, s));
+      sl.dev = nullptr;
+      sl.dev_bytes = 0;
+      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&sl.dev, want, s));
+      sl.dev_bytes = want;
     }
     // Pinned ring: grow (after draining) when one call needs more than a quarter of it.
     if (total * 4 > ring_.size()) {
@@ -155,8 +182,8 @@ class HostStager {
     }
     if (head_ + total > ring_.size()) head_ = 0;
     const size_t begin = head_, end = head_ + total;
-    // Wait for the newest earlier copy whose region overlaps ours (events on one stream complete
-    // in order, so everything older is done too).
+    // Wait for the newest earlier copy whose ring region overlaps ours (events on one stream
+    // complete in order, so everything older is done too).
     int last_overlap = -1;
     for (int i = 0; i < static_cast<int>(pending_.size()); ++i) {
       if (pending_[i].begin < end && begin < pending_[i].end) last_overlap = i;
@@ -169,13 +196,8 @@ class HostStager {
       }
     }
     char* host = static_cast<char*>(ring_.get()) + begin;
-    size_t off = 0;
-    for (const Item& it : items) {
-      if (it.bytes) std::memcpy(host + off, it.src, it.bytes);
-      *it.dev = it.bytes ? static_cast<char*>(dev_) + off : nullptr;
-      off += Align(it.bytes);
-    }
-    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(dev_, host, total, cudaMemcpyHostToDevice, s));
+    std::memcpy(host, packed_.data(), total);
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(sl.dev, host, total, cudaMemcpyHostToDevice, s));
     CudaEvent ev;
     if (!free_events_.empty()) {
       ev = std::move(free_events_.back());
@@ -186,6 +208,9 @@ class HostStager {
     SQA_GPU_RETURN_IF_ERROR(cudaEventRecord(ev.get(), s));
     pending_.push_back(Pending{begin, end, std::move(ev)});
     head_ = end;
+    sl.last.swap(packed_);
+    sl.valid = true;
+    hand_out();
     return absl::OkStatus();
   }
 
@@ -196,13 +221,19 @@ class HostStager {
     size_t begin, end;
     CudaEvent event;
   };
+  struct Slot {
+    void* dev = nullptr;
+    size_t dev_bytes = 0;
+    std::vector<char> last;  // bytes the device buffer holds (valid only if `valid`)
+    bool valid = false;
+  };
   std::shared_ptr<Context> ctx_;
   PinnedHostMemory ring_;
   size_t head_ = 0;
   std::deque<Pending> pending_;
   std::vector<CudaEvent> free_events_;
-  void* dev_ = nullptr;
-  size_t dev_bytes_ = 0;
+  Slot slots_[static_cast<int>(Staged::kCount)];
+  std::vector<char> packed_;
 };
 
 absl::Status ExpectDevice(const TensorView& t, const char* op, const char* what) {
@@ -265,6 +296,7 @@ class CudaBackend final : public Backend {
     cudaSetDevice(device_);
     if (ctx_ && ctx_->stream) cudaStreamSynchronize(ctx_->stream.get());
     if (decode_ws_) cudaFreeAsync(decode_ws_, ctx_->stream.get());
+    if (sample_ws_) cudaFreeAsync(sample_ws_, ctx_->stream.get());
   }
 
   std::string name() const override { return absl::StrCat("cuda:", device_); }
@@ -370,7 +402,7 @@ class CudaBackend final : public Backend {
       }
     }
     const void* dev_tokens = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{tokens, sizeof(int32_t) * n, &dev_tokens}}));
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kTokens, {{tokens, sizeof(int32_t) * n, &dev_tokens}}));
     return cuda::LaunchEmbed(table.data, table.dtype, static_cast<const int32_t*>(dev_tokens), n, d, out.data,
                              out.dtype, stream());
   }
@@ -432,8 +464,11 @@ class CudaBackend final : public Backend {
     const int64_t n = x.dim(0);
     if (n == 0) return absl::OkStatus();
     if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
+    for (int64_t i = 0; i < n; ++i) {
+      if (positions[i] < 0) return absl::InvalidArgumentError(absl::StrCat("Rope: negative position ", positions[i]));
+    }
     const void* dev_pos = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{positions, sizeof(int32_t) * n, &dev_pos}}));
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
     return cuda::LaunchRope(x.data, x.dtype, n, x.dim(1), x.dim(2), static_cast<const int32_t*>(dev_pos), rope.theta,
                             rope.position_scale, stream());
   }
@@ -468,7 +503,7 @@ class CudaBackend final : public Backend {
       }
     }
     const void* dev_rows = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{rows, sizeof(int64_t) * m, &dev_rows}}));
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kRows, {{rows, sizeof(int64_t) * m, &dev_rows}}));
     const int64_t row_bytes = static_cast<int64_t>(out.nbytes()) / m;
     return cuda::LaunchGatherRows(x.data, static_cast<const int64_t*>(dev_rows), m, row_bytes, out.data, stream());
   }
@@ -524,7 +559,7 @@ class CudaBackend final : public Backend {
       }
     }
     const void* dev_slots = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{slots, sizeof(int64_t) * n, &dev_slots}}));
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kSlots, {{slots, sizeof(int64_t) * n, &dev_slots}}));
     return cuda::LaunchWriteKv(k.data, v.data, k.dtype, static_cast<const int64_t*>(dev_slots), n, s.num_kv_heads,
                                s.head_dim, s.block_size, kc->k(layer), kc->v(layer), stream());
   }
@@ -554,7 +589,7 @@ class CudaBackend final : public Backend {
     const int64_t nblocks = (a.kv.kv_len + s.block_size - 1) / s.block_size;
     SQA_RETURN_IF_ERROR(CheckBlockTable(a.kv.block_table, nblocks, s.num_blocks, "AttentionPrefill"));
     const void* dev_table = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{a.kv.block_table, sizeof(int32_t) * nblocks, &dev_table}}));
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPrefillTable, {{a.kv.block_table, sizeof(int32_t) * nblocks, &dev_table}}));
     cuda::PrefillParams p;
     p.q = a.q.data;
     p.n = n;
@@ -612,7 +647,7 @@ class CudaBackend final : public Backend {
     }
     const void* dev_tables = nullptr;
     const void* dev_lens = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage({{tables_.data(), sizeof(int32_t) * tables_.size(), &dev_tables},
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kDecodeTables, {{tables_.data(), sizeof(int32_t) * tables_.size(), &dev_tables},
                                        {lens_.data(), sizeof(int32_t) * lens_.size(), &dev_lens}}));
     const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
                                                  static_cast<int>(s.head_dim), max_len);
@@ -694,6 +729,59 @@ class CudaBackend final : public Backend {
     return Merge(ptrs.data(), lse_ptrs.data(), static_cast<int>(ptrs.size()), cur, n, heads, dh, out.data, lse_out);
   }
 
+  absl::StatusOr<std::vector<SampledToken>> Sample(const TensorView& logits, absl::Span<const SamplingParams> params,
+                                                   absl::Span<const double> uniforms) {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectDevice(logits, "Sample", "logits"));
+    SQA_RETURN_IF_ERROR(ExpectDType(logits, DType::kF32, "Sample", "logits"));
+    if (logits.shape.size() != 2) return absl::InvalidArgumentError("Sample: logits must be [rows, vocab]");
+    const int64_t rows = logits.dim(0), vocab = logits.dim(1);
+    if (static_cast<int64_t>(params.size()) != rows || static_cast<int64_t>(uniforms.size()) != rows) {
+      return absl::InvalidArgumentError(absl::StrCat("Sample: ", rows, " logit rows but ", params.size(),
+                                                     " params and ", uniforms.size(), " uniform draws"));
+    }
+    if (rows == 0) return std::vector<SampledToken>{};
+    if (vocab <= 0) return absl::InvalidArgumentError("Sample: empty vocabulary");
+    std::vector<cuda::SampleRowParams> rp(static_cast<size_t>(rows));
+    bool any_random = false;
+    for (int64_t i = 0; i < rows; ++i) {
+      const SamplingParams& p = params[i];
+      if (!std::isfinite(p.temperature) || p.temperature < 0 || p.top_k < 0 || !(p.top_p > 0.f && p.top_p <= 1.f) ||
+          !(uniforms[i] >= 0.0 && uniforms[i] < 1.0)) {
+        return absl::InvalidArgumentError(absl::StrCat("Sample: invalid sampling params or draw for row ", i));
+      }
+      rp[i] = {p.temperature, p.top_k, p.top_p, uniforms[i]};
+      any_random = any_random || p.temperature > 0.f;
+    }
+    const void* dev_params = nullptr;
+    SQA_RETURN_IF_ERROR(
+        stager_.Stage(Staged::kSampleParams, {{rp.data(), sizeof(cuda::SampleRowParams) * rp.size(), &dev_params}}));
+    const size_t ws = cuda::SampleWorkspaceBytes(static_cast<int>(rows), vocab) + 256 + 8 * static_cast<size_t>(rows);
+    if (ws > sample_ws_bytes_) {
+      if (sample_ws_) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(sample_ws_, stream()));
+      sample_ws_ = nullptr;
+      sample_ws_bytes_ = 0;
+      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&sample_ws_, ws, stream()));
+      sample_ws_bytes_ = ws;
+    }
+    // Outputs at the start of the workspace, the kernels' scratch after them.
+    auto* tokens = static_cast<int32_t*>(sample_ws_);
+    auto* logprobs = reinterpret_cast<float*>(static_cast<char*>(sample_ws_) + 4 * static_cast<size_t>(rows));
+    const size_t out_bytes = (8 * static_cast<size_t>(rows) + 255) & ~size_t{255};
+    SQA_RETURN_IF_ERROR(cuda::LaunchSample(logits.as<float>(), static_cast<int>(rows), vocab,
+                                           static_cast<const cuda::SampleRowParams*>(dev_params), any_random,
+                                           static_cast<char*>(sample_ws_) + out_bytes, sample_ws_bytes_ - out_bytes,
+                                           tokens, logprobs, stream()));
+    std::vector<int32_t> tok(static_cast<size_t>(rows));
+    std::vector<float> lp(static_cast<size_t>(rows));
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(tok.data(), tokens, 4 * rows, cudaMemcpyDeviceToHost, stream()));
+    SQA_GPU_RETURN_IF_ERROR(cudaMemcpyAsync(lp.data(), logprobs, 4 * rows, cudaMemcpyDeviceToHost, stream()));
+    SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));
+    std::vector<SampledToken> out(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < rows; ++i) out[i] = {tok[i], lp[i]};
+    return out;
+  }
+
  private:
   CudaBackend() = default;
 
@@ -762,6 +850,8 @@ class CudaBackend final : public Backend {
   HostStager stager_;
   void* decode_ws_ = nullptr;
   size_t decode_ws_bytes_ = 0;
+  void* sample_ws_ = nullptr;
+  size_t sample_ws_bytes_ = 0;
   std::vector<int32_t> tables_, lens_;
 };
 
@@ -774,6 +864,16 @@ int CudaDeviceCount() {
     return 0;
   }
   return n;
+}
+
+absl::StatusOr<std::vector<SampledToken>> SampleOnCudaWithUniforms(Backend& backend, const TensorView& logits,
+                                                                  absl::Span<const SamplingParams> params,
+                                                                  absl::Span<const double> uniforms) {
+  auto* cb = dynamic_cast<CudaBackend*>(&backend);
+  if (cb == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("SampleOnCuda: backend ", backend.name(), " is not a CUDA backend"));
+  }
+  return cb->Sample(logits, params, uniforms);
 }
 
 absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions& options) {

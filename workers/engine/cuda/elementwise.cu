@@ -30,6 +30,27 @@ __device__ __forceinline__ bf16 FromF<bf16>(float v) { return __float2bfloat16_r
 
 constexpr int kThreads = 256;
 
+// 16-byte vectors of 8 bf16: the fast path of the memory-bound kernels when sizes and pointers
+// allow it (every activation of the model does: rows are multiples of 8 elements).
+struct alignas(16) Bf16x8 {
+  __nv_bfloat162 h[4];
+};
+__device__ __forceinline__ void Unpack(const Bf16x8& v, float (&f)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float2 t = __bfloat1622float2(v.h[i]);
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+__device__ __forceinline__ Bf16x8 Pack(const float (&f)[8]) {
+  Bf16x8 v;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) v.h[i] = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+  return v;
+}
+bool Aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
 int GridFor(int64_t count) {
   int64_t blocks = (count + kThreads - 1) / kThreads;
   return static_cast<int>(std::clamp<int64_t>(blocks, 1, int64_t{1} << 20));
@@ -170,6 +191,119 @@ __global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, 
   }
 }
 
+
+// ---- vectorized bf16 variants (count and row lengths multiples of 8, 16-byte aligned) --------
+__global__ void AddBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, int64_t vecs) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vecs; i += int64_t{gridDim.x} * blockDim.x) {
+    float a[8], b[8];
+    Unpack(x[i], a);
+    Unpack(y[i], b);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) a[j] += b[j];
+    x[i] = Pack(a);
+  }
+}
+
+__global__ void SwiGluBf16x8Kernel(const Bf16x8* __restrict__ gate, const Bf16x8* __restrict__ up,
+                                   Bf16x8* __restrict__ out, int64_t vecs) {
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vecs; i += int64_t{gridDim.x} * blockDim.x) {
+    float g[8], u[8];
+    Unpack(gate[i], g);
+    Unpack(up[i], u);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) g[j] = g[j] / (1.f + __expf(-g[j])) * u[j];
+    out[i] = Pack(g);
+  }
+}
+
+template <typename W>
+__global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __restrict__ w, int64_t dv, float eps,
+                                    Bf16x8* __restrict__ out) {
+  const int64_t row = blockIdx.x;
+  const Bf16x8* xr = x + row * dv;
+  Bf16x8* orow = out + row * dv;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+    float f[8];
+    Unpack(xr[j], f);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) ss += f[k] * f[k];
+  }
+  __shared__ float partial[32];
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = blockDim.x / 32;
+    ss = lane < nwarps ? partial[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(partial[0] / static_cast<float>(dv * 8) + eps);
+  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+    float f[8];
+    Unpack(xr[j], f);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
+    orow[j] = Pack(f);
+  }
+}
+
+// One thread per 8 consecutive elements of one (token, head) row; bf16 source.
+__global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* __restrict__ v,
+                                    const int64_t* __restrict__ slots, int64_t n, int64_t hkv, int64_t dv,
+                                    int64_t block_size, Bf16x8* __restrict__ kc, Bf16x8* __restrict__ vc) {
+  const int64_t per_tok = hkv * dv;
+  const int64_t total = n * per_tok;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / per_tok, r = i - t * per_tok;
+    const int64_t slot = slots[t];
+    if (slot < 0) continue;
+    const int64_t h = r / dv, e = r - h * dv;
+    const int64_t block = slot / block_size, off = slot - block * block_size;
+    const int64_t dst = ((block * hkv + h) * block_size + off) * dv + e;
+    kc[dst] = k[i];
+    vc[dst] = v[i];
+  }
+}
+
+// RoPE, 8 rotation pairs per thread (head_dim a multiple of 16): 16-byte loads of both halves.
+__global__ void RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t n, int64_t heads, int64_t dh,
+                                 const int32_t* __restrict__ positions, double theta, double inv_scale) {
+  const int64_t half = dh / 2, groups = half / 8;
+  const int64_t total = n * groups;
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
+    const int64_t t = i / groups, j0 = (i - t * groups) * 8;
+    float c[8], s[8];
+    const double p = static_cast<double>(positions[t]) * inv_scale;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const double inv_freq = pow(theta, -2.0 * static_cast<double>(j0 + k) / static_cast<double>(dh));
+      double sd, cd;
+      sincos(p * inv_freq, &sd, &cd);
+      s[k] = static_cast<float>(sd);
+      c[k] = static_cast<float>(cd);
+    }
+    __nv_bfloat16* row = x + t * heads * dh;
+    for (int64_t h = 0; h < heads; ++h) {
+      Bf16x8* lo = reinterpret_cast<Bf16x8*>(row + h * dh + j0);
+      Bf16x8* hi = reinterpret_cast<Bf16x8*>(row + h * dh + j0 + half);
+      float a[8], b[8], ra[8], rb[8];
+      Unpack(*lo, a);
+      Unpack(*hi, b);
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        ra[k] = a[k] * c[k] - b[k] * s[k];
+        rb[k] = b[k] * c[k] + a[k] * s[k];
+      }
+      *lo = Pack(ra);
+      *hi = Pack(rb);
+    }
+  }
+}
+
 }  // namespace
 
 absl::Status LaunchConvert(const void* src, DType src_type, void* dst, DType dst_type, size_t n,
@@ -217,6 +351,16 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
   if (n == 0) return absl::OkStatus();
   if (n > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("RmsNorm: too many rows");
   const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 128);
+  if (x_type == DType::kBF16 && out_type == DType::kBF16 && d % 8 == 0 && Aligned16(x) && Aligned16(out)) {
+    const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
+    return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
+      using W = decltype(ws);
+      RmsNormBf16x8Kernel<<<static_cast<unsigned>(n), vthreads, 0, stream>>>(
+          static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps, static_cast<Bf16x8*>(out));
+      SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormBf16x8Kernel");
+      return absl::OkStatus();
+    });
+  }
   return DispatchAct(x_type, "RmsNorm", [&](auto xs) -> absl::Status {
     using X = decltype(xs);
     return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
@@ -235,6 +379,12 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
 absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count,
                               cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
+  if (x_type == DType::kBF16 && y_type == DType::kBF16 && count % 8 == 0 && Aligned16(x) && Aligned16(y)) {
+    AddBf16x8Kernel<<<GridFor(count / 8), kThreads, 0, stream>>>(static_cast<Bf16x8*>(x),
+                                                                 static_cast<const Bf16x8*>(y), count / 8);
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddBf16x8Kernel");
+    return absl::OkStatus();
+  }
   return DispatchAct(x_type, "AddInPlace", [&](auto xs) -> absl::Status {
     using X = decltype(xs);
     return DispatchAct(y_type, "AddInPlace", [&](auto ys) -> absl::Status {
@@ -251,6 +401,12 @@ absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t
   if (n == 0 || heads == 0) return absl::OkStatus();
   if (dh % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", dh, " is odd"));
   if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
+  if (x_type == DType::kBF16 && dh % 16 == 0 && Aligned16(x)) {
+    RopeBf16x8Kernel<<<GridFor(n * dh / 16), kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(x), n, heads, dh,
+                                                                     positions, theta, 1.0 / position_scale);
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeBf16x8Kernel");
+    return absl::OkStatus();
+  }
   return DispatchAct(x_type, "Rope", [&](auto xs) -> absl::Status {
     using T = decltype(xs);
     RopeKernel<<<GridFor(n * dh / 2), kThreads, 0, stream>>>(static_cast<T*>(x), n, heads, dh, positions, theta,
@@ -263,6 +419,12 @@ absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t
 absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,
                           cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
+  if (type == DType::kBF16 && count % 8 == 0 && Aligned16(gate) && Aligned16(up) && Aligned16(out)) {
+    SwiGluBf16x8Kernel<<<GridFor(count / 8), kThreads, 0, stream>>>(
+        static_cast<const Bf16x8*>(gate), static_cast<const Bf16x8*>(up), static_cast<Bf16x8*>(out), count / 8);
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluBf16x8Kernel");
+    return absl::OkStatus();
+  }
   return DispatchAct(type, "SwiGlu", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
     SwiGluKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
@@ -294,6 +456,14 @@ absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const in
                            cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   if (block_size <= 0) return absl::InvalidArgumentError("WriteKv: block_size must be > 0");
+  if (kv_type == DType::kBF16 && dh % 8 == 0 && Aligned16(k) && Aligned16(v) && Aligned16(k_cache) &&
+      Aligned16(v_cache)) {
+    WriteKvBf16x8Kernel<<<GridFor(n * hkv * dh / 8), kThreads, 0, stream>>>(
+        static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8, block_size,
+        static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache));
+    SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvBf16x8Kernel");
+    return absl::OkStatus();
+  }
   return DispatchAct(kv_type, "WriteKv", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
     WriteKvKernel<<<GridFor(n * hkv * dh), kThreads, 0, stream>>>(

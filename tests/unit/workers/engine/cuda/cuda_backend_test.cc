@@ -18,6 +18,7 @@
 #include "workers/engine/cpu/cpu_backend.h"
 #include "workers/engine/cuda/cuda_backend.h"
 #include "workers/engine/model/tensor.h"
+#include "workers/engine/sampling.h"
 
 namespace sqa {
 namespace {
@@ -151,44 +152,48 @@ TEST_F(CudaBackendTest, UploadWeightConvertsEveryDiskType) {
   ExpectClose(Read(*gpu_, w->view), norm, 0, "norm upload");
 }
 
+// d = 520 takes the 16-byte vector kernels, d = 130 the scalar ones.
 TEST_F(CudaBackendTest, EmbedRmsNormAddSwiGlu) {
-  const int64_t vocab = 300, d = 520, n = 77;
-  std::vector<float> table = Random(vocab * d);
-  std::vector<int32_t> tokens(n);
-  std::uniform_int_distribution<int32_t> tok(0, vocab - 1);
-  for (auto& t : tokens) t = tok(rng_);
-  TensorView host_table{table.data(), DType::kF32, MemSpace::kHost, {vocab, d}};
-  auto gt = gpu_->UploadWeight(host_table);
-  auto ct = cpu_->UploadWeight(host_table);
-  ASSERT_TRUE(gt.ok() && ct.ok());
-  T ge = Gpu({n, d}, nullptr), ce = Cpu({n, d}, nullptr);
-  ASSERT_TRUE(gpu_->Embed(gt->view, tokens.data(), n, ge.view).ok());
-  ASSERT_TRUE(cpu_->Embed(ct->view, tokens.data(), n, ce.view).ok());
-  ExpectClose(Read(*gpu_, ge.view), Read(*cpu_, ce.view), 0, "embed");
-  // Out-of-range token: an error, not a crash.
-  std::vector<int32_t> bad = {0, static_cast<int32_t>(vocab)};
-  EXPECT_EQ(gpu_->Embed(gt->view, bad.data(), 2, Gpu({2, d}, nullptr).view).code(),
-            absl::StatusCode::kInvalidArgument);
+  for (int64_t d : {520, 130}) {
+    SCOPED_TRACE("d=" + std::to_string(d));
+    const int64_t vocab = 300, n = 77;
+    std::vector<float> table = Random(vocab * d);
+    std::vector<int32_t> tokens(n);
+    std::uniform_int_distribution<int32_t> tok(0, vocab - 1);
+    for (auto& t : tokens) t = tok(rng_);
+    TensorView host_table{table.data(), DType::kF32, MemSpace::kHost, {vocab, d}};
+    auto gt = gpu_->UploadWeight(host_table);
+    auto ct = cpu_->UploadWeight(host_table);
+    ASSERT_TRUE(gt.ok() && ct.ok());
+    T ge = Gpu({n, d}, nullptr), ce = Cpu({n, d}, nullptr);
+    ASSERT_TRUE(gpu_->Embed(gt->view, tokens.data(), n, ge.view).ok());
+    ASSERT_TRUE(cpu_->Embed(ct->view, tokens.data(), n, ce.view).ok());
+    ExpectClose(Read(*gpu_, ge.view), Read(*cpu_, ce.view), 0, "embed");
+    // Out-of-range token: an error, not a crash.
+    std::vector<int32_t> bad = {0, static_cast<int32_t>(vocab)};
+    EXPECT_EQ(gpu_->Embed(gt->view, bad.data(), 2, Gpu({2, d}, nullptr).view).code(),
+              absl::StatusCode::kInvalidArgument);
 
-  std::vector<float> x = Random(n * d, 3.f), w = Random(d), y = Random(n * d);
-  TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {d}};
-  auto gw = gpu_->UploadWeight(host_w);
-  auto cw = cpu_->UploadWeight(host_w);
-  ASSERT_TRUE(gw.ok() && cw.ok());
-  T gx = Gpu({n, d}, &x), cx = Cpu({n, d}, &x), go = Gpu({n, d}, nullptr), co = Cpu({n, d}, nullptr);
-  ASSERT_TRUE(gpu_->RmsNorm(gx.view, gw->view, 1e-5f, go.view).ok());
-  ASSERT_TRUE(cpu_->RmsNorm(cx.view, cw->view, 1e-5f, co.view).ok());
-  ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 1e-2, "rmsnorm");
+    std::vector<float> x = Random(n * d, 3.f), w = Random(d), y = Random(n * d);
+    TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {d}};
+    auto gw = gpu_->UploadWeight(host_w);
+    auto cw = cpu_->UploadWeight(host_w);
+    ASSERT_TRUE(gw.ok() && cw.ok());
+    T gx = Gpu({n, d}, &x), cx = Cpu({n, d}, &x), go = Gpu({n, d}, nullptr), co = Cpu({n, d}, nullptr);
+    ASSERT_TRUE(gpu_->RmsNorm(gx.view, gw->view, 1e-5f, go.view).ok());
+    ASSERT_TRUE(cpu_->RmsNorm(cx.view, cw->view, 1e-5f, co.view).ok());
+    ExpectClose(Read(*gpu_, go.view), Read(*cpu_, co.view), 1e-2, "rmsnorm");
 
-  T gy = Gpu({n, d}, &y), cy = Cpu({n, d}, &y);
-  ASSERT_TRUE(gpu_->AddInPlace(gx.view, gy.view).ok());
-  ASSERT_TRUE(cpu_->AddInPlace(cx.view, cy.view).ok());
-  ExpectClose(Read(*gpu_, gx.view), Read(*cpu_, cx.view), 1e-2, "add");
+    T gy = Gpu({n, d}, &y), cy = Cpu({n, d}, &y);
+    ASSERT_TRUE(gpu_->AddInPlace(gx.view, gy.view).ok());
+    ASSERT_TRUE(cpu_->AddInPlace(cx.view, cy.view).ok());
+    ExpectClose(Read(*gpu_, gx.view), Read(*cpu_, cx.view), 1e-2, "add");
 
-  T gs = Gpu({n, d}, nullptr), cs = Cpu({n, d}, nullptr);
-  ASSERT_TRUE(gpu_->SwiGlu(gx.view, gy.view, gs.view).ok());
-  ASSERT_TRUE(cpu_->SwiGlu(cx.view, cy.view, cs.view).ok());
-  ExpectClose(Read(*gpu_, gs.view), Read(*cpu_, cs.view), 1e-2, "swiglu");
+    T gs = Gpu({n, d}, nullptr), cs = Cpu({n, d}, nullptr);
+    ASSERT_TRUE(gpu_->SwiGlu(gx.view, gy.view, gs.view).ok());
+    ASSERT_TRUE(cpu_->SwiGlu(cx.view, cy.view, cs.view).ok());
+    ExpectClose(Read(*gpu_, gs.view), Read(*cpu_, cs.view), 1e-2, "swiglu");
+  }
 }
 
 TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
@@ -216,11 +221,11 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
 }
 
 TEST_F(CudaBackendTest, RopeAtShortAndLongPositions) {
-  for (int64_t dh : {64, 128}) {
+  for (int64_t dh : {24, 64, 128}) {  // 24: the scalar kernel; 64, 128: the vector kernel
     const int64_t n = 50, heads = 5;
     std::vector<float> x = Random(n * heads * dh);
     std::vector<int32_t> pos(n);
-    std::uniform_int_distribution<int32_t> p(0, 1 << 20);
+    std::uniform_int_distribution<int32_t> p(0, 200000);
     for (int64_t i = 0; i < n; ++i) pos[i] = i < n / 2 ? static_cast<int32_t>(i) : p(rng_);
     for (double scale : {1.0, 4.0}) {
       RopeArgs r;
@@ -395,6 +400,61 @@ TEST_F(CudaBackendTest, BadKvArgumentsAreErrors) {
   auto ckv = cpu_->CreateKvCache(shape);
   ASSERT_TRUE(ckv.ok());
   EXPECT_EQ(gpu_->WriteKv(**ckv, 0, gk.view, gk.view, slots.data()).code(), absl::StatusCode::kInvalidArgument);
+}
+
+// GPU sampling against the host's SampleToken: same (seed, step) draws, so the same tokens.
+TEST_F(CudaBackendTest, SamplingMatchesHostSampler) {
+  std::uniform_real_distribution<float> temp(0.2f, 1.5f), topp(0.3f, 1.f);
+  std::uniform_int_distribution<int32_t> topk(1, 80);
+  std::uniform_int_distribution<uint64_t> seed;
+  int mismatches = 0, total = 0;
+  for (int64_t vocab : {1000, 32000}) {
+    const int64_t rows = 24;
+    std::vector<float> logits = Random(rows * vocab, 3.f);
+    // Row 0: a tie for the maximum (greedy must take the lowest id).
+    logits[17] = logits[400] = 50.f;
+    std::vector<SamplingParams> params(rows);
+    std::vector<uint64_t> steps(rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      SamplingParams& p = params[r];
+      p.seed = seed(rng_);
+      steps[r] = static_cast<uint64_t>(r * 7 + 3);
+      switch (r % 6) {
+        case 0: break;                                                  // greedy
+        case 1: p.temperature = temp(rng_); break;                      // plain temperature
+        case 2: p.temperature = temp(rng_), p.top_k = topk(rng_); break;
+        case 3: p.temperature = temp(rng_), p.top_p = topp(rng_); break;
+        case 4: p.temperature = temp(rng_), p.top_k = topk(rng_), p.top_p = topp(rng_); break;
+        case 5: p.temperature = 1.f, p.top_k = 1; break;                // top-1: the argmax
+      }
+    }
+    T g = Gpu({rows, vocab}, &logits, DType::kF32);
+    auto got = SampleOnCuda(*gpu_, g.view, params, steps);
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(static_cast<int64_t>(got->size()), rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      const SampledToken want = SampleToken(logits.data() + r * vocab, vocab, params[r], steps[r]);
+      ++total;
+      if ((*got)[r].token != want.token) {
+        ++mismatches;
+        ADD_FAILURE() << "vocab " << vocab << " row " << r << ": gpu token " << (*got)[r].token << ", host "
+                      << want.token;
+      }
+      EXPECT_NEAR((*got)[r].logprob, want.logprob, 1e-4 * std::max(1.f, std::fabs(want.logprob)));
+    }
+    EXPECT_EQ((*got)[0].token, 17);
+  }
+  EXPECT_EQ(mismatches, 0) << "of " << total;
+  // Bad params and a non-CUDA backend are errors.
+  std::vector<float> l = Random(10);
+  T g = Gpu({1, 10}, &l, DType::kF32);
+  SamplingParams bad;
+  bad.top_p = 0.f;
+  std::vector<uint64_t> step = {0};
+  EXPECT_EQ(SampleOnCuda(*gpu_, g.view, {&bad, 1}, step).status().code(), absl::StatusCode::kInvalidArgument);
+  T c = Cpu({1, 10}, &l);
+  SamplingParams ok;
+  EXPECT_EQ(SampleOnCuda(*cpu_, c.view, {&ok, 1}, step).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace
