@@ -6,7 +6,9 @@
 # usage: run_e2e.sh BIN_DIR RESULTS_DIR [LAYOUTS...]   (default layouts: MHA GQA SQA sSQA xSQA)
 # env: PREFILL (default 8192,32768,131072), DECODE_BATCH (1,32), CHUNK (16384), MODEL_DIR (/tmp),
 #      CHUNK_SWEEP (e.g. "8192 32768 131072": MHA prefill at the largest PREFILL length with each
-#      chunk size, written to sweep_MHA_chunk<C>.json)
+#      chunk size, written to sweep_MHA_chunk<C>.json), HF_FROM (a directory with hf_<LAYOUT>.json
+#      of an earlier run on the same kind of machine: reused instead of running transformers again;
+#      the report says so)
 set -euo pipefail
 bin=$1; res=$2; shift 2
 layouts=("$@"); [ ${#layouts[@]} -gt 0 ] || layouts=(MHA GQA SQA sSQA xSQA)
@@ -30,11 +32,15 @@ for l in "${layouts[@]}"; do
           --json "$res/sweep_MHA_chunk$c.json" >/dev/null
     done
   fi
-  if [ "$l" = MHA ] || [ "$l" = GQA ]; then
+  if [ -n "${HF_FROM:-}" ]; then
+    [ -f "$HF_FROM/hf_$l.json" ] && cp "$HF_FROM/hf_$l.json" "$res/"
+  elif [ "$l" = MHA ] || [ "$l" = GQA ]; then
     python3 "$here/hf_baseline.py" --model "$m" --prefill "$prefill" --decode-batch "$decode" \
         --json "$res/hf_$l.json" >/dev/null || echo "HF baseline failed for $l"
   fi
   rm -rf "$m"
 done
+note=""
+[ -n "${HF_FROM:-}" ] && note="; transformers rows reused from an earlier run (HF_FROM)"
 python3 "$here/report.py" "$res" "$res/gpu_e2e" \
-  "bench/gpu/e2e/run_e2e.sh BIN RESULTS ${layouts[*]} (PREFILL=$prefill DECODE_BATCH=$decode CHUNK=$chunk)"
+  "bench/gpu/e2e/run_e2e.sh BIN RESULTS ${layouts[*]} (PREFILL=$prefill DECODE_BATCH=$decode CHUNK=$chunk CHUNK_SWEEP=${CHUNK_SWEEP:-})$note"
