@@ -167,6 +167,12 @@ int main(int argc, char** argv) {
   out["prefill"] = nlohmann::json::array();
   out["decode"] = nlohmann::json::array();
   const int dh = 128;
+  // Rewritten after every measurement so that a run cut short still leaves its numbers.
+  auto save = [&] {
+    if (json_path.empty()) return;
+    std::ofstream f(json_path);
+    f << out.dump(1) << "\n";
+  };
   auto wanted = [&](const std::string& name) {
     return layout_filter.empty() || std::find(layout_filter.begin(), layout_filter.end(), name) != layout_filter.end();
   };
@@ -230,6 +236,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
         out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},
                                   {"variant", vname}, {"ms", ms}, {"tflops", tf}, {"reps", reps}});
+        save();
         if (variant == 1) {
           CK(cudaFree(table));
           CK(cudaFree(pk));
@@ -305,6 +312,7 @@ int main(int argc, char** argv) {
         out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
                                  {"splits", splits}, {"ms", ms}, {"kv_bytes", kv_bytes}, {"bytes_per_s", bw},
                                  {"fraction_of_copy_ceiling", bw / ceiling}});
+        save();
         cudaFree(pk);
         cudaFree(pv);
         cudaFree(tables);
@@ -315,9 +323,6 @@ int main(int argc, char** argv) {
       }
     }
   }
-  if (!json_path.empty()) {
-    std::ofstream f(json_path);
-    f << out.dump(1) << "\n";
-  }
+  save();
   return 0;
 }

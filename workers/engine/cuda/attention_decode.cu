@@ -48,6 +48,7 @@ struct DecodeKernelArgs {
   int64_t table_stride;
   const int32_t* kv_lens;
   int block_size;
+  bool tile_in_block;  // block_size % kTileN == 0
   int hq, hkv, ha, g, row_groups;
   int num_splits;
   int64_t split_len;  // keys per split (multiple of kTileN)
@@ -90,15 +91,32 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelAr
   CpAsyncCommit();
 
   bf16* wK = sKV + warp * (kStages * 2 * kTileN * D);  // [stage][K|V][kTileN][D]
-  auto load_tile = [&](int64_t k0, int st) {
+  // When block_size is a multiple of kTileN a tile sits in one block: one table read per tile
+  // and no per-row division (positions fit in int32).
+  auto load_tile = [&](int64_t k0_64, int st) {
+    const int k0 = static_cast<int>(k0_64);
     bf16* dk = wK + st * 2 * kTileN * D;
     bf16* dv = dk + kTileN * D;
+    int64_t tile_base = 0;
+    if (a.tile_in_block) {
+      const int bi = k0 / a.block_size;
+      tile_base = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (k0 - bi * a.block_size)) * D;
+    }
 #pragma unroll 4
     for (int i = lane; i < kTileN * kChunks; i += 32) {
       const int r = i / kChunks, c = i % kChunks;
-      const int64_t p = k0 + r;
+      const int p = k0 + r;
       const bool valid = p < ks1;
-      const int64_t off = valid ? KvOffset<D>(table, a.block_size, a.hkv, kvh, p) + c * 8 : 0;
+      int64_t off = 0;
+      if (valid) {
+        if (a.tile_in_block) {
+          off = tile_base + r * D;
+        } else {
+          const int bi = p / a.block_size;
+          off = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D;
+        }
+        off += c * 8;
+      }
       CpAsync16(SmemAddr(dk + Swz<D>(r, c)), a.k + off, valid);
       CpAsync16(SmemAddr(dv + Swz<D>(r, c)), a.v + off, valid);
     }
@@ -379,6 +397,9 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("attention decode: negative batch/max_kv_len or non-positive block_size");
   }
   if (p.batch == 0) return absl::OkStatus();
+  if (p.max_kv_len >= (int64_t{1} << 31) - kTileN) {
+    return absl::InvalidArgumentError("attention decode: kv lengths must stay below 2^31");
+  }
   if (p.batch > 65535) return absl::InvalidArgumentError("attention decode: batch above 65535");
   if (p.q == nullptr || p.out == nullptr || p.k_cache == nullptr || p.v_cache == nullptr ||
       p.block_tables == nullptr || p.kv_lens == nullptr) {
@@ -392,6 +413,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.table_stride = p.block_table_stride;
   a.kv_lens = p.kv_lens;
   a.block_size = p.block_size;
+  a.tile_in_block = p.block_size % kTileN == 0;
   a.hq = hq;
   a.hkv = hkv;
   a.ha = std::max(hq, hkv);

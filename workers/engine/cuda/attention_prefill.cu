@@ -191,47 +191,49 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillKernel
       }
     }
 
-    // Scale (log2 domain), mask, online softmax.
+    // Mask, online softmax in the log2 domain: p = 2^(s * scale_log2 - m) as one FFMA + EX2.
     const int k0 = jt * kBlockN;
     const bool need_mask = k0 + kBlockN > unmasked_end;
+    const float sl2 = a.scale_log2;
 #pragma unroll
     for (int mt = 0; mt < kMT; ++mt) {
+      if (need_mask) {
 #pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) {
+        for (int nb = 0; nb < kBlockN / 8; ++nb)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float x = s[mt][nb][e] * a.scale_log2;
-          if (need_mask) {
+          for (int e = 0; e < 4; ++e) {
             const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
-            if (key > row_limit[mt][e >> 1]) x = -INFINITY;
+            if (key > row_limit[mt][e >> 1]) s[mt][nb][e] = -INFINITY;
           }
-          s[mt][nb][e] = x;
-        }
       }
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         float mx = -INFINITY;
 #pragma unroll
         for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[mt][nb][2 * i], s[mt][nb][2 * i + 1]));
-        mx = QuadMax(mx);
+        mx = QuadMax(mx) * sl2;  // scale > 0 keeps the order
         const float m_new = fmaxf(m_i[mt][i], mx);
         const float m_use = m_new == -INFINITY ? 0.f : m_new;
-        const float alpha = exp2f(m_i[mt][i] - m_use);
+        const float alpha = Exp2(m_i[mt][i] - m_use);
         float sum = 0.f;
 #pragma unroll
         for (int nb = 0; nb < kBlockN / 8; ++nb) {
-          const float p0 = exp2f(s[mt][nb][2 * i] - m_use);
-          const float p1 = exp2f(s[mt][nb][2 * i + 1] - m_use);
+          const float p0 = Exp2(fmaf(s[mt][nb][2 * i], sl2, -m_use));
+          const float p1 = Exp2(fmaf(s[mt][nb][2 * i + 1], sl2, -m_use));
           s[mt][nb][2 * i] = p0;
           s[mt][nb][2 * i + 1] = p1;
           sum += p0 + p1;
         }
         l_i[mt][i] = l_i[mt][i] * alpha + sum;
         m_i[mt][i] = m_new;
+        // The running max rarely moves after the first tiles: skip the O rescale when no row of
+        // the warp needs it (warp-uniform branch).
+        if (__any_sync(0xffffffffu, alpha != 1.f)) {
 #pragma unroll
-        for (int nd = 0; nd < D / 8; ++nd) {
-          o[mt][nd][2 * i] *= alpha;
-          o[mt][nd][2 * i + 1] *= alpha;
+          for (int nd = 0; nd < D / 8; ++nd) {
+            o[mt][nd][2 * i] *= alpha;
+            o[mt][nd][2 * i + 1] *= alpha;
+          }
         }
       }
     }
