@@ -5,6 +5,7 @@
 //   workers/engine/cuda/attention_prefill.cu
 //   workers/engine/cuda/attention_decode.cu
 //   workers/engine/cuda/attention_merge.cu
+// (attention_internal.cuh is their private header of device helpers.)
 // Compile flags: -gencode=arch=compute_90a,code=sm_90a (CMAKE_CUDA_ARCHITECTURES=90a).
 //
 // Conventions (the same as workers/engine/backend.h):
@@ -14,7 +15,9 @@
 //   exp(scale * q.k) over the keys seen (-inf when a row sees no key; its out row is then 0).
 // - Paged KV: a layer's K (and separately V) is num_blocks blocks of [Hkv][block_size][dh] bf16;
 //   key position p of a sequence lives in block block_table[p / block_size] at offset
-//   p % block_size. Any block_size >= 1 works; multiples of 64 are fastest.
+//   p % block_size. Any block_size >= 1 works; multiples of 64 (prefill) and 32 (decode) are
+//   fastest: a key tile then needs one block-table read instead of one per key.
+// - Positions and lengths must stay below 2^31.
 // - Every pointer in the params structs is a DEVICE pointer unless its comment says host.
 // - head_dim must be 64 or 128.
 // - Launchers are asynchronous on `stream`, never synchronize, and are safe to capture into a
@@ -71,7 +74,10 @@ struct DecodeParams {
   const int32_t* block_tables = nullptr;  // device int32 [B, block_table_stride]
   int64_t block_table_stride = 0;         // entries per row (>= max blocks of any sequence)
   const int32_t* kv_lens = nullptr;       // device int32 [B]; 0 allowed (out = 0, lse = -inf)
-  int64_t max_kv_len = 0;              // host upper bound of kv_lens (picks the KV split count)
+  // Host upper bound of kv_lens: it fixes the split length, so it MUST be >= every kv_lens[b]
+  // (keys beyond num_splits * split length would be left out; kv_lens is device data and cannot
+  // be checked here). A graph captured for max_kv_len stays valid while lengths grow up to it.
+  int64_t max_kv_len = 0;
   int num_q_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
@@ -91,7 +97,8 @@ size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int he
                             int num_splits = 0);
 
 // Flash-decoding over the paged cache: one CTA per (sequence, KV head, split) reads each K/V
-// block once for all query heads that share it; splits are merged with LSE.
+// block once for all query heads that share it (up to 32 per KV head; wider groups read it once
+// per 32 heads); splits are merged with LSE by a second kernel on the same stream.
 absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream);
 
 enum class PartialType { kBF16, kF32 };
