@@ -270,6 +270,23 @@ TEST_F(ServicesTest, HealthAndReflectionAnswer) {
   EXPECT_GT(info->pools(0).max_context_tokens(), 0);
 }
 
+TEST_F(ServicesTest, EncodeThroughRouterEqualsWorker) {
+  v1::EncodeRequest req;
+  for (int t : {3, 14, 15, 92, 65}) req.add_prompt_tokens(t);
+  req.set_return_prompt_logprobs(true);
+  auto via_router = Client(router_->port)->Encode(req, absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(via_router.ok()) << via_router.status();
+  auto direct = Client(w0_->port, "worker")->Encode(req, absl::Now() + absl::Seconds(30));
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ASSERT_GT(via_router->values_size(), 0);
+  ASSERT_EQ(via_router->values_size(), direct->values_size());
+  for (int i = 0; i < direct->values_size(); ++i) EXPECT_FLOAT_EQ(via_router->values(i), direct->values(i)) << i;
+  EXPECT_EQ(via_router->prompt_logprobs_size(), 4);
+  v1::EncodeRequest empty;
+  EXPECT_EQ(Client(router_->port)->Encode(empty, absl::Now() + absl::Seconds(5)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ServicesTest, MetricsPassPromtoolAndCountersMove) {
   const std::string ok_label = "outcome=\"ok\"";
   const std::string before = HttpGet(router_->metrics_port, "/metrics");
