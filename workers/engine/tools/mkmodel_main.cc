@@ -14,7 +14,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: sqa-mkmodel --out DIR [--preset tiny|small|medium|1b] "
     "[--layout MHA|GQA|MQA|SQA|sSQA|xSQA|xSMQA|rSQA] [--dtype f32|bf16|f16] [--seed N] [--shards K] "
-    "[--tie] [--threads N]\n"
+    "[--tie] [--threads N] [--verify]\n"
     "  overrides: --layers N --hidden N --heads N --query-heads N --kv-heads N --head-dim N\n"
     "             --intermediate N --vocab N --max-pos N --rope-theta X --rope-scaling-factor X\n";
 
@@ -28,6 +28,7 @@ int Usage(const std::string& msg) {
 int main(int argc, char** argv) {
   std::map<std::string, std::string> v;  // flag -> value
   bool tie = false;
+  bool verify = false;  // load the written model back through Model::Load
   static const char* kValued[] = {"--out",     "--preset",     "--layout",      "--dtype",   "--seed",
                                   "--shards",  "--threads",    "--layers",      "--hidden",  "--heads",
                                   "--query-heads", "--kv-heads", "--head-dim",  "--intermediate",
@@ -40,6 +41,10 @@ int main(int argc, char** argv) {
     }
     if (a == "--tie") {
       tie = true;
+      continue;
+    }
+    if (a == "--verify") {
+      verify = true;
       continue;
     }
     std::string value;
@@ -150,5 +155,15 @@ int main(int argc, char** argv) {
       (long long)c.num_query_heads, (long long)c.num_key_value_heads, (long long)c.head_dim,
       (long long)c.num_hidden_layers, (long long)c.hidden_size, params / 1e6, dtype.c_str(), o.shards,
       (unsigned long long)o.seed, secs);
+  if (verify) {
+    const auto t1 = std::chrono::steady_clock::now();
+    auto m = sqa::Model::Load(v["--out"]);
+    if (!m.ok()) {
+      std::fprintf(stderr, "sqa-mkmodel: written model does not load: %s\n", std::string(m.status().message()).c_str());
+      return 1;
+    }
+    std::printf("sqa-mkmodel: verified: Model::Load took %.3f s\n",
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t1).count());
+  }
   return 0;
 }
