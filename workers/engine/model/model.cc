@@ -149,7 +149,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
       const std::string shard_path = dir + "/" + shard;
       if (!IsRegularFile(shard_path)) {
         return absl::NotFoundError(absl::StrCat(index_path, ": weight_map maps \"", it.key(), "\" to ", shard,
-                                                ", but ", shard_path, " does not exist"));
+                                                ", but ", shard_path, " does not exist or is not a regular file"));
       }
       SQA_ASSIGN_OR_RETURN(std::unique_ptr<SafetensorsFile> f, SafetensorsFile::Open(shard_path));
       file_slot[shard] = m->files_.size();
