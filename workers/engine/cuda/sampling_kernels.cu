@@ -19,7 +19,8 @@
 namespace sqa::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 1024;      // RowStatsKernel
+constexpr int kPickThreads = 256;   // PickKernel (double scan: more registers per thread)
 
 struct Layout {
   size_t keys_in, keys_out, ids_in, ids_out, lse, cum, offsets, temp, temp_bytes, total;
@@ -50,7 +51,7 @@ Layout MakeLayout(int rows, int64_t vocab) {
   return l;
 }
 
-__global__ void RowStatsKernel(const float* __restrict__ logits, int64_t vocab, const SampleRowParams* __restrict__ params,
+__global__ void __launch_bounds__(kThreads) RowStatsKernel(const float* __restrict__ logits, int64_t vocab, const SampleRowParams* __restrict__ params,
                                float* __restrict__ keys, int32_t* __restrict__ ids, double* __restrict__ lse_out,
                                int64_t* __restrict__ offsets, int32_t* __restrict__ tokens,
                                float* __restrict__ logprobs) {
@@ -111,7 +112,7 @@ __global__ void RowStatsKernel(const float* __restrict__ logits, int64_t vocab, 
   }
 }
 
-__global__ void PickKernel(const float* __restrict__ logits, int64_t vocab, const SampleRowParams* __restrict__ params,
+__global__ void __launch_bounds__(kPickThreads) PickKernel(const float* __restrict__ logits, int64_t vocab, const SampleRowParams* __restrict__ params,
                            const float* __restrict__ keys, const int32_t* __restrict__ ids,
                            const double* __restrict__ lse_in, double* __restrict__ cum, int32_t* __restrict__ tokens,
                            float* __restrict__ logprobs) {
@@ -126,7 +127,7 @@ __global__ void PickKernel(const float* __restrict__ logits, int64_t vocab, cons
   const int64_t kk = (p.top_k > 0 && p.top_k < vocab) ? p.top_k : vocab;
   const double inv_t = 1.0 / static_cast<double>(p.temperature);
   const double top = static_cast<double>(k[0]);
-  using Scan = cub::BlockScan<double, kThreads>;
+  using Scan = cub::BlockScan<double, kPickThreads>;
   __shared__ typename Scan::TempStorage scan_tmp;
   __shared__ double s_carry;
   __shared__ int64_t s_keep, s_pick;
@@ -191,7 +192,7 @@ absl::Status LaunchSample(const float* logits, int rows, int64_t vocab, const Sa
   SQA_GPU_RETURN_IF_ERROR(cub::DeviceSegmentedRadixSort::SortPairsDescending(
       ws + l.temp, temp_bytes, keys_in, keys_out, ids_in, ids_out, static_cast<int64_t>(rows) * vocab, rows, offsets,
       offsets + 1, 0, static_cast<int>(sizeof(float) * 8), stream));
-  PickKernel<<<rows, kThreads, 0, stream>>>(logits, vocab, params, keys_out, ids_out, lse, cum, tokens, logprobs);
+  PickKernel<<<rows, kPickThreads, 0, stream>>>(logits, vocab, params, keys_out, ids_out, lse, cum, tokens, logprobs);
   SQA_GPU_RETURN_IF_LAUNCH_ERROR("PickKernel");
   return absl::OkStatus();
 }
