@@ -85,9 +85,11 @@ absl::StatusOr<std::shared_ptr<Target>> PickTarget(const Registry& registry, Rou
 }
 
 // ---------------------------------------------------------------------------------------------
-// One Generate call. Lifetime: created in InferenceProxy::Generate, deleted in OnDone() (server
-// side), which gRPC calls after Finish(); Finish is only called once no upstream stream is active,
-// so no worker callback can reach a deleted call.
+// One Generate call. Lifetime: reference-counted by the server side (dropped in OnDone, after
+// Finish) and by each upstream attempt (dropped at the end of OnWorkerDone), so neither the client
+// stream nor a worker callback can reach a deleted call. The final message goes out with
+// StartWriteAndFinish, so the client gets its last token and status without waiting for the
+// upstream stream's trailers.
 class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                            public WorkerStreamObserver,
                            public AdmissionWaiter {
@@ -96,6 +98,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
                const v1::GenerateRequest* request)
       : proxy_(proxy), request_(request), arrival_(absl::Now()), deadline_(DeadlineOf(ctx)) {
     request_id_ = request->request_id().empty() ? NewRequestId() : request->request_id();
+    session_id_ = request->session_id();
   }
 
   void Begin() {
@@ -136,10 +139,10 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   }
 
   void OnWorkerResponse(v1::GenerateResponse response) override {
-    std::shared_ptr<WorkerStream> cancel;
+    std::shared_ptr<WorkerStream> cancel, last;
     {
       absl::MutexLock lock(&mu_);
-      if (cancelled_) {
+      if (cancelled_ || finishing_) {
         cancel = upstream_;
       } else {
         const absl::Time now = absl::Now();
@@ -161,6 +164,9 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
         if (out_.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
           saw_final_ = true;
           FillUsage(&out_, now);
+          finishing_ = true;
+          final_status_ = grpc::Status::OK;
+          last = upstream_;
         }
       }
     }
@@ -168,19 +174,21 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       cancel->Cancel();
       return;
     }
+    if (last) {
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+      last->ReadNext();  // lets the upstream stream end; OnWorkerDone then drops its reference
+      return;
+    }
     StartWrite(&out_);
   }
 
   void OnWriteDone(bool ok) override {
     std::shared_ptr<WorkerStream> stream;
-    bool finish = false;
     {
       absl::MutexLock lock(&mu_);
       if (!ok) cancelled_ = true;
       stream = upstream_;
-      finish = finish_after_write_;
     }
-    if (finish) return FinishCall(ok ? grpc::Status::OK : grpc::Status::CANCELLED);
     if (!stream) return;  // cannot happen: upstream is held until we answer
     if (ok) {
       stream->ReadNext();
@@ -191,17 +199,22 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
 
   void OnWorkerDone(const grpc::Status& status) override {
     grpc::Status finish;
-    bool retry = false, mark_failed = false, synth_final = false;
+    bool retry = false, mark_failed = false, synth_final = false, done_only = false;
     std::string failed_address;
     {
       absl::MutexLock lock(&mu_);
       upstream_.reset();
       ReleaseAccounting();
-      if (cancelled_) {
+      if (finishing_) {
+        // The client already has its final message (or its error); nothing more to send.
+        // `request_` may already be gone (the server side can finish first): use the copy.
+        if (status.ok() && saw_final_) proxy_->policy_->RecordSession(session_id_, target_->address);
+        done_only = true;
+      } else if (cancelled_) {
         finish = grpc::Status(grpc::CANCELLED, "cancelled by the client");
       } else if (status.ok() || saw_final_) {
         finish = grpc::Status::OK;
-        if (status.ok() && saw_final_) proxy_->policy_->RecordSession(request_->session_id(), target_->address);
+        if (status.ok() && saw_final_) proxy_->policy_->RecordSession(session_id_, target_->address);
       } else if (Retriable(status, sent_.empty()) && absl::Now() < deadline_ &&
                  (sent_.empty() ? retries_ < proxy_->options_.max_retries
                                 : resumes_ < proxy_->options_.max_resumes)) {
@@ -221,7 +234,8 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
                          << (sent_.empty() ? "retrying" : "resuming") << " on another worker";
         if (static_cast<int64_t>(sent_.size()) >= request_->max_tokens()) {
           synth_final = true;  // everything was sent; only the closing message was lost
-          finish_after_write_ = true;
+          finishing_ = true;
+          final_status_ = grpc::Status::OK;
           out_.Clear();
           out_.set_request_id(request_id_);
           out_.set_finish_reason(v1::FINISH_REASON_LENGTH);
@@ -234,9 +248,14 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       }
     }
     if (mark_failed) proxy_->registry_->MarkFailed(failed_address);
-    if (synth_final) return StartWrite(&out_);
-    if (retry) return StartAttempt();
-    FinishCall(finish);
+    if (synth_final) {
+      StartWriteAndFinish(&out_, grpc::WriteOptions(), grpc::Status::OK);
+    } else if (retry) {
+      StartAttempt();
+    } else if (!done_only) {
+      FinishCall(finish);
+    }
+    Unref();  // this attempt's reference (StartAttempt took a new one for a retry)
   }
 
   void OnCancel() override {
@@ -255,20 +274,32 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
   }
 
   void OnDone() override {
-    if (holds_slot_) {
+    grpc::Status final_status;
+    bool held;
+    {
+      absl::MutexLock lock(&mu_);
+      final_status = final_status_;
+      held = holds_slot_;
+    }
+    if (held) {
       proxy_->metrics_->inflight_requests.Decrement();
       proxy_->admission_.Release();
     }
-    proxy_->metrics_->CountRequest(final_status_);
-    if (final_status_.ok()) {
+    proxy_->metrics_->CountRequest(final_status);
+    if (final_status.ok()) {
       proxy_->metrics_->request_duration.Observe(absl::ToDoubleSeconds(absl::Now() - arrival_));
     }
+    Unref();
+  }
+
+ private:
+  void Unref() {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) != 1) return;
     InferenceProxy* proxy = proxy_;
     delete this;
     proxy->CallEnded();
   }
 
- private:
   void TookSlot() {
     {
       absl::MutexLock lock(&mu_);
@@ -304,6 +335,7 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
           up.set_request_id(request_id_);
           up.mutable_resume_tokens()->Assign(sent_.begin(), sent_.end());
           accounted_tokens_ = route.tokens - static_cast<int64_t>(sent_.size());
+          refs_.fetch_add(1, std::memory_order_relaxed);  // dropped at the end of OnWorkerDone
           target_->inflight_tokens.fetch_add(accounted_tokens_, std::memory_order_relaxed);
           target_->inflight_requests.fetch_add(1, std::memory_order_relaxed);
           stream = target_->client->Generate(up, deadline_, this);
@@ -344,22 +376,24 @@ class GenerateCall final : public grpc::ServerWriteReactor<v1::GenerateResponse>
       finishing_ = true;
       final_status_ = status;
     }
-    Finish(status);  // last use of `this` on this path: OnDone may delete it right after
+    Finish(status);
   }
 
   InferenceProxy* const proxy_;
-  const v1::GenerateRequest* const request_;  // owned by gRPC, valid until OnDone
+  // Owned by gRPC, valid until the server side's OnDone: not to be used once finishing_ is set.
+  const v1::GenerateRequest* const request_;
   const absl::Time arrival_;
   const absl::Time deadline_;
   std::string request_id_;
+  std::string session_id_;
 
   absl::Mutex mu_;
   bool holds_slot_ ABSL_GUARDED_BY(mu_) = false;
   bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
   bool saw_final_ ABSL_GUARDED_BY(mu_) = false;
-  bool finish_after_write_ ABSL_GUARDED_BY(mu_) = false;
-  grpc::Status final_status_;
+  std::atomic<int> refs_{1};  // the server side's; +1 per upstream attempt
+  grpc::Status final_status_ ABSL_GUARDED_BY(mu_);
   grpc::Status last_error_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<WorkerStream> upstream_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<Target> target_ ABSL_GUARDED_BY(mu_);

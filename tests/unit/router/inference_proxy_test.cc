@@ -117,6 +117,25 @@ TEST_F(ProxyTest, ResumesMidStreamWithoutLossOrRepeat) {
   EXPECT_EQ(metrics_->resumes.Value(), 1);
 }
 
+TEST_F(ProxyTest, SessionAffinitySticksToTheWorkerThatServedIt) {
+  auto a = std::make_shared<FakeWorker>("10.0.0.1:1", 4096);
+  auto b = std::make_shared<FakeWorker>("10.0.0.2:1", 4096);
+  StartRouter({a, b});
+  for (int i = 0; i < 30; ++i) {
+    auto req = Request(3);
+    req.set_session_id("chat-42");
+    auto r = client_->Generate(req, absl::InfiniteFuture());
+    ASSERT_TRUE(r.ok()) << r.status();
+    // Affinity is recorded when the upstream stream has ended, which may be just after the
+    // client got its answer.
+    absl::SleepFor(absl::Milliseconds(10));
+  }
+  // The first request went anywhere; every later one followed it.
+  const size_t na = a->requests().size(), nb = b->requests().size();
+  EXPECT_EQ(na + nb, 30u);
+  EXPECT_EQ(std::max(na, nb), 30u);
+}
+
 TEST_F(ProxyTest, FailsWhenEveryWorkerFails) {
   auto a = std::make_shared<FakeWorker>("10.0.0.1:1", 4096);
   auto b = std::make_shared<FakeWorker>("10.0.0.2:1", 4096);
