@@ -35,7 +35,7 @@ absl::StatusOr<std::optional<int64_t>> GetInt(const Json& root, const char* key,
   }
   if (it->is_number_integer()) return std::optional<int64_t>(it->get<int64_t>());
   return Err(source, absl::StrCat("\"", key, "\" must be an integer, got ", json_util::TypeName(*it),
-                                  " ", it->dump()));
+                                  " ", json_util::Brief(*it)));
 }
 
 absl::StatusOr<int64_t> RequireInt(const Json& root, const char* key, absl::string_view source) {
@@ -49,7 +49,7 @@ absl::StatusOr<std::optional<double>> GetNumber(const Json& root, const char* ke
   if (it == root.end() || it->is_null()) return std::optional<double>();
   if (!it->is_number()) {
     return Err(source, absl::StrCat("\"", key, "\" must be a number, got ", json_util::TypeName(*it), " ",
-                                    it->dump()));
+                                    json_util::Brief(*it)));
   }
   return std::optional<double>(it->get<double>());
 }
@@ -244,7 +244,7 @@ std::string ModelConfig::ToJson() const {
   j["tie_word_embeddings"] = tie_word_embeddings;
   j["torch_dtype"] = torch_dtype;
   j["sqa_layout"] = LayoutName();  // informational; not read back
-  return j.dump(2) + "\n";
+  return j.dump(2, ' ', false, nlohmann::ordered_json::error_handler_t::replace) + "\n";
 }
 
 }  // namespace sqa

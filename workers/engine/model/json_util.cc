@@ -126,6 +126,12 @@ absl::StatusOr<Json> Parse(std::string_view text, std::string_view what_sv) {
   return root;
 }
 
+std::string Brief(const Json& j) {
+  std::string s = j.dump(-1, ' ', false, Json::error_handler_t::replace);  // never throws on bad UTF-8
+  if (s.size() > 64) s = s.substr(0, 60) + " ...";
+  return s;
+}
+
 const char* TypeName(const Json& j) {
   switch (j.type()) {
     case Json::value_t::object:

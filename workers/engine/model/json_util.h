@@ -23,6 +23,9 @@ inline constexpr int kMaxDepth = 64;
 // Parses `text`; `what` names the document in messages ("header of /m/model.safetensors").
 absl::StatusOr<nlohmann::json> Parse(std::string_view text, std::string_view what);
 
+// A JSON value as text for an error message, cut to about 64 characters.
+std::string Brief(const nlohmann::json& j);
+
 // "object", "array", "string", "integer", "number", "boolean", "null".
 const char* TypeName(const nlohmann::json& j);
 

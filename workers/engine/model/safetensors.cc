@@ -180,7 +180,7 @@ absl::Status SafetensorsFile::ParseImage(const uint8_t* data, size_t size) {
     for (const Json& d : *sh) {
       uint64_t v;
       if (!GetU64(d, &v) || v > static_cast<uint64_t>(INT64_MAX)) {
-        return Err(file, absl::StrCat(t, ": shape ", sh->dump(), " must hold non-negative integers"));
+        return Err(file, absl::StrCat(t, ": shape ", json_util::Brief(*sh), " must hold non-negative integers"));
       }
       shape.push_back(static_cast<int64_t>(v));
       overflow |= __builtin_mul_overflow(numel, v, &numel);
@@ -188,7 +188,7 @@ absl::Status SafetensorsFile::ParseImage(const uint8_t* data, size_t size) {
     uint64_t nbytes = 0;
     overflow |= __builtin_mul_overflow(numel, static_cast<uint64_t>(DTypeSize(*dtype)), &nbytes);
     if (overflow || numel > static_cast<uint64_t>(INT64_MAX)) {
-      return Err(file, absl::StrCat(t, ": shape ", sh->dump(), " has too many elements"));
+      return Err(file, absl::StrCat(t, ": shape ", json_util::Brief(*sh), " has too many elements"));
     }
 
     auto off = e.find("data_offsets");
@@ -242,7 +242,12 @@ absl::StatusOr<SafetensorsLayout> PlanSafetensors(const std::vector<TensorToWrit
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) {
     nlohmann::ordered_json m = nlohmann::ordered_json::object();
-    for (const auto& [k, v] : metadata) m[k] = v;
+    for (const auto& [k, v] : metadata) {
+      if (json_util::FindInvalidUtf8(k) || json_util::FindInvalidUtf8(v)) {
+        return absl::InvalidArgumentError(absl::StrCat("metadata entry \"", k, "\" is not valid UTF-8"));
+      }
+      m[k] = v;
+    }
     header["__metadata__"] = std::move(m);
   }
   std::set<std::string> names;

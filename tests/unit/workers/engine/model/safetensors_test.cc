@@ -71,6 +71,9 @@ TEST(Safetensors, WriterRejectsBadInput) {
   EXPECT_FALSE(WriteSafetensors(dir / "x", {{"__metadata__", DType::kF32, {1}, &x}}).ok());
   EXPECT_FALSE(WriteSafetensors(dir / "x", {{"a", DType::kF32, {-1}, &x}}).ok());
   EXPECT_FALSE(WriteSafetensors(dir / "x", {{"a", DType::kF32, {1}, nullptr}}).ok());
+  EXPECT_THAT(WriteSafetensors(dir / "x", {{"a", DType::kF32, {1}, &x}}, {{"k", "\xff"}}).message(),
+              HasSubstr("not valid UTF-8"));
+  EXPECT_THAT(WriteSafetensors(dir / "x", {{"\xc0", DType::kF32, {1}, &x}}).message(), HasSubstr("not valid UTF-8"));
   // A BF16 tensor of odd length followed by an F32 one would misalign the latter.
   const uint16_t h[3] = {};
   EXPECT_THAT(WriteSafetensors(dir / "x", {{"h", DType::kBF16, {3}, h}, {"f", DType::kF32, {1}, &x}}).message(),
