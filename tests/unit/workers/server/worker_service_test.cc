@@ -240,6 +240,32 @@ TEST_F(WorkerServiceTest, DrainTurnsHealthNotServingAndRefusesNewWork) {
   EXPECT_NE(r.status.error_message().find("draining"), std::string::npos);
 }
 
+TEST_F(WorkerServiceTest, SlowReaderGetsCoalescedTokensAndNothingIsLost) {
+  // A client with a tiny HTTP/2 window that does not read for a while: the server's writes stall,
+  // its per-stream queue fills, and further tokens are appended to the last queued message.
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_HTTP2_BDP_PROBE, 0);
+  args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, 1024);
+  auto slow = sqa::v1::Worker::NewStub(
+      grpc::CreateCustomChannel(server_->address(), grpc::InsecureChannelCredentials(), args));
+  const auto prompt = RandomPrompt(8, 9);
+  grpc::ClientContext ctx;
+  auto reader = slow->Generate(&ctx, Req(prompt, 2000));
+  absl::SleepFor(absl::Milliseconds(1500));  // the worker generates everything meanwhile
+  std::vector<int32_t> tokens;
+  size_t messages = 0, largest = 0;
+  sqa::v1::GenerateResponse msg;
+  while (reader->Read(&msg)) {
+    tokens.insert(tokens.end(), msg.tokens().begin(), msg.tokens().end());
+    ++messages;
+    largest = std::max<size_t>(largest, msg.tokens_size());
+  }
+  ASSERT_TRUE(reader->Finish().ok());
+  EXPECT_EQ(tokens, ReferenceGenerate(TinyModel(), prompt, {}, {}, 2000));
+  EXPECT_LT(messages, 2000u);  // coalesced
+  EXPECT_GT(largest, 1u);
+}
+
 TEST_F(WorkerServiceTest, MetricsMoveAsRequestsCompleteAndPassPromtool) {
   EXPECT_EQ(Metric("sqa_worker_generation_tokens_total"), 0);
   EXPECT_EQ(Metric("sqa_worker_kv_blocks_capacity"), 512);
