@@ -45,6 +45,15 @@ def main():
     mk = os.path.join(bin_dir, "sqa-mkmodel")
     run = os.path.join(bin_dir, "sqa-run")
     rng = np.random.default_rng(int.from_bytes(os.urandom(4), "little"))
+    if DEVICE == "cuda":
+        # Skip (77) when this machine has no usable GPU: sqa-run says so on a tiny model.
+        with tempfile.TemporaryDirectory() as d:
+            call([mk, "--out", d, "--preset", "tiny"])
+            p = subprocess.run([run, "--model", d, "--device", "cuda", "--synthetic-prompt", "2"],
+                               capture_output=True, text=True)
+            if p.returncode != 0 and "no CUDA device" in p.stderr:
+                print("reference_cuda: skipped (no CUDA device)")
+                return 77
     failures = 0
     worst = {}
     with tempfile.TemporaryDirectory() as d:

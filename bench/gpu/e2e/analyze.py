@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""What limits the end-to-end numbers: reads gpu_e2e.json (report.py) and writes a markdown table of
+FLOPs and bytes against the measured ceilings of REFERENCE.md (bf16 GEMM ~600-727 TFLOP/s,
+device copy 4.08 TB/s).
+
+usage: analyze.py bench/results/gpu_e2e.json > bench/results/gpu_e2e_analysis.md
+
+Prefill: FLOPs of the projections + MLP (2 * params * N; the LM head runs on one row) and of causal
+attention (4 * max(Hq, Hkv) * dh * N^2 / 2 per layer). Assuming the GEMMs run at GEMM_TFLOPS, the
+rest of the measured time is charged to attention, which gives its effective rate. The Amdahl
+bound of an SQA layout's speed-up over MHA follows from the same split (attention at MHA's
+effective rate, GEMMs at GEMM_TFLOPS).
+Decode: the floor is reading every weight (bf16) plus the batch's KV once per step at 4.08 TB/s.
+"""
+import json
+import sys
+
+GEMM_TFLOPS = 600.0
+COPY_TBS = 4.08
+
+
+def main():
+    j = json.load(open(sys.argv[1]))
+    eng = j["engine"]
+    out = ["# What limits the end-to-end numbers (computed from %s)" % sys.argv[1], "",
+           "GEMMs assumed at %.0f TFLOP/s (cuBLASLt bf16 on the H200); the remaining time is charged to"
+           " attention. Decode floor: weights + KV read once per step at %.2f TB/s." % (GEMM_TFLOPS, COPY_TBS), "",
+           "| layout | tokens | seconds | GEMM TFLOP | attention TFLOP | overall TFLOP/s | attention share of time |"
+           " attention effective TFLOP/s |", "|---|---|---|---|---|---|---|---|"]
+    attn_rate = {}
+    split = {}
+    for lay, c in eng.items():
+        d, L, I, dh, V = c["hidden_size"], c["layers"], None, c["head_dim"], None
+        hq, hkv = c["num_query_heads"], c["num_key_value_heads"]
+        ha = max(hq, hkv)
+        # MLP width and vocabulary are not in the engine JSON; the 1b preset's values.
+        I, V = 5632, 32000
+        params = L * (d * hq * dh + 2 * d * hkv * dh + ha * dh * d + 3 * d * I)
+        for r in c["prefill"]:
+            n, s = r["tokens"], r["seconds"]
+            g = 2.0 * params * n
+            a = L * 4.0 * ha * dh * n * n / 2
+            t_g = g / (GEMM_TFLOPS * 1e12)
+            t_a = max(s - t_g, 1e-9)
+            rate = a / t_a / 1e12
+            attn_rate[(lay, n)] = rate
+            split[(lay, n)] = (t_g, a)
+            out.append("| %s | %d | %.3f | %.1f | %.1f | %.0f | %.0f%% | %.0f |"
+                       % (lay, n, s, g / 1e12, a / 1e12, (g + a) / s / 1e12, 100 * t_a / s, rate))
+        c["_params"] = params
+    out.append("")
+    if any(k[0] == "MHA" for k in attn_rate):
+        n = max(k[1] for k in attn_rate if k[0] == "MHA")
+        mha_t = eng["MHA"]["prefill"][-1]["seconds"]
+        out.append("Amdahl bound of the speed-up over MHA at %d tokens (attention at MHA's effective %.0f TFLOP/s,"
+                   " GEMMs at %.0f):" % (n, attn_rate[("MHA", n)], GEMM_TFLOPS))
+        out.append("")
+        out.append("| layout | bound | measured |")
+        out.append("|---|---|---|")
+        for lay in eng:
+            if (lay, n) not in split:
+                continue
+            t_g, a = split[(lay, n)]
+            bound = mha_t / (t_g + a / (attn_rate[("MHA", n)] * 1e12))
+            meas = mha_t / [r for r in eng[lay]["prefill"] if r["tokens"] == n][0]["seconds"]
+            out.append("| %s | %.2fx | %.2fx |" % (lay, bound, meas))
+        out.append("")
+    out.append("| layout | decode batch | ms/step | floor ms (weights + KV at %.2f TB/s) | measured / floor |" % COPY_TBS)
+    out.append("|---|---|---|---|---|")
+    for lay, c in eng.items():
+        hkv, dh, L, d = c["num_key_value_heads"], c["head_dim"], c["layers"], c["hidden_size"]
+        wbytes = 2.0 * (c["_params"] + 32000 * d)
+        for r in c["decode"]:
+            kv = 2.0 * L * 2 * hkv * dh * (r["context"] + r["steps"]) * r["batch"]
+            floor = (wbytes + kv) / (COPY_TBS * 1e12) * 1e3
+            out.append("| %s | %d | %.2f | %.3f | %.1fx |" % (lay, r["batch"], r["ms_per_step"], floor,
+                                                             r["ms_per_step"] / floor))
+    out.append("")
+    out.append("Decode runs ~%d kernels per step (16 per layer plus the LM head) with host work between"
+               " them and no CUDA graph yet, so it sits well above the bandwidth floor." % (16 * 16 + 4))
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
