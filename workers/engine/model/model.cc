@@ -110,9 +110,12 @@ std::vector<ExpectedTensor> ExpectedTensors(const ModelConfig& c) {
 absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
-  const std::string config_path = dir + "/config.json";
+  while (m->dir_.size() > 1 && m->dir_.back() == '/') m->dir_.pop_back();  // "m/" -> "m" in messages
+  if (m->dir_.empty()) m->dir_ = ".";
+  const std::string& dir_path = m->dir_;
+  const std::string config_path = dir_path + "/config.json";
   if (!IsRegularFile(config_path)) {
-    return absl::NotFoundError(absl::StrCat(dir, " has no config.json (expected a Hugging Face model directory)"));
+    return absl::NotFoundError(absl::StrCat(dir_path, " has no config.json (expected a Hugging Face model directory)"));
   }
   SQA_ASSIGN_OR_RETURN(std::string config_text, ReadSmallFile(config_path));
   SQA_ASSIGN_OR_RETURN(m->config_, ParseModelConfig(config_text, config_path));
@@ -121,8 +124,8 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   // name -> view and the file it came from; `source` is what "missing from ..." names.
   std::map<std::string, Found> found;
   std::string source;
-  const std::string index_path = dir + "/model.safetensors.index.json";
-  const std::string single_path = dir + "/model.safetensors";
+  const std::string index_path = dir_path + "/model.safetensors.index.json";
+  const std::string single_path = dir_path + "/model.safetensors";
   if (IsRegularFile(index_path)) {
     source = index_path;
     SQA_ASSIGN_OR_RETURN(std::string index_text, ReadSmallFile(index_path));
@@ -142,11 +145,11 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
       const std::string shard = it.value().get<std::string>();
       if (!IsSafeShardName(shard)) {
         return absl::InvalidArgumentError(absl::StrCat(index_path, ": weight_map entry for \"", it.key(),
-                                                       "\" names \"", shard, "\", which is not a file inside ", dir));
+                                                       "\" names \"", shard, "\", which is not a file inside ", dir_path));
       }
       weight_map[it.key()] = shard;
       if (file_slot.count(shard)) continue;
-      const std::string shard_path = dir + "/" + shard;
+      const std::string shard_path = dir_path + "/" + shard;
       if (!IsRegularFile(shard_path)) {
         return absl::NotFoundError(absl::StrCat(index_path, ": weight_map maps \"", it.key(), "\" to ", shard,
                                                 ", but ", shard_path, " does not exist or is not a regular file"));
@@ -183,7 +186,7 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
     m->files_.push_back(std::move(f));
     for (const auto& [name, view] : m->files_[0]->tensors()) found[name] = Found{view, &m->files_[0]->path()};
   } else {
-    return absl::NotFoundError(absl::StrCat(dir, " has neither model.safetensors nor model.safetensors.index.json"));
+    return absl::NotFoundError(absl::StrCat(dir_path, " has neither model.safetensors nor model.safetensors.index.json"));
   }
 
   // Presence and shapes, in a fixed order so the first error reported is deterministic.

@@ -93,6 +93,9 @@ TEST(Model, LoadsAndFillsWeights) {
               RandomWeight(5, "model.layers.1.self_attn.o_proj.weight", model.config(), i));
   }
   EXPECT_EQ(w.lm_head.as<float>()[100], RandomWeight(5, "lm_head.weight", model.config(), 100));
+  auto slash = Model::Load(dir.path() + "//");
+  ASSERT_TRUE(slash.ok()) << slash.status();
+  EXPECT_EQ((*slash)->dir(), dir.path());
 }
 
 TEST(Model, TiedEmbeddingsShareTheView) {
