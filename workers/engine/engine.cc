@@ -79,6 +79,10 @@ struct Engine::Impl {
   std::vector<int64_t> slots, rows;
   std::vector<size_t> order;
   std::vector<KvSequenceRef> decode_refs;
+  std::vector<Segment> ordered;
+  std::vector<int64_t> first_row;
+  std::vector<std::pair<Seq*, size_t>> undo;
+  absl::flat_hash_set<SeqId> seen;
 
   absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
   absl::Status RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> segments);
@@ -201,7 +205,7 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   const int64_t max_pos = cfg.max_position_embeddings;
   // Validate everything before touching any state.
   int64_t need_blocks = 0;
-  absl::flat_hash_set<SeqId> seen;
+  seen.clear();
   for (const Segment& s : segments) {
     auto it = seqs.find(s.seq);
     if (it == seqs.end()) return absl::NotFoundError(absl::StrCat("unknown sequence ", s.seq));
@@ -228,8 +232,7 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
                                                      pool->num_free(), " free of ", pool->num_blocks()));
   }
   // Take the blocks (cannot fail now); remember them to undo on a compute error.
-  std::vector<std::pair<Seq*, size_t>> undo;
-  undo.reserve(segments.size());
+  undo.clear();
   for (const Segment& s : segments) {
     Seq& sq = seqs[s.seq];
     const int64_t extra = pool->BlocksFor(sq.len + static_cast<int64_t>(s.tokens.size())) -
@@ -251,13 +254,12 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   for (size_t i = 0; i < segments.size(); ++i) {
     if (segments[i].tokens.size() != 1) order.push_back(i);
   }
-  std::vector<Segment> ordered;
-  ordered.reserve(segments.size());
+  ordered.clear();
   for (size_t i : order) ordered.push_back(segments[i]);
   tokens.clear();
   positions.clear();
   slots.clear();
-  std::vector<int64_t> first_row(segments.size());
+  first_row.assign(segments.size(), 0);
   for (size_t oi = 0; oi < ordered.size(); ++oi) {
     const Segment& s = ordered[oi];
     const Seq& sq = seqs[s.seq];
@@ -275,7 +277,7 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
 
   auto fail = [&](const absl::Status& st) {
     for (auto& [sq, keep] : undo) {
-      std::vector<int32_t> extra(sq->blocks.begin() + static_cast<std::ptrdiff_t>(keep), sq->blocks.end());
+      const std::vector<int32_t> extra(sq->blocks.begin() + static_cast<std::ptrdiff_t>(keep), sq->blocks.end());
       pool->Free(extra);
       sq->blocks.resize(keep);
     }
