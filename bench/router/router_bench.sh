@@ -75,7 +75,7 @@ rps_d, rps_r = medv(direct, "requests_per_second"), medv(router, "requests_per_s
 cfg = direct[0]
 result = {
     "date": datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M UTC"),
-    "host": platform.node(), "cpus": os.cpu_count(),
+    "host": platform.node(), "cpus": os.cpu_count(), "load_average_1m": os.getloadavg()[0],
     "concurrency": cfg["concurrency"], "prompt_tokens": cfg["prompt_tokens"], "max_tokens": cfg["max_tokens"],
     "requests_per_round": cfg["completed"] + cfg["failed"], "rounds": rounds,
     "failed": {"direct": sum(r["failed"] for r in direct), "router": sum(r["failed"] for r in router)},
@@ -96,7 +96,9 @@ lines = [
 for m, d, r, a in rows:
     lines.append(f"| {m} | {d:.3f} | {r:.3f} | {a:+.3f} |")
 lines.append(f"| requests/s | {rps_d:.1f} | {rps_r:.1f} | {rps_r - rps_d:+.1f} |")
-lines += ["", f"Failed requests: direct {result['failed']['direct']}, router {result['failed']['router']}.",
+lines += ["", f"Failed requests: direct {result['failed']['direct']}, router {result['failed']['router']}. "
+          f"1-minute load average at the end: {result['load_average_1m']:.1f} on {result['cpus']} CPUs "
+          "(on a shared machine the p99 rows mostly measure scheduling noise).",
           "Target: p99 added latency <= 1 ms on loopback."]
 open("bench/results/router.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
