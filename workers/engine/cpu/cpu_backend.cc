@@ -168,7 +168,7 @@ class CpuBackend : public Backend {
     const float* xp = x.as<float>();
     const float* w = weight.as<float>();
     float* o = out.as<float>();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n * d > (1 << 18))
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_) if (n * d > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       const float* r = xp + i * d;
       double ss = 0;
@@ -191,28 +191,37 @@ class CpuBackend : public Backend {
           absl::StrCat("Linear: x ", Shape(x), ", weight ", Shape(w), ", out ", Shape(out)));
     }
     if (n == 0 || of == 0) return absl::OkStatus();
-    // One thread pool only: OpenBLAS runs single-threaded and OpenMP splits the output features
-    // (each thread reads its own slice of W). Two spinning pools on the same cores (OpenBLAS's
-    // pthreads and OpenMP's) slow each other down badly, most of all on a busy machine.
+    // One thread pool only: OpenBLAS runs single-threaded and OpenMP splits the work. Two spinning
+    // pools on the same cores (OpenBLAS's pthreads and OpenMP's) slow each other down badly.
+    // Many rows: split rows into dynamically scheduled chunks (each chunk packs W once, a few
+    // percent of its work; a descheduled thread does not hold up the others). Few rows (decode):
+    // split the output features so that each thread streams its own slice of W.
     const float* xp = x.as<float>();
     const float* wp = w.as<float>();
     float* op = out.as<float>();
     const double work = static_cast<double>(n) * static_cast<double>(in) * static_cast<double>(of);
-    const int64_t nt = work < (1 << 22) ? 1 : std::min<int64_t>(threads_, (of + 63) / 64);
-    const int64_t per = (of + nt - 1) / nt;
-    const int64_t chunk = nt == 1 ? of : (per + 15) / 16 * 16;
-    const bool small = n <= cpu::kSmallGemmMaxRows;
-#pragma omp parallel for schedule(static) num_threads(static_cast<int>(nt)) if (nt > 1)
-    for (int64_t t = 0; t < nt; ++t) {
-      const int64_t c0 = t * chunk, c1 = std::min(of, c0 + chunk);
-      if (c1 <= c0) continue;
-      if (small) {
-        cpu::SmallGemmF32(xp, n, in, wp, c0, c1, op, of);
-        continue;
+    const int nt = work < (1 << 22) ? 1 : threads_;
+    auto gemm = [&](int64_t r0, int64_t r1, int64_t c0, int64_t c1) {
+      if (r1 - r0 <= cpu::kSmallGemmMaxRows) {
+        cpu::SmallGemmF32(xp + r0 * in, r1 - r0, in, wp, c0, c1, op + r0 * of, of);
+        return;
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(c1 - c0),
-                  static_cast<blasint>(in), 1.f, xp, static_cast<blasint>(in), wp + c0 * in, static_cast<blasint>(in),
-                  0.f, op + c0, static_cast<blasint>(of));
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(r1 - r0), static_cast<blasint>(c1 - c0),
+                  static_cast<blasint>(in), 1.f, xp + r0 * in, static_cast<blasint>(in), wp + c0 * in,
+                  static_cast<blasint>(in), 0.f, op + r0 * of + c0, static_cast<blasint>(of));
+    };
+    if (nt == 1) {
+      gemm(0, n, 0, of);
+    } else if (n >= 64 * nt) {
+      const int64_t rows = std::max<int64_t>(64, (n / (4 * nt) + 15) / 16 * 16);
+      const int64_t chunks = (n + rows - 1) / rows;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+      for (int64_t c = 0; c < chunks; ++c) gemm(c * rows, std::min(n, (c + 1) * rows), 0, of);
+    } else {
+      const int64_t cols = std::max<int64_t>(16, (of / (4 * nt) + 15) / 16 * 16);
+      const int64_t chunks = (of + cols - 1) / cols;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(nt)
+      for (int64_t c = 0; c < chunks; ++c) gemm(0, n, c * cols, std::min(of, (c + 1) * cols));
     }
     return absl::OkStatus();
   }
@@ -248,7 +257,7 @@ class CpuBackend : public Backend {
     const int64_t half = dh / 2;
     float* xp = x.as<float>();
     const float* table = rope_table_.data();
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n * heads * dh > (1 << 18))
+#pragma omp parallel for schedule(dynamic, 16) num_threads(threads_) if (n * heads * dh > (1 << 18))
     for (int64_t i = 0; i < n; ++i) {
       const float* cs = table + static_cast<int64_t>(positions[i]) * dh;  // [cos(half) | sin(half)]
       for (int64_t h = 0; h < heads; ++h) {
@@ -277,7 +286,7 @@ class CpuBackend : public Backend {
     const float* u = up.as<float>();
     float* o = out.as<float>();
     const int64_t nv = n / 16;
-#pragma omp parallel for schedule(static) num_threads(threads_) if (n > (1 << 18))
+#pragma omp parallel for schedule(dynamic, 1024) num_threads(threads_) if (n > (1 << 18))
     for (int64_t c = 0; c < nv; ++c) {
       const cpu::v16f gv = cpu::Load(g + c * 16), uv = cpu::Load(u + c * 16);
       const cpu::v16f e = cpu::Exp(-gv);
