@@ -59,6 +59,27 @@ TEST_F(CpuBackendTest, LinearIsXTimesWTransposed) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// Sizes that take the threaded paths: row chunks (many rows) and output-feature chunks through
+// the small-row kernel (few rows), with feature counts that are not multiples of 16.
+TEST_F(CpuBackendTest, LinearLargeShapesMatchNaive) {
+  struct Shape {
+    int64_t n, in, out;
+  };
+  for (const Shape& sh : {Shape{300, 256, 203}, Shape{5, 2050, 1030}, Shape{17, 300, 900}}) {
+    auto x = Random(sh.n * sh.in, 11), w = Random(sh.out * sh.in, 12);
+    std::vector<float> y(sh.n * sh.out);
+    ASSERT_TRUE(be_->Linear(View(x, {sh.n, sh.in}), View(w, {sh.out, sh.in}), View(y, {sh.n, sh.out})).ok());
+    double err = 0;
+    for (int64_t i = 0; i < sh.n; ++i)
+      for (int64_t o = 0; o < sh.out; ++o) {
+        double s = 0;
+        for (int64_t k = 0; k < sh.in; ++k) s += static_cast<double>(x[i * sh.in + k]) * w[o * sh.in + k];
+        err = std::max(err, std::abs(y[i * sh.out + o] - s));
+      }
+    EXPECT_LT(err, 1e-3) << sh.n << "x" << sh.in << "x" << sh.out;
+  }
+}
+
 TEST_F(CpuBackendTest, RmsNorm) {
   const int64_t n = 5, d = 96;
   auto x = Random(n * d, 3), w = Random(d, 4);
