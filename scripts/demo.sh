@@ -4,13 +4,13 @@
 # summary and where the metrics are, and stops the cluster.
 #
 # usage: scripts/demo.sh [BUILD_DIR]     (default: build)
-# env:   SQA_DEMO_PRESET (default small: a 16k prefill takes ~10-30 s on 2 CPU cores),
+# env:   SQA_DEMO_PRESET (default medium: the 16k prefill took ~19 s on 2 shared CPU cores),
 #        SQA_DEMO_LAYOUT (default SQA), SQA_DEMO_PROMPT (default 16384), SQA_DEMO_GENERATE (default 32),
 #        SQA_DEMO_WORKERS (default 2)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD=${1:-build}
-PRESET=${SQA_DEMO_PRESET:-small}
+PRESET=${SQA_DEMO_PRESET:-medium}
 LAYOUT=${SQA_DEMO_LAYOUT:-SQA}
 PROMPT=${SQA_DEMO_PROMPT:-16384}
 GENERATE=${SQA_DEMO_GENERATE:-32}
