@@ -204,6 +204,25 @@ TEST_F(ProxyTest, DeadlinePropagates) {
   EXPECT_TRUE(proxy_->WaitIdle(absl::Seconds(5)));
 }
 
+TEST_F(ProxyTest, NoHealthyWorkerIsUnavailableAndModelInfoCarriesPools) {
+  auto w = std::make_shared<FakeWorker>("10.0.0.1:1", 4096);
+  StartRouter({w});
+  auto info = client_->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_EQ(info->pools_size(), 1);
+  EXPECT_EQ(info->pools(0).max_context_tokens(), 4096);
+  EXPECT_EQ(info->pools(0).healthy_groups(), 1);
+  w->set_serving(false);
+  registry_->RefreshNow();
+  EXPECT_EQ(client_->GetModelInfo().status().code(), absl::StatusCode::kUnavailable);
+  auto r = client_->Generate(Request(2), absl::InfiniteFuture());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(r.status().message().find("no healthy worker"), std::string::npos) << r.status();
+  w->set_serving(true);
+  registry_->RefreshNow();
+  EXPECT_TRUE(client_->Generate(Request(2), absl::InfiniteFuture()).ok());
+}
+
 TEST_F(ProxyTest, DrainRefusesNewCalls) {
   StartRouter({std::make_shared<FakeWorker>("10.0.0.1:1", 4096)});
   proxy_->StartDrain();
