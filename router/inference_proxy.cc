@@ -42,8 +42,20 @@ std::string NewRequestId() {
   return absl::StrCat("r", absl::Hex(base), "-", counter.fetch_add(1));
 }
 
+// Errors about the request itself reach the client verbatim; errors about a worker name it (for
+// the operator reading the client's report).
 grpc::Status WithWorker(const grpc::Status& s, const std::string& address) {
-  return grpc::Status(s.error_code(), absl::StrCat("worker ", address, ": ", s.error_message()));
+  switch (s.error_code()) {
+    case grpc::INVALID_ARGUMENT:
+    case grpc::OUT_OF_RANGE:
+    case grpc::FAILED_PRECONDITION:
+    case grpc::RESOURCE_EXHAUSTED:
+    case grpc::DEADLINE_EXCEEDED:
+    case grpc::CANCELLED:
+      return s;
+    default:
+      return grpc::Status(s.error_code(), absl::StrCat("worker ", address, ": ", s.error_message()));
+  }
 }
 
 }  // namespace
