@@ -68,6 +68,8 @@ SampledToken SampleToken(const float* logits, int64_t vocab, const SamplingParam
     return out;
   }
   // Candidates ordered by logit (descending), ties by id (ascending); NaN logits never chosen.
+  // Only as much of the order as the walk below needs is sorted (a prefix, grown on demand): with
+  // a large vocabulary and no top-k a full sort per token would dominate a GPU decode step.
   thread_local std::vector<int32_t> ids;
   ids.clear();
   for (int64_t i = 0; i < vocab; ++i) {
@@ -75,48 +77,55 @@ SampledToken SampleToken(const float* logits, int64_t vocab, const SamplingParam
   }
   auto better = [logits](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); };
   size_t k = ids.size();
+  size_t sorted = 0;
+  auto ensure_sorted = [&](size_t m) {
+    m = std::min(m, k);
+    if (m <= sorted) return;
+    m = std::max(m, std::min(k, std::max<size_t>(64, sorted * 8)));
+    std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(m), ids.end(), better);
+    sorted = m;
+  };
   if (params.top_k > 0 && static_cast<size_t>(params.top_k) < k) {
     k = static_cast<size_t>(params.top_k);
     std::partial_sort(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(), better);
     ids.resize(k);
-  } else {
-    std::sort(ids.begin(), ids.end(), better);
+    sorted = k;
   }
-  // Probabilities under the temperature, over the top-k candidates.
-  thread_local std::vector<double> probs;
-  probs.resize(k);
+  // Probabilities under the temperature over the candidates (unnormalised, relative to the top).
   const double inv_t = 1.0 / static_cast<double>(params.temperature);
-  const double top = static_cast<double>(logits[ids[0]]);
+  double top = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i < k; ++i) top = std::max(top, static_cast<double>(logits[ids[i]]));
+  auto prob = [&](size_t i) { return std::exp((static_cast<double>(logits[ids[i]]) - top) * inv_t); };
   double total = 0;
-  for (size_t i = 0; i < k; ++i) {
-    probs[i] = std::exp((static_cast<double>(logits[ids[i]]) - top) * inv_t);
-    total += probs[i];
-  }
+  for (size_t i = 0; i < k; ++i) total += prob(i);
   // Smallest prefix whose probability reaches top_p.
   size_t keep = k;
+  double kept = total;
   if (params.top_p < 1.f) {
     const double target = static_cast<double>(params.top_p) * total;
     double cum = 0;
     for (size_t i = 0; i < k; ++i) {
-      cum += probs[i];
+      ensure_sorted(i + 1);
+      cum += prob(i);
       if (cum >= target) {
         keep = i + 1;
         break;
       }
     }
+    kept = cum;
   }
-  double kept = 0;
-  for (size_t i = 0; i < keep; ++i) kept += probs[i];
   const double u = UniformFromSeed(params.seed, step) * kept;
   double cum = 0;
   size_t pick = keep - 1;
   for (size_t i = 0; i < keep; ++i) {
-    cum += probs[i];
+    ensure_sorted(i + 1);
+    cum += prob(i);
     if (u < cum) {
       pick = i;
       break;
     }
   }
+  ensure_sorted(pick + 1);
   out.token = ids[pick];
   out.logprob = logprob(out.token);
   return out;

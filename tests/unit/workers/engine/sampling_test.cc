@@ -4,7 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <random>
 #include <set>
 #include <vector>
 
@@ -152,6 +154,76 @@ TEST(SamplingTest, TopPKeepsSmallestPrefix) {
   for (int s = 0; s < n; ++s) counts[SampleToken(logits.data(), 4, p, s).token]++;
   EXPECT_GT(counts[2], 0);
   EXPECT_EQ(counts[3], 0);
+}
+
+// The sampler sorts only the prefix it walks; it must pick exactly what the plain definition
+// (sort all candidates by logit desc / id asc, keep top-k, keep the smallest prefix reaching
+// top_p, draw u * kept mass along that order) picks.
+int32_t ReferenceSample(const std::vector<float>& logits, const SamplingParams& p, uint64_t step) {
+  std::vector<int32_t> ids(logits.size());
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>(i);
+  std::sort(ids.begin(), ids.end(),
+            [&](int32_t a, int32_t b) { return logits[a] > logits[b] || (logits[a] == logits[b] && a < b); });
+  size_t k = p.top_k > 0 ? std::min<size_t>(p.top_k, ids.size()) : ids.size();
+  const double top = logits[ids[0]];
+  std::vector<double> pr(k);
+  for (size_t i = 0; i < k; ++i) pr[i] = std::exp((logits[ids[i]] - top) / static_cast<double>(p.temperature));
+  // Total mass summed in id order (the sampler's order) over the same candidate set.
+  std::vector<int32_t> cand(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k));
+  std::sort(cand.begin(), cand.end());
+  double total = 0;
+  for (int32_t c : cand) total += std::exp((logits[c] - top) / static_cast<double>(p.temperature));
+  if (p.top_k > 0) {  // with top-k the sampler sums in sorted order
+    total = 0;
+    for (size_t i = 0; i < k; ++i) total += pr[i];
+  }
+  size_t keep = k;
+  double kept = total;
+  if (p.top_p < 1.f) {
+    double cum = 0;
+    for (size_t i = 0; i < k; ++i) {
+      cum += pr[i];
+      if (cum >= p.top_p * total) {
+        keep = i + 1;
+        break;
+      }
+    }
+    kept = cum;
+  }
+  const double u = UniformFromSeed(p.seed, step) * kept;
+  double cum = 0;
+  for (size_t i = 0; i < keep; ++i) {
+    cum += pr[i];
+    if (u < cum) return ids[i];
+  }
+  return ids[keep - 1];
+}
+
+TEST(SamplingTest, MatchesFullSortDefinition) {
+  std::mt19937 rng(3);
+  std::normal_distribution<float> nd(0.f, 3.f);
+  std::vector<float> logits(5000);
+  for (float& x : logits) x = std::round(nd(rng) * 4) / 4;  // many exact ties
+  struct P {
+    float t;
+    int32_t k;
+    float p;
+  };
+  int differing_from_greedy = 0;
+  for (const P& c : {P{1.f, 0, 1.f}, P{0.7f, 0, 0.9f}, P{2.f, 0, 0.5f}, P{1.f, 50, 1.f}, P{1.3f, 200, 0.8f},
+                     P{5.f, 0, 1.f}}) {
+    SamplingParams sp;
+    sp.temperature = c.t;
+    sp.top_k = c.k;
+    sp.top_p = c.p;
+    sp.seed = 99;
+    for (uint64_t step = 0; step < 150; ++step) {
+      const int32_t got = SampleToken(logits.data(), 5000, sp, step).token;
+      ASSERT_EQ(got, ReferenceSample(logits, sp, step)) << "t=" << c.t << " k=" << c.k << " p=" << c.p;
+      differing_from_greedy += got != SampleToken(logits.data(), 5000, SamplingParams{}, step).token;
+    }
+  }
+  EXPECT_GT(differing_from_greedy, 600) << "of 900: " << differing_from_greedy;  // real draws, not argmax  // the comparison is over real draws, not argmax
 }
 
 TEST(SamplingTest, ValidateSamplingParams) {
