@@ -27,6 +27,16 @@ std::string TempDir() {
   return p.string();
 }
 
+// Removes the models' directory when the test binary ends.
+class TempDirCleanup : public ::testing::Environment {
+ public:
+  void TearDown() override {
+    std::error_code ec;
+    fs::remove_all(TempDir(), ec);
+  }
+};
+const auto* const kCleanup = ::testing::AddGlobalTestEnvironment(new TempDirCleanup);
+
 // Models by (preset, layout), written once per test binary.
 std::shared_ptr<const Model> GetModel(const std::string& preset, const std::string& layout, int64_t max_pos = 0) {
   static std::map<std::string, std::shared_ptr<const Model>> cache;
