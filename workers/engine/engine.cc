@@ -1,7 +1,10 @@
 #include "workers/engine/engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstring>
+#include <future>
 #include <string>
 #include <utility>
 
@@ -9,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/common/log.h"
 #include "services/common/status.h"
+#include "workers/engine/shard/step_plan.h"
 
 namespace sqa {
 namespace {
@@ -49,6 +53,51 @@ struct LayerW {
   BackendWeight input_norm, q, k, v, o, post_norm, gate, up, down;
 };
 
+// Host copies of weight slices for heads-mode ranks. They stay alive as long as the engine: a
+// backend may keep a view into them (the CPU backend uses f32 weights in place).
+using HostSlice = std::unique_ptr<std::vector<uint8_t>>;
+
+// Rows [r0, r1) for each range of a [rows, cols] weight, concatenated.
+TensorView SliceRows(const TensorView& t, const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                     std::vector<HostSlice>& keep) {
+  const size_t row_bytes = static_cast<size_t>(t.dim(1)) * DTypeSize(t.dtype);
+  int64_t rows = 0;
+  for (auto [a, b] : ranges) rows += b - a;
+  auto buf = std::make_unique<std::vector<uint8_t>>(static_cast<size_t>(rows) * row_bytes);
+  uint8_t* dst = buf->data();
+  for (auto [a, b] : ranges) {
+    std::memcpy(dst, static_cast<const uint8_t*>(t.data) + static_cast<size_t>(a) * row_bytes,
+                static_cast<size_t>(b - a) * row_bytes);
+    dst += static_cast<size_t>(b - a) * row_bytes;
+  }
+  TensorView v = t;
+  v.data = buf->data();
+  v.shape = {rows, t.dim(1)};
+  keep.push_back(std::move(buf));
+  return v;
+}
+
+// Columns [c0, c1) of a [rows, cols] weight.
+TensorView SliceCols(const TensorView& t, int64_t c0, int64_t c1, std::vector<HostSlice>& keep) {
+  const size_t es = DTypeSize(t.dtype);
+  const int64_t rows = t.dim(0), cols = t.dim(1), w = c1 - c0;
+  auto buf = std::make_unique<std::vector<uint8_t>>(static_cast<size_t>(rows * w) * es);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(buf->data() + static_cast<size_t>(r * w) * es,
+                static_cast<const uint8_t*>(t.data) + static_cast<size_t>(r * cols + c0) * es, static_cast<size_t>(w) * es);
+  }
+  TensorView v = t;
+  v.data = buf->data();
+  v.shape = {rows, w};
+  keep.push_back(std::move(buf));
+  return v;
+}
+
+absl::Status GroupBroken(int rank, const absl::Status& cause) {
+  return absl::UnavailableError(absl::StrCat("worker group is broken (rank ", rank, "): ", cause.message(),
+                                             "; it must be restarted"));
+}
+
 }  // namespace
 
 struct Engine::Impl {
@@ -65,8 +114,9 @@ struct Engine::Impl {
   std::unique_ptr<BlockPool> pool;
 
   struct Seq {
-    std::vector<int32_t> blocks;
-    int64_t len = 0;
+    std::vector<int32_t> blocks;  // this rank's blocks, holding its local_len tokens
+    int64_t len = 0;              // tokens in the sequence
+    int64_t local_len = 0;        // tokens stored on this rank (== len unless in sequence mode)
   };
   std::unordered_map<SeqId, Seq> seqs;
   SeqId next_id = 1;
@@ -84,8 +134,46 @@ struct Engine::Impl {
   std::vector<std::pair<Seq*, size_t>> undo;
   absl::flat_hash_set<SeqId> seen;
 
+  // Group state. Local head counts equal the model's unless in heads mode.
+  ShardMode mode = ShardMode::kNone;
+  int rank = 0, world = 1;
+  Communicator* control = nullptr;
+  Communicator* data = nullptr;
+  bool broken = false;
+  absl::Status broken_cause;
+  bool stopped = false;
+  int64_t hq_l = 0, hkv_l = 0, ha_l = 0, inter_l = 0;
+  std::vector<HostSlice> host_slices;
+  bool sequence_group() const { return mode == ShardMode::kSequence && world > 1; }
+  bool heads_group() const { return mode == ShardMode::kHeads && world > 1; }
+  bool leader_of_group() const { return world > 1 && rank == 0; }
+
+  // Sequence mode: this rank's zigzag pieces of each prefill segment in the pass.
+  struct PrefillPiece {
+    size_t seg = 0;  // index into `ordered`
+    int64_t row0 = 0;  // first local row (piece A, then piece B)
+    int64_t a0 = 0, a1 = 0, b0 = 0, b1 = 0;  // token ranges within the segment
+  };
+  std::vector<PrefillPiece> pieces;
+  std::vector<int64_t> decode_new_local;  // per decode row: 1 when this rank stores its token
+  std::unique_ptr<KvCacheStorage> ring_cache;
+  int64_t ring_cache_blocks = 0;
+  Scratch ring_k[2], ring_v[2], part_o_buf, part_lse_buf, gath_o_buf, gath_lse_buf, gath_h_buf, merge_lse_buf;
+  std::vector<int32_t> ring_table;
+  std::vector<int64_t> ring_slots;
+
   absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
   absl::Status RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> segments);
+  absl::Status Collective(const char* what, const absl::Status& st);
+  absl::Status AllReduceRows(const TensorView& t);
+  absl::Status DecodeAttentionGroup(int64_t layer, const TensorView& q, int64_t num_decode, const TensorView& attn);
+  absl::Status RingPrefill(int64_t layer, const PrefillPiece& piece, const TensorView& q, const TensorView& k,
+                           const TensorView& v, const TensorView& attn);
+  int64_t LocalSlot(const Seq& sq, int64_t local_index) const {
+    return static_cast<int64_t>(sq.blocks[static_cast<size_t>(local_index / options.block_size)]) *
+               options.block_size +
+           local_index % options.block_size;
+  }
 };
 
 namespace {
@@ -123,6 +211,54 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
                                                    " KV heads (one count must divide the other)"));
   }
 
+  // Group set-up: who we are and which heads / MLP columns this rank computes.
+  impl->mode = options.group.mode;
+  impl->control = options.group.control;
+  impl->data = options.group.data != nullptr ? options.group.data : options.group.control;
+  if (impl->control != nullptr) {
+    impl->rank = impl->control->rank();
+    impl->world = impl->control->world_size();
+  }
+  if (impl->world > 1 && impl->mode == ShardMode::kNone) {
+    return absl::InvalidArgumentError("a group of several ranks needs a shard mode (heads or sequence)");
+  }
+  impl->hq_l = c.num_query_heads;
+  impl->hkv_l = c.num_key_value_heads;
+  impl->ha_l = c.attn_heads();
+  impl->inter_l = c.intermediate_size;
+  HeadShard hs;
+  if (impl->heads_group()) {
+    SQA_ASSIGN_OR_RETURN(hs, PlanHeadShard(c, impl->rank, impl->world));
+    impl->hq_l = hs.hq_local;
+    impl->hkv_l = hs.hkv_local;
+    impl->ha_l = hs.ha_count;
+    impl->inter_l = hs.inter_count;
+  }
+  // The slices of one layer's weights this rank holds (the whole tensor outside heads mode).
+  const int64_t dh = c.head_dim;
+  auto q_slice = [&](const TensorView& t) {
+    if (!impl->heads_group()) return t;
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    for (int64_t h : hs.q_heads) ranges.push_back({h * dh, (h + 1) * dh});
+    return SliceRows(t, ranges, impl->host_slices);
+  };
+  auto kv_slice = [&](const TensorView& t) {
+    if (!impl->heads_group()) return t;
+    return SliceRows(t, {{hs.kv_begin * dh, (hs.kv_begin + hs.hkv_local) * dh}}, impl->host_slices);
+  };
+  auto o_slice = [&](const TensorView& t) {
+    if (!impl->heads_group()) return t;
+    return SliceCols(t, hs.ha_begin * dh, (hs.ha_begin + hs.ha_count) * dh, impl->host_slices);
+  };
+  auto mlp_rows = [&](const TensorView& t) {
+    if (!impl->heads_group()) return t;
+    return SliceRows(t, {{hs.inter_begin, hs.inter_begin + hs.inter_count}}, impl->host_slices);
+  };
+  auto mlp_cols = [&](const TensorView& t) {
+    if (!impl->heads_group()) return t;
+    return SliceCols(t, hs.inter_begin, hs.inter_begin + hs.inter_count, impl->host_slices);
+  };
+
   SQA_ASSIGN_OR_RETURN(impl->embed, Upload(be, w.embed_tokens, "model.embed_tokens.weight"));
   SQA_ASSIGN_OR_RETURN(impl->final_norm, Upload(be, w.final_norm, "model.norm.weight"));
   if (c.tie_word_embeddings || w.lm_head.data == w.embed_tokens.data) {
@@ -137,20 +273,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
     LayerW& o = impl->layers[l];
     const std::string p = absl::StrCat("model.layers.", l, ".");
     SQA_ASSIGN_OR_RETURN(o.input_norm, Upload(be, lw.input_norm, p + "input_layernorm.weight"));
-    SQA_ASSIGN_OR_RETURN(o.q, Upload(be, lw.q_proj, p + "self_attn.q_proj.weight"));
-    SQA_ASSIGN_OR_RETURN(o.k, Upload(be, lw.k_proj, p + "self_attn.k_proj.weight"));
-    SQA_ASSIGN_OR_RETURN(o.v, Upload(be, lw.v_proj, p + "self_attn.v_proj.weight"));
-    SQA_ASSIGN_OR_RETURN(o.o, Upload(be, lw.o_proj, p + "self_attn.o_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.q, Upload(be, q_slice(lw.q_proj), p + "self_attn.q_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.k, Upload(be, kv_slice(lw.k_proj), p + "self_attn.k_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.v, Upload(be, kv_slice(lw.v_proj), p + "self_attn.v_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.o, Upload(be, o_slice(lw.o_proj), p + "self_attn.o_proj.weight"));
     SQA_ASSIGN_OR_RETURN(o.post_norm, Upload(be, lw.post_norm, p + "post_attention_layernorm.weight"));
-    SQA_ASSIGN_OR_RETURN(o.gate, Upload(be, lw.gate_proj, p + "mlp.gate_proj.weight"));
-    SQA_ASSIGN_OR_RETURN(o.up, Upload(be, lw.up_proj, p + "mlp.up_proj.weight"));
-    SQA_ASSIGN_OR_RETURN(o.down, Upload(be, lw.down_proj, p + "mlp.down_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.gate, Upload(be, mlp_rows(lw.gate_proj), p + "mlp.gate_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.up, Upload(be, mlp_rows(lw.up_proj), p + "mlp.up_proj.weight"));
+    SQA_ASSIGN_OR_RETURN(o.down, Upload(be, mlp_cols(lw.down_proj), p + "mlp.down_proj.weight"));
   }
 
   KvCacheShape shape;
   shape.num_layers = c.num_hidden_layers;
   shape.block_size = options.block_size;
-  shape.num_kv_heads = c.num_key_value_heads;
+  shape.num_kv_heads = impl->hkv_l;
   shape.head_dim = c.head_dim;
   int64_t blocks = options.num_kv_blocks;
   if (blocks <= 0) {
@@ -167,12 +303,77 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   SQA_ASSIGN_OR_RETURN(impl->kv, be.CreateKvCache(shape));
   impl->pool = std::make_unique<BlockPool>(blocks, options.block_size);
   SQA_VLOG(1) << "engine: " << c.LayoutName() << " model, " << blocks << " KV blocks of " << options.block_size
-              << " tokens on " << be.name();
+              << " tokens on " << be.name() << ", rank " << impl->rank << " of " << impl->world << " ("
+              << ShardModeName(impl->mode) << ")";
   return std::unique_ptr<Engine>(new Engine(std::move(impl)));
 }
 
 Engine::Engine(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
-Engine::~Engine() = default;
+Engine::~Engine() {
+  if (impl_ && impl_->leader_of_group()) StopGroup().IgnoreError();
+}
+
+int Engine::rank() const { return impl_->rank; }
+int Engine::world_size() const { return impl_->world; }
+ShardMode Engine::shard_mode() const { return impl_->mode; }
+bool Engine::group_ok() const { return !impl_->broken; }
+
+absl::Status Engine::Impl::Collective(const char* what, const absl::Status& st) {
+  if (st.ok()) return st;
+  if (!broken) {
+    broken = true;
+    broken_cause = absl::Status(st.code(), absl::StrCat(what, ": ", st.message()));
+    SQA_LOG(ERROR) << "rank " << rank << ": " << broken_cause;
+  }
+  return GroupBroken(rank, broken_cause);
+}
+
+absl::Status Engine::StopGroup() {
+  Impl& I = *impl_;
+  if (!I.leader_of_group() || I.stopped || I.broken) return absl::OkStatus();
+  I.stopped = true;
+  StepPlan plan;
+  plan.kind = StepPlan::Kind::kStop;
+  return I.Collective("stop plan", SendPlan(*I.control, plan));
+}
+
+absl::Status Engine::ServeFollower() {
+  Impl& I = *impl_;
+  if (I.world <= 1 || I.rank == 0) return absl::FailedPreconditionError("ServeFollower is for ranks > 0 of a group");
+  while (true) {
+    if (I.broken) return GroupBroken(I.rank, I.broken_cause);
+    // Idle groups wait for the leader's next step for long; a dead leader closes the connection,
+    // which ends the wait at once.
+    absl::StatusOr<StepPlan> plan = ReceivePlan(*I.control, std::chrono::hours(24 * 7));
+    if (!plan.ok()) return I.Collective("waiting for the leader's step", plan.status());
+    switch (plan->kind) {
+      case StepPlan::Kind::kStop:
+        return absl::OkStatus();
+      case StepPlan::Kind::kRelease:
+        Release(plan->seq);
+        break;
+      case StepPlan::Kind::kNewSequence:
+        I.seqs.try_emplace(plan->seq);
+        break;
+      case StepPlan::Kind::kForward: {
+        std::vector<Segment> segs;
+        for (const PlanSegment& ps : plan->segments) {
+          I.seqs.try_emplace(ps.seq);  // the leader numbers sequences; followers follow
+          Segment sg;
+          sg.seq = ps.seq;
+          sg.tokens = absl::MakeConstSpan(ps.tokens);
+          sg.all_logits = ps.all_logits;
+          sg.hidden_state = ps.hidden_state;
+          segs.push_back(sg);
+        }
+        absl::StatusOr<Logits> out = I.Forward(segs);
+        if (!out.ok() && I.broken) return out.status();
+        if (!out.ok()) SQA_VLOG(1) << "rank " << I.rank << ": step refused: " << out.status();
+        break;
+      }
+    }
+  }
+}
 
 const ModelConfig& Engine::config() const { return impl_->cfg; }
 Backend& Engine::backend() { return *impl_->backend; }
@@ -188,6 +389,12 @@ SeqId Engine::NewSequence() {
 void Engine::Release(SeqId seq) {
   auto it = impl_->seqs.find(seq);
   if (it == impl_->seqs.end()) return;
+  if (impl_->leader_of_group() && !impl_->broken) {
+    StepPlan plan;
+    plan.kind = StepPlan::Kind::kRelease;
+    plan.seq = seq;
+    impl_->Collective("release plan", SendPlan(*impl_->control, plan)).IgnoreError();
+  }
   impl_->pool->Free(it->second.blocks);
   impl_->seqs.erase(it);
 }
@@ -203,7 +410,16 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   if (segments.empty()) return absl::InvalidArgumentError("Forward: no segments");
   const int64_t vocab = cfg.vocab_size;
   const int64_t max_pos = cfg.max_position_embeddings;
-  // Validate everything before touching any state.
+  if (broken) return GroupBroken(rank, broken_cause);
+  // Tokens of a segment that this rank stores in its KV cache (all of them outside sequence mode).
+  auto local_add = [&](const Segment& s, const Seq& sq) -> int64_t {
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (!sequence_group()) return n;
+    if (n > 1) return PlanZigzag(n, world).tokens_of(rank, world);
+    return DecodeOwner(sq.len, options.block_size, world) == rank ? 1 : 0;
+  };
+  // Validate everything before touching any state. Every rank of a group holds the same sequences,
+  // so what fails here fails everywhere and the leader stops before broadcasting the step.
   int64_t need_blocks = 0;
   seen.clear();
   for (const Segment& s : segments) {
@@ -225,18 +441,44 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
                                                      " tokens; the model accepts at most ", max_pos,
                                                      " (max_position_embeddings)"));
     }
-    need_blocks += pool->BlocksFor(new_len) - static_cast<int64_t>(it->second.blocks.size());
+    if (sequence_group() && s.tokens.size() > 1 && it->second.len != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "sequence-sharded groups prefill a prompt in one pass; sequence ", s.seq, " already has ", it->second.len,
+          " tokens (raise the step token budget to the pool's maximum context)"));
+    }
+    need_blocks += pool->BlocksFor(it->second.local_len + local_add(s, it->second)) -
+                   static_cast<int64_t>(it->second.blocks.size());
   }
-  if (need_blocks > pool->num_free()) {
+  if (leader_of_group()) {
+    StepPlan plan;
+    plan.kind = StepPlan::Kind::kForward;
+    for (const Segment& s : segments) {
+      PlanSegment ps;
+      ps.seq = s.seq;
+      ps.all_logits = s.all_logits;
+      ps.hidden_state = s.hidden_state;
+      ps.tokens.assign(s.tokens.begin(), s.tokens.end());
+      plan.segments.push_back(std::move(ps));
+    }
+    SQA_RETURN_IF_ERROR(Collective("step plan", SendPlan(*control, plan)));
+  }
+  bool short_of_blocks = need_blocks > pool->num_free();
+  if (sequence_group()) {
+    // Ranks store different tokens: agree on whether every rank has room.
+    float flag = short_of_blocks ? 1.f : 0.f;
+    SQA_RETURN_IF_ERROR(Collective("capacity agreement", control->AllReduceSum(&flag, 1, DType::kF32)));
+    short_of_blocks = flag > 0.f;
+  }
+  if (short_of_blocks) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache full: need ", need_blocks, " blocks, ",
-                                                     pool->num_free(), " free of ", pool->num_blocks()));
+                                                     pool->num_free(), " free of ", pool->num_blocks(),
+                                                     world > 1 ? " (on some rank of the group)" : ""));
   }
   // Take the blocks (cannot fail now); remember them to undo on a compute error.
   undo.clear();
   for (const Segment& s : segments) {
     Seq& sq = seqs[s.seq];
-    const int64_t extra = pool->BlocksFor(sq.len + static_cast<int64_t>(s.tokens.size())) -
-                          static_cast<int64_t>(sq.blocks.size());
+    const int64_t extra = pool->BlocksFor(sq.local_len + local_add(s, sq)) - static_cast<int64_t>(sq.blocks.size());
     undo.emplace_back(&sq, sq.blocks.size());
     if (extra > 0) {
       auto got = pool->Allocate(extra);
@@ -259,19 +501,39 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   tokens.clear();
   positions.clear();
   slots.clear();
+  pieces.clear();
+  decode_new_local.clear();
   first_row.assign(segments.size(), 0);
+  std::vector<int64_t> local_rows(segments.size(), 0), stored(ordered.size(), 0);
   for (size_t oi = 0; oi < ordered.size(); ++oi) {
     const Segment& s = ordered[oi];
     const Seq& sq = seqs[s.seq];
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
     first_row[order[oi]] = static_cast<int64_t>(tokens.size());
-    for (size_t j = 0; j < s.tokens.size(); ++j) {
-      const int64_t pos = sq.len + static_cast<int64_t>(j);
-      tokens.push_back(s.tokens[j]);
-      positions.push_back(static_cast<int32_t>(pos));
-      slots.push_back(static_cast<int64_t>(sq.blocks[static_cast<size_t>(pos / options.block_size)]) *
-                          options.block_size +
-                      pos % options.block_size);
+    auto push = [&](int64_t j, bool store) {  // token j of the segment; `store`: in this rank's cache
+      tokens.push_back(s.tokens[static_cast<size_t>(j)]);
+      positions.push_back(static_cast<int32_t>(sq.len + j));
+      slots.push_back(store ? LocalSlot(sq, sq.local_len + stored[oi]) : -1);
+      if (store) ++stored[oi];
+    };
+    if (sequence_group() && n > 1) {
+      const ZigzagSplit z = PlanZigzag(n, world);
+      PrefillPiece pc;
+      pc.seg = oi;
+      pc.row0 = static_cast<int64_t>(tokens.size());
+      std::tie(pc.a0, pc.a1) = z.first(rank);
+      std::tie(pc.b0, pc.b1) = z.second(rank, world);
+      for (int64_t j = pc.a0; j < pc.a1; ++j) push(j, true);
+      for (int64_t j = pc.b0; j < pc.b1; ++j) push(j, true);
+      pieces.push_back(pc);
+    } else if (sequence_group()) {  // a decode token: every rank computes it, one rank stores it
+      const bool mine = DecodeOwner(sq.len, options.block_size, world) == rank;
+      push(0, mine);
+      decode_new_local.push_back(mine ? 1 : 0);
+    } else {
+      for (int64_t j = 0; j < n; ++j) push(j, true);
     }
+    local_rows[order[oi]] = static_cast<int64_t>(tokens.size()) - first_row[order[oi]];
   }
   const int64_t total = static_cast<int64_t>(tokens.size());
 
@@ -284,28 +546,95 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     return st;
   };
 
+  const int64_t d = cfg.hidden_size;
+  const DType act = backend->act_dtype();
+  // Sequence groups: logits of every prompt position need the rows other ranks computed; they are
+  // gathered (each rank's rows padded to the largest count) and addressed as [rank][row].
+  bool gather_rows = false;
+  int64_t gather_stride = 0;
+  std::vector<std::vector<int64_t>> piece_offset;  // [rank][piece]: first prefill row of that piece
+  if (sequence_group()) {
+    for (const PrefillPiece& pc : pieces) gather_rows = gather_rows || ordered[pc.seg].all_logits;
+    piece_offset.assign(static_cast<size_t>(world), {});
+    for (int r = 0; r < world; ++r) {
+      int64_t off = num_decode;
+      for (const PrefillPiece& pc : pieces) {
+        piece_offset[static_cast<size_t>(r)].push_back(off);
+        off += PlanZigzag(static_cast<int64_t>(ordered[pc.seg].tokens.size()), world).tokens_of(r, world);
+      }
+      gather_stride = std::max(gather_stride, off);
+    }
+    if (gather_rows) {  // the gather reads gather_stride rows of h on every rank
+      auto grown = h_buf.View(*backend, {gather_stride, d}, act);
+      if (!grown.ok()) return fail(grown.status());
+    }
+  }
+
   absl::Status st = RunLayers(total, num_decode, ordered);
   if (!st.ok()) return fail(st);
+
+  TensorView hsrc;
+  if (gather_rows) {
+    auto gathered = [&]() -> absl::StatusOr<TensorView> {
+      SQA_ASSIGN_OR_RETURN(TensorView hl, h_buf.View(*backend, {gather_stride, d}, act));
+      SQA_ASSIGN_OR_RETURN(TensorView g, gath_h_buf.View(*backend, {world * gather_stride, d}, act));
+      SQA_RETURN_IF_ERROR(backend->Synchronize());
+      SQA_RETURN_IF_ERROR(Collective("hidden-state gather", data->AllGather(hl.data, hl.nbytes(), g.data)));
+      return g;
+    }();
+    if (!gathered.ok()) return fail(gathered.status());
+    hsrc = *gathered;
+  }
+
+  auto commit = [&] {
+    for (size_t oi = 0; oi < ordered.size(); ++oi) {
+      Seq& sq = seqs[ordered[oi].seq];
+      sq.len += static_cast<int64_t>(ordered[oi].tokens.size());
+      sq.local_len += stored[oi];
+    }
+  };
+  if (world > 1 && rank != 0) {  // followers: the leader produces the logits
+    commit();
+    Logits none;
+    none.vocab = vocab;
+    return none;
+  }
 
   // Logits of the requested rows, in the caller's segment order.
   Logits out;
   out.vocab = vocab;
   rows.clear();
   out.row_begin.resize(segments.size());
+  std::vector<int64_t> seg_piece(segments.size(), -1);
+  for (size_t pi = 0; pi < pieces.size(); ++pi) seg_piece[order[pieces[pi].seg]] = static_cast<int64_t>(pi);
   for (size_t i = 0; i < segments.size(); ++i) {
     out.row_begin[i] = static_cast<int64_t>(rows.size());
     const int64_t n = static_cast<int64_t>(segments[i].tokens.size());
-    if (segments[i].all_logits) {
+    const int64_t last_local = first_row[i] + local_rows[i] - 1;  // rank 0 holds the last token
+    if (segments[i].all_logits && seg_piece[i] >= 0) {
+      // Token j of a zigzag-split prompt: find the rank and the row that computed it.
+      const ZigzagSplit z = PlanZigzag(n, world);
+      for (int64_t j = 0; j < n; ++j) {
+        for (int r = 0; r < world; ++r) {
+          auto [a0, a1] = z.first(r);
+          auto [b0, b1] = z.second(r, world);
+          const int64_t base = r * gather_stride + piece_offset[static_cast<size_t>(r)][static_cast<size_t>(seg_piece[i])];
+          if (j >= a0 && j < a1) rows.push_back(base + j - a0);
+          if (j >= b0 && j < b1) rows.push_back(base + (a1 - a0) + j - b0);
+        }
+      }
+    } else if (segments[i].all_logits) {
       for (int64_t j = 0; j < n; ++j) rows.push_back(first_row[i] + j);
     } else {
-      rows.push_back(first_row[i] + n - 1);
+      rows.push_back(last_local);
     }
   }
   const int64_t m = static_cast<int64_t>(rows.size());
-  const int64_t d = cfg.hidden_size;
-  const DType act = backend->act_dtype();
   auto compute_logits = [&]() -> absl::Status {
-    SQA_ASSIGN_OR_RETURN(TensorView h, h_buf.View(*backend, {total, d}, act));
+    TensorView h = hsrc;
+    if (!gather_rows) {
+      SQA_ASSIGN_OR_RETURN(h, h_buf.View(*backend, {total, d}, act));
+    }
     SQA_ASSIGN_OR_RETURN(TensorView sel, sel_buf.View(*backend, {m, d}, act));
     SQA_ASSIGN_OR_RETURN(TensorView seln, sel_norm_buf.View(*backend, {m, d}, act));
     SQA_ASSIGN_OR_RETURN(TensorView lg, logits_buf.View(*backend, {m, vocab}, DType::kF32));
@@ -329,7 +658,7 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   st = compute_logits();
   if (!st.ok()) return fail(st);
 
-  for (const Segment& s : segments) seqs[s.seq].len += static_cast<int64_t>(s.tokens.size());
+  commit();
   return out;
 }
 
@@ -337,8 +666,8 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
   Backend& be = *backend;
   const ModelConfig& c = cfg;
   const DType act = be.act_dtype();
-  const int64_t d = c.hidden_size, dh = c.head_dim, hq = c.num_query_heads, hkv = c.num_key_value_heads,
-                ha = c.attn_heads(), inter = c.intermediate_size;
+  // Local head and MLP widths: the whole model outside heads mode.
+  const int64_t d = c.hidden_size, dh = c.head_dim, hq = hq_l, hkv = hkv_l, ha = ha_l, inter = inter_l;
   const float eps = static_cast<float>(c.rms_norm_eps);
   RopeArgs rope;
   rope.theta = c.rope_theta;
@@ -362,7 +691,19 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
   decode_refs.clear();
   for (int64_t i = 0; i < num_decode; ++i) {
     const Seq& sq = seqs[ordered[static_cast<size_t>(i)].seq];
-    decode_refs.push_back({sq.blocks.data(), sq.len + 1});
+    const int64_t added = sequence_group() ? decode_new_local[static_cast<size_t>(i)] : 1;
+    decode_refs.push_back({sq.blocks.data(), sq.local_len + added});
+  }
+  // Rows whose K/V this rank stores, as runs of consecutive rows (a decode token of a sequence
+  // group is stored by one rank only).
+  std::vector<std::pair<int64_t, int64_t>> kv_runs;
+  for (int64_t r = 0; r < total; ++r) {
+    if (slots[static_cast<size_t>(r)] < 0) continue;
+    if (!kv_runs.empty() && kv_runs.back().second == r) {
+      kv_runs.back().second = r + 1;
+    } else {
+      kv_runs.push_back({r, r + 1});
+    }
   }
 
   SQA_RETURN_IF_ERROR(be.Embed(embed.view, tokens.data(), total, h));
@@ -374,8 +715,13 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     SQA_RETURN_IF_ERROR(be.Linear(x, w.v.view, v));
     SQA_RETURN_IF_ERROR(be.Rope(q3, positions.data(), rope));
     SQA_RETURN_IF_ERROR(be.Rope(k3, positions.data(), rope));
-    SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, k3, v3, slots.data()));
-    if (num_decode > 0) {
+    for (auto [r0, r1] : kv_runs) {
+      SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, SubRows(k3, r0, {r1 - r0, hkv, dh}), SubRows(v3, r0, {r1 - r0, hkv, dh}),
+                                     slots.data() + r0));
+    }
+    if (num_decode > 0 && sequence_group()) {
+      SQA_RETURN_IF_ERROR(DecodeAttentionGroup(l, q, num_decode, attn));
+    } else if (num_decode > 0) {
       DecodeAttentionArgs da;
       da.cache = kv.get();
       da.layer = l;
@@ -384,30 +730,199 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
       da.out = SubRows(attn, 0, {num_decode, ha, dh});
       SQA_RETURN_IF_ERROR(be.AttentionDecode(da));
     }
-    int64_t row = num_decode;
-    for (size_t i = static_cast<size_t>(num_decode); i < ordered.size(); ++i) {
-      const Segment& s = ordered[i];
-      const Seq& sq = seqs[s.seq];
-      const int64_t n = static_cast<int64_t>(s.tokens.size());
-      PrefillAttentionArgs pa;
-      pa.cache = kv.get();
-      pa.layer = l;
-      pa.q = SubRows(q, row, {n, hq, dh});
-      pa.q_pos0 = sq.len;
-      pa.kv = {sq.blocks.data(), sq.len + n};
-      pa.causal = true;
-      pa.out = SubRows(attn, row, {n, ha, dh});
-      SQA_RETURN_IF_ERROR(be.AttentionPrefill(pa));
-      row += n;
+    if (sequence_group()) {
+      for (const PrefillPiece& pc : pieces) SQA_RETURN_IF_ERROR(RingPrefill(l, pc, q, k, v, attn));
+    } else {
+      int64_t row = num_decode;
+      for (size_t i = static_cast<size_t>(num_decode); i < ordered.size(); ++i) {
+        const Segment& s = ordered[i];
+        const Seq& sq = seqs[s.seq];
+        const int64_t n = static_cast<int64_t>(s.tokens.size());
+        PrefillAttentionArgs pa;
+        pa.cache = kv.get();
+        pa.layer = l;
+        pa.q = SubRows(q, row, {n, hq, dh});
+        pa.q_pos0 = sq.len;
+        pa.kv = {sq.blocks.data(), sq.len + n};
+        pa.causal = true;
+        pa.out = SubRows(attn, row, {n, ha, dh});
+        SQA_RETURN_IF_ERROR(be.AttentionPrefill(pa));
+        row += n;
+      }
     }
     SQA_RETURN_IF_ERROR(be.Linear(attn, w.o.view, tmp));
+    if (heads_group()) SQA_RETURN_IF_ERROR(AllReduceRows(tmp));  // row-parallel W_O
     SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
     SQA_RETURN_IF_ERROR(be.RmsNorm(h, w.post_norm.view, eps, x));
     SQA_RETURN_IF_ERROR(be.Linear(x, w.gate.view, gate));
     SQA_RETURN_IF_ERROR(be.Linear(x, w.up.view, up));
     SQA_RETURN_IF_ERROR(be.SwiGlu(gate, up, a));
     SQA_RETURN_IF_ERROR(be.Linear(a, w.down.view, tmp));
+    if (heads_group()) SQA_RETURN_IF_ERROR(AllReduceRows(tmp));  // row-parallel MLP down
     SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Impl::AllReduceRows(const TensorView& t) {
+  SQA_RETURN_IF_ERROR(backend->Synchronize());  // the collective runs on its own stream
+  return Collective("all-reduce", data->AllReduceSum(t.data, static_cast<size_t>(t.numel()), t.dtype));
+}
+
+// Decode in a sequence group: every rank attends the new queries to the keys it stores; the
+// partial (o, lse) of all ranks are gathered and merged exactly through their LSE.
+absl::Status Engine::Impl::DecodeAttentionGroup(int64_t layer, const TensorView& q, int64_t num_decode,
+                                                const TensorView& attn) {
+  Backend& be = *backend;
+  const DType act = be.act_dtype();
+  const int64_t dh = cfg.head_dim, ha = ha_l;
+  SQA_ASSIGN_OR_RETURN(TensorView po, part_o_buf.View(be, {num_decode, ha, dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView pl, part_lse_buf.View(be, {num_decode, ha}, DType::kF32));
+  SQA_ASSIGN_OR_RETURN(TensorView go, gath_o_buf.View(be, {world * num_decode, ha, dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView gl, gath_lse_buf.View(be, {world * num_decode, ha}, DType::kF32));
+  DecodeAttentionArgs da;
+  da.cache = kv.get();
+  da.layer = layer;
+  da.q = SubRows(q, 0, {num_decode, hq_l, dh});
+  da.seqs = decode_refs;
+  da.out = po;
+  da.lse = pl.as<float>();
+  SQA_RETURN_IF_ERROR(be.AttentionDecode(da));
+  SQA_RETURN_IF_ERROR(be.Synchronize());
+  SQA_RETURN_IF_ERROR(Collective("decode all-gather", data->AllGather(po.data, po.nbytes(), go.data)));
+  SQA_RETURN_IF_ERROR(Collective("decode all-gather", data->AllGather(pl.data, pl.nbytes(), gl.data)));
+  std::vector<TensorView> outs;
+  std::vector<const float*> lses;
+  for (int r = 0; r < world; ++r) {
+    outs.push_back(SubRows(go, r * num_decode, {num_decode, ha, dh}));
+    lses.push_back(gl.as<float>() + r * num_decode * ha);
+  }
+  return be.MergeAttention(outs, lses, SubRows(attn, 0, {num_decode, ha, dh}), nullptr);
+}
+
+// Prefill in a sequence group (ring attention, pass-KV). This rank holds zigzag pieces A and B of
+// the prompt. The K/V of each rank's pieces travel once around the ring; at every step the rank
+// attends its queries to the pieces it holds while the next pieces are already on their way
+// (double buffers, the transfer on its own thread), then merges all partial results by LSE.
+absl::Status Engine::Impl::RingPrefill(int64_t layer, const PrefillPiece& pc, const TensorView& q, const TensorView& k,
+                                       const TensorView& v, const TensorView& attn) {
+  Backend& be = *backend;
+  const DType act = be.act_dtype();
+  const int64_t dh = cfg.head_dim, hkv = hkv_l, ha = ha_l, bs = options.block_size;
+  const int64_t n = static_cast<int64_t>(ordered[pc.seg].tokens.size());
+  const ZigzagSplit z = PlanZigzag(n, world);
+  int64_t max_rows = 0, max_piece = 0;
+  for (int r = 0; r < world; ++r) {
+    max_rows = std::max(max_rows, z.tokens_of(r, world));
+    max_piece = std::max({max_piece, z.first(r).second - z.first(r).first, z.second(r, world).second - z.second(r, world).first});
+  }
+  const int64_t my_rows = z.tokens_of(rank, world);
+  const int64_t row_elems = hkv * dh;
+  // Scratch cache holding the visiting pieces: piece A from block 0, piece B from block `b_block`.
+  const int64_t b_block = (max_piece + bs - 1) / bs;
+  if (ring_cache == nullptr || ring_cache_blocks < 2 * b_block) {
+    ring_cache.reset();
+    KvCacheShape shape;
+    shape.num_layers = 1;
+    shape.num_blocks = 2 * b_block;
+    shape.block_size = bs;
+    shape.num_kv_heads = hkv;
+    shape.head_dim = dh;
+    SQA_ASSIGN_OR_RETURN(ring_cache, be.CreateKvCache(shape));
+    ring_cache_blocks = shape.num_blocks;
+    ring_table.resize(static_cast<size_t>(shape.num_blocks));
+    for (int64_t i = 0; i < shape.num_blocks; ++i) ring_table[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  }
+  TensorView bufk[2], bufv[2];
+  for (int i = 0; i < 2; ++i) {
+    SQA_ASSIGN_OR_RETURN(bufk[i], ring_k[i].View(be, {max_rows, hkv, dh}, act));
+    SQA_ASSIGN_OR_RETURN(bufv[i], ring_v[i].View(be, {max_rows, hkv, dh}, act));
+  }
+  // Partial results: up to 2 per ring step for each of the two query pieces.
+  const int64_t max_parts = 2 * world;
+  SQA_ASSIGN_OR_RETURN(TensorView po, part_o_buf.View(be, {2 * max_parts * max_piece, ha, dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView pl, part_lse_buf.View(be, {2 * max_parts * max_piece, ha}, DType::kF32));
+  struct QPiece {
+    int64_t row0, p0, p1;  // local rows start; global positions [p0, p1)
+    std::vector<TensorView> outs;
+    std::vector<const float*> lses;
+  };
+  QPiece qp[2] = {{pc.row0, pc.a0, pc.a1, {}, {}}, {pc.row0 + (pc.a1 - pc.a0), pc.b0, pc.b1, {}, {}}};
+  int64_t parts_used = 0;
+
+  // Step 0 holds this rank's own pieces, straight from the projections.
+  TensorView cur_k = SubRows(k, pc.row0, {my_rows, hkv, dh});
+  TensorView cur_v = SubRows(v, pc.row0, {my_rows, hkv, dh});
+  int spare = 0;
+  for (int step = 0; step < world; ++step) {
+    const int src = (rank - step + world) % world;
+    const auto [sa0, sa1] = z.first(src);
+    const auto [sb0, sb1] = z.second(src, world);
+    const int64_t src_rows = (sa1 - sa0) + (sb1 - sb0);
+    SQA_RETURN_IF_ERROR(be.Synchronize());  // cur_k/cur_v complete before the transfer reads them
+    std::future<absl::Status> xfer;
+    TensorView next_k = bufk[spare], next_v = bufv[spare];
+    if (step + 1 < world) {
+      const int from = (rank + world - 1) % world, to = (rank + 1) % world;
+      const int64_t in_rows = z.tokens_of((rank - step - 1 + 2 * world) % world, world);
+      const size_t out_bytes = static_cast<size_t>(src_rows * row_elems) * DTypeSize(act);
+      const size_t in_bytes = static_cast<size_t>(in_rows * row_elems) * DTypeSize(act);
+      xfer = std::async(std::launch::async, [=, this] {
+        absl::Status s = data->SendRecv(cur_k.data, out_bytes, to, next_k.data, in_bytes, from);
+        if (s.ok()) s = data->SendRecv(cur_v.data, out_bytes, to, next_v.data, in_bytes, from);
+        return s;
+      });
+    }
+    // The visiting pieces into the scratch cache (A at block 0, B at block b_block).
+    ring_slots.resize(static_cast<size_t>(src_rows));
+    for (int64_t i = 0; i < sa1 - sa0; ++i) ring_slots[static_cast<size_t>(i)] = i;
+    for (int64_t i = 0; i < sb1 - sb0; ++i) ring_slots[static_cast<size_t>(sa1 - sa0 + i)] = b_block * bs + i;
+    absl::Status compute = absl::OkStatus();
+    if (src_rows > 0) compute = be.WriteKv(*ring_cache, 0, SubRows(cur_k, 0, {src_rows, hkv, dh}),
+                                           SubRows(cur_v, 0, {src_rows, hkv, dh}), ring_slots.data());
+    const struct {
+      int64_t p0, p1, block0;
+    } kvp[2] = {{sa0, sa1, 0}, {sb0, sb1, b_block}};
+    for (auto& qq : qp) {
+      for (const auto& kp : kvp) {
+        if (!compute.ok()) break;
+        const int64_t nq = qq.p1 - qq.p0, nk = kp.p1 - kp.p0;
+        if (nq == 0 || nk == 0 || kp.p0 >= qq.p1) continue;  // empty, or every key after every query
+        const bool same = kp.p0 == qq.p0 && kp.p1 == qq.p1;
+        if (!same && kp.p1 > qq.p0) {
+          compute = absl::InternalError("zigzag pieces overlap partially");  // cannot happen
+          break;
+        }
+        PrefillAttentionArgs pa;
+        pa.cache = ring_cache.get();
+        pa.layer = 0;
+        pa.q = SubRows(q, qq.row0, {nq, hq_l, dh});
+        pa.q_pos0 = 0;
+        pa.kv = {ring_table.data() + kp.block0, nk};
+        pa.causal = same;  // the diagonal piece is causal; earlier pieces are seen whole
+        pa.out = SubRows(po, parts_used * max_piece, {nq, ha, dh});
+        pa.lse = pl.as<float>() + parts_used * max_piece * ha;
+        compute = be.AttentionPrefill(pa);
+        qq.outs.push_back(pa.out);
+        qq.lses.push_back(pa.lse);
+        ++parts_used;
+      }
+    }
+    if (xfer.valid()) {
+      absl::Status s = xfer.get();  // always joined, also when the compute failed
+      if (!s.ok()) return Collective("ring pass-KV", s);
+    }
+    SQA_RETURN_IF_ERROR(compute);
+    if (step + 1 < world) {
+      cur_k = next_k;
+      cur_v = next_v;
+      spare ^= 1;
+    }
+  }
+  for (auto& qq : qp) {
+    const int64_t nq = qq.p1 - qq.p0;
+    if (nq == 0) continue;
+    SQA_RETURN_IF_ERROR(be.MergeAttention(qq.outs, qq.lses, SubRows(attn, qq.row0, {nq, ha, dh}), nullptr));
   }
   return absl::OkStatus();
 }
@@ -424,8 +939,9 @@ absl::StatusOr<Logits> Engine::Prefill(SeqId seq, absl::Span<const int32_t> toke
                                                    " tokens long; the model accepts at most ", max_pos,
                                                    " (max_position_embeddings)"));
   }
+  // (Sequence groups spread the prompt over the ranks; their Forward checks every rank's room.)
   const int64_t need = impl_->pool->BlocksFor(new_len) - static_cast<int64_t>(it->second.blocks.size());
-  if (need > impl_->pool->num_free()) {
+  if (!impl_->sequence_group() && need > impl_->pool->num_free()) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache full: need ", need, " blocks, ",
                                                      impl_->pool->num_free(), " free of ",
                                                      impl_->pool->num_blocks()));
@@ -439,8 +955,8 @@ absl::StatusOr<Logits> Engine::Prefill(SeqId seq, absl::Span<const int32_t> toke
   Logits result;
   result.vocab = impl_->cfg.vocab_size;
   result.row_begin = {0};
-  const int64_t chunk = impl_->options.max_chunk_tokens;
   const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t chunk = impl_->sequence_group() ? n : impl_->options.max_chunk_tokens;
   for (int64_t b = 0; b < n; b += chunk) {
     const int64_t e = std::min(n, b + chunk);
     Segment s;

@@ -12,14 +12,26 @@
 #include "workers/engine/backend.h"
 #include "workers/engine/kv/block_pool.h"
 #include "workers/engine/model/model.h"
+#include "workers/engine/shard/communicator.h"
+#include "workers/engine/shard/plan.h"
 
 namespace sqa {
+
+// A group of P ranks serving one model replica (ARCHITECTURE.md §4). Every rank makes an Engine
+// with the same model and options; rank 0 (the leader) is driven by the scheduler and broadcasts
+// each step to the followers, which run Engine::ServeFollower().
+struct GroupOptions {
+  ShardMode mode = ShardMode::kNone;
+  Communicator* control = nullptr;  // host-side step plans (Gloo); not owned, outlives the engine
+  Communicator* data = nullptr;     // activations (Gloo on CPU, NCCL on GPU); null = control
+};
 
 struct EngineOptions {
   int64_t block_size = 64;           // tokens per KV block
   int64_t num_kv_blocks = 0;         // blocks per layer; 0 = derive from kv_cache_bytes
   int64_t kv_cache_bytes = int64_t{1} << 30;  // total K+V budget over all layers
   int64_t max_chunk_tokens = 2048;   // Prefill() splits prompts into chunks of at most this
+  GroupOptions group;                // P > 1 ranks: heads or sequence sharding
 };
 
 using SeqId = int64_t;
@@ -66,8 +78,19 @@ class Engine {
   // RESOURCE_EXHAUSTED (not enough free KV blocks; nothing is changed).
   absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
 
-  // Prefill of one sequence in chunks of options().max_chunk_tokens.
+  // Prefill of one sequence in chunks of options().max_chunk_tokens (in sequence mode the whole
+  // prompt is one pass: its zigzag split over the ranks is the chunking).
   absl::StatusOr<Logits> Prefill(SeqId seq, absl::Span<const int32_t> tokens, bool all_logits);
+
+  // Groups. rank() == 0 leads. A follower calls ServeFollower(), which runs the leader's steps until
+  // the leader calls StopGroup() (OK) or the group breaks (UNAVAILABLE: a peer died or timed out).
+  // After a communication error every call returns UNAVAILABLE; the group must be re-formed.
+  int rank() const;
+  int world_size() const;
+  ShardMode shard_mode() const;
+  bool group_ok() const;
+  absl::Status ServeFollower();
+  absl::Status StopGroup();  // leader; idempotent; also done by the destructor
 
  private:
   struct Impl;
