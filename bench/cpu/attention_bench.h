@@ -50,9 +50,12 @@ struct PrefillCell {
   double seconds = 0;  // median
   double gflop = 0;    // causal FLOPs / 1e9
   double gflops = 0;
-  double speedup_vs_mha = 0;  // 0 when MHA was not measured
+  double cpu_seconds = 0;     // median process CPU time of a run (all threads)
+  double speedup_vs_mha = 0;  // by wall time; 0 when MHA was not measured
+  double cpu_speedup_vs_mha = 0;  // by CPU time: robust to other load on the machine
   double target_speedup = 0;
-  bool target_met = false;
+  bool target_met = false;      // by wall time
+  bool cpu_target_met = false;  // by CPU time
   double ratio_to_sgemm = 0;
 };
 

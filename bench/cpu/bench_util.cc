@@ -1,6 +1,7 @@
 #include "bench/cpu/bench_util.h"
 
 #include <cblas.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -123,6 +124,12 @@ std::vector<std::string> Args::GetList(const std::string& key, const std::vector
   auto it = values_.find(key);
   if (it == values_.end()) return def;
   return SplitComma(it->second);
+}
+
+double ProcessCpuSeconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return double(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + 1e-6 * double(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec);
 }
 
 double Median(std::vector<double> v) {

@@ -37,6 +37,9 @@ std::vector<std::string> SplitComma(const std::string& s);
 inline double NowSeconds() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
+// CPU seconds (user + system, all threads) this process has used. Under load from other
+// processes wall time stretches but CPU time does not, so timings report both.
+double ProcessCpuSeconds();
 double Median(std::vector<double> v);
 
 // What the numbers were measured on.

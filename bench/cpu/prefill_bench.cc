@@ -135,14 +135,15 @@ std::string RenderMarkdown(const PrefillBenchOptions& o, const std::vector<Prefi
   absl::StrAppend(&s, MachineMarkdown(m, o.command, o.threads));
   absl::StrAppend(&s, "- ", o.tokens, "-token prompt through Engine::Prefill (chunks of ", o.chunk,
                   " tokens), random weights (", std::string(DTypeName(o.dtype)),
-                  " on disk), f32 compute; each model in its own process, peak memory = that process's VmHWM\n");
+                  " on disk), f32 compute; each model in its own process, peak memory = that process's VmHWM; CPU-s = process CPU time of one prefill (all threads; it includes BLAS/OpenMP threads spinning while they wait)\n");
   absl::StrAppend(&s, Fmt("- total benchmark time %.0f s (model writing included)\n\n", total_s));
-  MdTable t({"preset", "layout", "Hq/Hkv", "d x layers", "params", "prefill", "tokens/s", "vs MHA", "GFLOP/s (est.)",
-             "KV cache", "peak RSS"});
+  MdTable t({"preset", "layout", "Hq/Hkv", "d x layers", "params", "prefill", "tokens/s", "vs MHA", "CPU-s",
+             "vs MHA (CPU)", "GFLOP/s (est.)", "KV cache", "peak RSS"});
   for (const auto& c : cells) {
     t.AddRow({c.preset, c.layout, absl::StrCat(c.hq, "/", c.hkv), absl::StrCat(c.hidden, " x ", c.layers),
               Fmt("%.3gM", c.params / 1e6), FmtTime(c.prefill_seconds), Fmt("%.0f", c.tokens_per_s),
-              c.speedup_vs_mha > 0 ? Fmt("%.2fx", c.speedup_vs_mha) : "-", Fmt("%.1f", c.est_gflops),
+              c.speedup_vs_mha > 0 ? Fmt("%.2fx", c.speedup_vs_mha) : "-", Fmt("%.3g", c.prefill_cpu_seconds),
+              c.cpu_speedup_vs_mha > 0 ? Fmt("%.2fx", c.cpu_speedup_vs_mha) : "-", Fmt("%.1f", c.est_gflops),
               FmtBytes(c.kv_cache_bytes), FmtBytes(c.peak_rss_bytes)});
   }
   absl::StrAppend(&s, t.Render());
@@ -173,6 +174,8 @@ std::string RenderJson(const PrefillBenchOptions& o, const std::vector<PrefillCe
                             {"weight_bytes", c.weight_bytes},
                             {"load_seconds", c.load_seconds},
                             {"prefill_seconds", c.prefill_seconds},
+                            {"prefill_cpu_seconds", c.prefill_cpu_seconds},
+                            {"cpu_speedup_vs_mha", c.cpu_speedup_vs_mha},
                             {"reps", c.reps},
                             {"tokens_per_s", c.tokens_per_s},
                             {"est_gflop", c.est_gflop},
@@ -323,6 +326,7 @@ absl::StatusOr<std::vector<PrefillCellResult>> RunPrefillBench(const PrefillBenc
       c.weight_bytes = DirBytes(dir);
       c.load_seconds = j.value("load_seconds", 0.0);
       c.prefill_seconds = j.value("prefill_seconds", 0.0);
+      c.prefill_cpu_seconds = j.value("prefill_cpu_seconds", 0.0);
       c.reps = j.value("reps", 0);
       c.kv_cache_bytes = j.value("kv_cache_bytes", 0.0);
       c.peak_rss_bytes = j.value("peak_rss_bytes", 0.0);
@@ -339,7 +343,9 @@ absl::StatusOr<std::vector<PrefillCellResult>> RunPrefillBench(const PrefillBenc
   }
   for (auto& c : cells) {
     for (const auto& m : cells) {
-      if (m.preset == c.preset && m.layout == "MHA" && m.tokens_per_s > 0) c.speedup_vs_mha = c.tokens_per_s / m.tokens_per_s;
+      if (m.preset != c.preset || m.layout != "MHA") continue;
+      if (m.tokens_per_s > 0) c.speedup_vs_mha = c.tokens_per_s / m.tokens_per_s;
+      if (c.prefill_cpu_seconds > 0) c.cpu_speedup_vs_mha = m.prefill_cpu_seconds / c.prefill_cpu_seconds;
     }
   }
   return cells;
@@ -420,11 +426,14 @@ absl::StatusOr<nlohmann::json> RunChildCell(const std::vector<std::string>& argv
     x = x * 6364136223846793005ull + 1442695040888963407ull;
     t = static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(cfg.vocab_size));
   }
+  std::vector<double> cpu_times;
   auto run = [&](absl::Span<const int32_t> toks) -> absl::StatusOr<double> {
     SeqId seq = engine->NewSequence();
+    double c = ProcessCpuSeconds();
     double s = NowSeconds();
     absl::StatusOr<Logits> logits = engine->Prefill(seq, toks, /*all_logits=*/false);
     double t = NowSeconds() - s;
+    cpu_times.push_back(ProcessCpuSeconds() - c);
     engine->Release(seq);
     if (!logits.ok()) return logits.status();
     if (logits->rows() < 1) return absl::InternalError("prefill returned no logits");
@@ -432,6 +441,7 @@ absl::StatusOr<nlohmann::json> RunChildCell(const std::vector<std::string>& argv
   };
   // Warm-up on a short prompt (thread pools, first-touch of activation buffers).
   SQA_RETURN_IF_ERROR(run(absl::MakeConstSpan(prompt).subspan(0, std::min<size_t>(prompt.size(), 64))).status());
+  cpu_times.clear();
   std::vector<double> times;
   SQA_ASSIGN_OR_RETURN(double first, run(prompt));
   times.push_back(first);
@@ -443,6 +453,7 @@ absl::StatusOr<nlohmann::json> RunChildCell(const std::vector<std::string>& argv
   const double kv_bytes = double(cfg.num_hidden_layers) * double(eo.num_kv_blocks) * double(block_size) *
                           double(cfg.kv_dim()) * 2.0 * double(act_size);
   nlohmann::json j = {{"load_seconds", load_s},      {"prefill_seconds", Median(times)},
+                      {"prefill_cpu_seconds", Median(cpu_times)},
                       {"reps", times.size()},        {"kv_cache_bytes", kv_bytes},
                       {"peak_rss_bytes", PeakRssBytes()}};
   return j;

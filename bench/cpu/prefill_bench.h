@@ -45,6 +45,7 @@ struct PrefillCellResult {
   double weight_bytes = 0;    // bytes on disk
   double load_seconds = 0;    // Model::Load + Engine::Create (weights uploaded)
   double prefill_seconds = 0; // median over reps
+  double prefill_cpu_seconds = 0;  // median process CPU time of a prefill (all threads)
   int reps = 0;
   double tokens_per_s = 0;
   double est_gflop = 0;       // linear + attention FLOPs of the prefill, estimated from the shapes
@@ -52,6 +53,7 @@ struct PrefillCellResult {
   double kv_cache_bytes = 0;  // K+V of the prompt over all layers
   double peak_rss_bytes = 0;  // VmHWM of the child
   double speedup_vs_mha = 0;  // tokens/s over MHA's for the same preset (0 when MHA not run)
+  double cpu_speedup_vs_mha = 0;  // MHA's CPU time over this one's
 };
 
 // Runs the benchmark (writes models under a fresh temporary directory, removes them after).
