@@ -1,8 +1,10 @@
 #include "router/launcher.h"
 
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -113,6 +115,22 @@ int ChildProcess::Stop(absl::Duration grace) {
   if (waitpid(pid_, &status, 0) == pid_) wait_status_ = status;
   exited_ = true;
   return wait_status_;
+}
+
+absl::StatusOr<int> PickFreePort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return absl::InternalError("socket() failed");
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    return absl::UnavailableError("cannot find a free loopback port");
+  }
+  ::close(fd);
+  return static_cast<int>(ntohs(a.sin_port));
 }
 
 std::string TailOfFile(const std::string& path, size_t max_bytes) {

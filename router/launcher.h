@@ -45,6 +45,10 @@ class ChildProcess {
   int wait_status_ = 0;
 };
 
+// A loopback TCP port that is free right now (for addresses that must be known before the process
+// that binds them starts, such as a group leader's rendezvous address).
+absl::StatusOr<int> PickFreePort();
+
 // Last `max_bytes` of a text file (for error messages about a child that failed).
 std::string TailOfFile(const std::string& path, size_t max_bytes = 2000);
 

@@ -18,6 +18,13 @@ namespace sqa::router {
 absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClusterOptions& options) {
   if (options.num_workers <= 0) return absl::InvalidArgumentError("--workers must be >= 1");
   if (options.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
+  if (options.group_size < 1 || options.num_workers % options.group_size != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--workers ", options.num_workers, " must be a multiple of --group-size ",
+                                                   options.group_size));
+  }
+  if (options.group_size > 1 && options.shard != "heads" && options.shard != "sequence") {
+    return absl::InvalidArgumentError(absl::StrCat("--shard wants heads or sequence, got '", options.shard, "'"));
+  }
   if (!std::filesystem::exists(std::filesystem::path(options.model_dir) / "config.json")) {
     return absl::NotFoundError(absl::StrCat("no config.json in model directory ", options.model_dir));
   }
@@ -34,8 +41,11 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClu
   if (mkdtemp(tmpl.data()) == nullptr) return absl::InternalError("cannot create a temporary directory");
   c->dir_ = tmpl;
 
+  std::string leader;
   for (int i = 0; i < options.num_workers; ++i) {
     WorkerInfo info;
+    info.group = i / options.group_size;
+    info.rank = i % options.group_size;
     const std::string base = absl::StrCat(c->dir_, "/worker-", i);
     info.log_file = base + ".log";
     std::vector<std::string> argv = {worker_bin,
@@ -46,6 +56,19 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClu
                                      "--metrics-port", "0",
                                      "--metrics-port-file", base + ".metrics-port",
                                      "--device", options.device};
+    if (options.group_size > 1) {
+      if (info.rank == 0) {
+        auto port = PickFreePort();
+        if (!port.ok()) return port.status();
+        leader = absl::StrCat(options.host, ":", *port);
+      }
+      argv.insert(argv.end(), {"--group", absl::StrCat("g", info.group), "--rank", absl::StrCat(info.rank), "--world",
+                               absl::StrCat(options.group_size), "--leader", leader, "--shard", options.shard});
+    }
+    if (options.device == "cuda") {
+      argv.push_back("--gpu");
+      argv.push_back(absl::StrCat(i));
+    }
     if (options.threads_per_worker > 0) {
       argv.push_back("--threads");
       argv.push_back(absl::StrCat(options.threads_per_worker));
@@ -81,7 +104,9 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClu
   }
   RouterOptions ro;
   std::vector<std::string> addrs;
-  for (const WorkerInfo& w : c->infos_) addrs.push_back(absl::StrCat(options.host, ":", w.port));
+  for (const WorkerInfo& w : c->infos_) {
+    if (w.rank == 0) addrs.push_back(absl::StrCat(options.host, ":", w.port));  // a group is one target
+  }
   ro.workers = absl::StrJoin(addrs, ",");
   ro.server.host = options.host;
   ro.server.port = options.port;
@@ -91,7 +116,8 @@ absl::StatusOr<std::unique_ptr<LocalCluster>> LocalCluster::Start(const LocalClu
   auto router = RouterServer::Start(ro);
   if (!router.ok()) return router.status();
   c->router_ = std::move(*router);
-  absl::Status healthy = c->router_->WaitForHealthyWorkers(options.num_workers, options.start_timeout);
+  absl::Status healthy =
+      c->router_->WaitForHealthyWorkers(options.num_workers / options.group_size, options.start_timeout);
   if (!healthy.ok()) {
     return absl::UnavailableError(absl::StrCat(healthy.message(), "; worker logs are in ", c->dir_));
   }
@@ -107,7 +133,8 @@ std::string LocalCluster::Describe() const {
   }
   absl::StrAppend(&s, "\n");
   for (size_t i = 0; i < infos_.size(); ++i) {
-    absl::StrAppend(&s, "worker ", i, "    grpc ", options_.host, ":", infos_[i].port,
+    absl::StrAppend(&s, "worker ", i, options_.group_size > 1 ? absl::StrCat(" (group g", infos_[i].group, " rank ", infos_[i].rank, ")") : "",
+                    "    grpc ", options_.host, ":", infos_[i].port,
                     "   metrics http://", options_.host, ":", infos_[i].metrics_port, "/metrics",
                     "   pid ", children_[i]->pid(), "   log ", infos_[i].log_file, "\n");
   }

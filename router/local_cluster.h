@@ -15,7 +15,9 @@ namespace sqa::router {
 
 struct LocalClusterOptions {
   std::string model_dir;
-  int num_workers = 2;
+  int num_workers = 2;          // worker processes in all
+  int group_size = 1;           // ranks per group: num_workers / group_size groups, each one router target
+  std::string shard = "heads";  // heads or sequence, for groups of several ranks
   std::string host = "127.0.0.1";
   int port = 0;          // router gRPC port (0 = any)
   int metrics_port = 0;  // router metrics port (0 = any; < 0 = none)
@@ -29,6 +31,8 @@ struct LocalClusterOptions {
 };
 
 struct WorkerInfo {
+  int group = 0;
+  int rank = 0;
   int port = 0;
   int metrics_port = 0;
   std::string log_file;

@@ -15,6 +15,8 @@
 
 ABSL_FLAG(std::string, model, "", "Model directory (config.json + model.safetensors)");
 ABSL_FLAG(int, workers, 2, "Number of worker processes");
+ABSL_FLAG(int, group_size, 1, "Ranks per worker group (each group is one router target)");
+ABSL_FLAG(std::string, shard, "heads", "How a group splits the model: heads or sequence");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address everything listens on");
 ABSL_FLAG(int, port, 50051, "Router gRPC port (0 = any)");
 ABSL_FLAG(std::string, port_file, "", "Write the router's bound gRPC port to this file");
@@ -26,13 +28,15 @@ ABSL_FLAG(int, start_timeout_seconds, 180, "Give up if the workers are not healt
 
 int main(int argc, char** argv) {
   absl::SetProgramUsageMessage("Runs a router and N workers on loopback.\n"
-                               "  sqa-local --model DIR --workers N --port P --metrics-port M");
+                               "  sqa-local --model DIR --workers N [--group-size P --shard heads|sequence] --port P --metrics-port M");
   sqa::client::DashedFlagsToUnderscores(argc, argv);
   absl::ParseCommandLine(argc, argv);
   sqa::log::SetProcessTag("local");
   sqa::router::LocalClusterOptions o;
   o.model_dir = absl::GetFlag(FLAGS_model);
   o.num_workers = absl::GetFlag(FLAGS_workers);
+  o.group_size = absl::GetFlag(FLAGS_group_size);
+  o.shard = absl::GetFlag(FLAGS_shard);
   o.host = absl::GetFlag(FLAGS_host);
   o.port = absl::GetFlag(FLAGS_port);
   o.metrics_port = absl::GetFlag(FLAGS_metrics_port);

@@ -518,6 +518,141 @@ TEST(WorkerFailureTest, KilledWorkerMidStreamIsResumedWithoutLossOrRepeat) {
   if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
 }
 
+// A worker group of `world` processes (heads or sequence sharding) on loopback. The ranks are
+// spawned together (the leader waits for its followers before it serves), then their port files
+// are awaited.
+struct GroupProcs {
+  std::vector<Proc> ranks;  // ranks[0] leads and is the router's target
+};
+
+GroupProcs StartGroup(const std::string& dir, const std::string& model, const std::string& name, int world,
+                      const std::string& shard) {
+  GroupProcs g;
+  auto leader_port = router::PickFreePort();
+  EXPECT_TRUE(leader_port.ok());
+  const std::string leader = absl::StrCat("127.0.0.1:", leader_port.ok() ? *leader_port : 0);
+  for (int r = 0; r < world; ++r) {
+    Proc p;
+    const std::string base = absl::StrCat(dir, "/", name, "-r", r);
+    p.log = base + ".log";
+    auto c = ChildProcess::Spawn({Bin("sqa-worker"), "--model", model, "--host", "127.0.0.1", "--device", "cpu",
+                                  "--threads", "1", "--kv-cache-mb", "32", "--port", "0", "--port-file",
+                                  base + ".port", "--metrics-port", "0", "--metrics-port-file", base + ".mport",
+                                  "--group", name, "--rank", absl::StrCat(r), "--world", absl::StrCat(world),
+                                  "--leader", leader, "--shard", shard, "--group-timeout-s", "5"},
+                                 p.log);
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (c.ok()) p.child = std::move(*c);
+    g.ranks.push_back(std::move(p));
+  }
+  for (int r = 0; r < world; ++r) {
+    const std::string base = absl::StrCat(dir, "/", name, "-r", r);
+    auto port = WaitForPortFile(base + ".port", absl::Seconds(60));
+    EXPECT_TRUE(port.ok()) << name << " rank " << r << " did not start; log:\n" << router::TailOfFile(g.ranks[r].log);
+    if (port.ok()) g.ranks[r].port = *port;
+  }
+  return g;
+}
+
+bool WaitNotServing(int port, absl::Duration timeout) {
+  auto c = Client(port, "worker");
+  const absl::Time end = absl::Now() + timeout;
+  while (absl::Now() < end) {
+    auto h = c->Health();
+    if (!h.ok() || !*h) return true;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  return false;
+}
+
+// Groups of two ranks, one sharding heads and one the sequence, behind one router: tokens equal
+// sqa-run's; a follower killed mid-stream turns its group unhealthy within seconds and the router
+// resumes the stream on the other group with no token lost or repeated.
+TEST(GroupTest, ShardedGroupsServeExactlyAndAFollowerDeathIsResumedElsewhere) {
+  char tmpl[] = "/tmp/sqa-group-test-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string model = dir + "/model";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--layout", "SQA", "--seed", "8", "--out", model},
+                            dir + "/mkmodel.log"),
+            0);
+  GroupProcs heads = StartGroup(dir, model, "heads", 2, "heads");
+  GroupProcs seq = StartGroup(dir, model, "seq", 2, "sequence");
+  ASSERT_GT(heads.ranks[0].port, 0);
+  ASSERT_GT(seq.ranks[0].port, 0);
+  Proc router = StartRouter(dir, "router", {&heads.ranks[0], &seq.ranks[0]});
+  WaitHealthy(router, 2);
+
+  // Each group directly, then through the router, against sqa-run.
+  const std::vector<int32_t> prompt = {5, 17, 29, 3, 101, 77, 64, 9, 250, 33, 12};
+  const std::string out = dir + "/run.json";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-run"), "--model", model, "--prompt-tokens", absl::StrJoin(prompt, ","),
+                             "--generate", "40", "--tokens-out", out, "--threads", "1"},
+                            out + ".log"),
+            0);
+  std::ifstream in(out);
+  const std::vector<int32_t> expected = nlohmann::json::parse(in)["sequences"][0]["generated"].get<std::vector<int32_t>>();
+  for (GroupProcs* g : {&heads, &seq}) {
+    auto direct = Client(g->ranks[0].port, "worker")->Generate(Request(prompt, 40), absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(direct.ok()) << direct.status() << "\n" << router::TailOfFile(g->ranks[0].log);
+    EXPECT_EQ(direct->tokens, expected);
+    auto load = GetLoad(g->ranks[0].port);
+    ASSERT_TRUE(load.ok());
+    EXPECT_EQ(load->group_size(), 2);
+    EXPECT_EQ(load->shard_mode(), g == &heads ? "heads" : "sequence");
+  }
+  auto c = Client(router.port);
+  for (int i = 0; i < 3; ++i) {
+    auto r = c->Generate(Request(prompt, 40), absl::Now() + absl::Seconds(60));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tokens, expected);
+  }
+
+  // Kill the follower of whichever group runs a long stream.
+  auto req = Request(prompt, 1200);
+  req.mutable_sampling()->set_temperature(0.7f);
+  req.mutable_sampling()->set_seed(31);
+  auto undisturbed = c->Generate(req, absl::Now() + absl::Seconds(120));
+  ASSERT_TRUE(undisturbed.ok()) << undisturbed.status();
+  GroupProcs* victim = nullptr;
+  int seen = 0;
+  absl::Time killed_at;
+  auto disturbed = c->Generate(req, absl::Now() + absl::Seconds(120), [&](const v1::GenerateResponse& m) {
+    seen += m.tokens_size();
+    if (victim == nullptr && seen >= 3) {
+      for (GroupProcs* g : {&heads, &seq}) {
+        auto l = GetLoad(g->ranks[0].port);
+        if (l.ok() && l->running_requests() + l->queued_requests() > 0) {
+          g->ranks[1].child->Signal(SIGKILL);
+          victim = g;
+          killed_at = absl::Now();
+          break;
+        }
+      }
+    }
+    return true;
+  });
+  ASSERT_NE(victim, nullptr) << "no group was running the request";
+  ASSERT_TRUE(disturbed.ok()) << disturbed.status() << "\nrouter log:\n" << router::TailOfFile(router.log);
+  EXPECT_EQ(disturbed->tokens, undisturbed->tokens);
+  EXPECT_EQ(MetricValue(HttpGet(router.metrics_port, "/metrics"), "sqa_router_resumes_total"), 1);
+  // The broken group reports itself unhealthy within seconds, and its leader does not hang.
+  EXPECT_TRUE(WaitNotServing(victim->ranks[0].port, absl::Seconds(10)))
+      << router::TailOfFile(victim->ranks[0].log);
+  EXPECT_LT(absl::Now() - killed_at, absl::Seconds(15));
+  auto after = c->Generate(Request({1, 2, 3}, 4), absl::Now() + absl::Seconds(30));
+  EXPECT_TRUE(after.ok()) << after.status();
+
+  router.child->Stop(absl::Seconds(10));
+  for (GroupProcs* g : {&heads, &seq}) {
+    // The leader stops first (it stops the group); its followers then exit on their own.
+    g->ranks[0].child->Stop(absl::Seconds(10));
+    for (size_t r = 1; r < g->ranks.size(); ++r) g->ranks[r].child->Stop(absl::Seconds(10));
+  }
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
+}
+
 bool ProcessGone(pid_t pid, absl::Duration timeout) {
   const absl::Time end = absl::Now() + timeout;
   while (absl::Now() < end) {

@@ -364,7 +364,8 @@ bool Scheduler::Step() {
     Request* r = rp.get();
     const int64_t left = static_cast<int64_t>(r->feed.size()) - r->prefilled;
     if (r->decoding || left <= 0) continue;
-    const int64_t c = std::min(left, budget);
+    // Sequence-sharded groups prefill a prompt in one pass (its zigzag split is the chunking).
+    const int64_t c = options_.whole_prompts ? left : std::min(left, budget);
     Engine::Segment seg{r->seq, absl::MakeConstSpan(r->feed.data() + r->prefilled, static_cast<size_t>(c)),
                         r->encode && r->enc.prompt_logprobs};
     // The hidden state is only needed from the last chunk.
@@ -384,7 +385,11 @@ bool Scheduler::Step() {
   absl::StatusOr<Logits> logits = engine_->Forward(segs);
   if (!logits.ok()) {
     SQA_LOG(ERROR) << "forward pass of step " << info.index << " failed: " << logits.status();
-    const absl::Status st = absl::InternalError(absl::StrCat("forward pass failed: ", logits.status().message()));
+    // UNAVAILABLE (the worker group broke) tells the router to resume the request elsewhere.
+    const absl::Status st =
+        absl::IsUnavailable(logits.status())
+            ? logits.status()
+            : absl::InternalError(absl::StrCat("forward pass failed: ", logits.status().message()));
     for (Request* r : seg_req) Finish(*r, st);
     active_.remove_if([](const auto& r) { return r->done; });
     PublishLoad();

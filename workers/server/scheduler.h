@@ -52,6 +52,7 @@ struct StepInfo {
 struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // tokens per step (decode tokens + prefill chunk tokens)
   int max_queued = 256;            // accepted requests waiting for admission; more -> RESOURCE_EXHAUSTED
+  bool whole_prompts = false;      // prefill each prompt in one step (sequence-sharded groups)
   // Called on the scheduler thread after every step (tests).
   std::function<void(const StepInfo&)> on_step;
 };

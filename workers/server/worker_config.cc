@@ -25,6 +25,11 @@ std::string WorkerUsage() {
   --max-batch-tokens T      tokens per scheduler step: decodes + prefill chunk (default 512)
   --max-queued N            requests waiting for KV capacity before RESOURCE_EXHAUSTED (default 256)
   --group NAME              group name reported in load reports (default "default")
+  --rank R                  this process's rank in its group; 0 leads (default 0)
+  --world P                 ranks in the group, one process each (default 1)
+  --leader HOST:PORT        where rank 0 serves the group rendezvous (needed when --world > 1)
+  --shard heads|sequence    how the group splits the model (needed when --world > 1)
+  --group-timeout-s S       rendezvous and collective timeout: a dead rank is detected within it (default 60)
   --drain-timeout-s S       on SIGTERM/SIGINT, wait up to S seconds for running requests (default 30)
   --max-message-mb M        gRPC message size limit in MiB (default 64)
 )";
@@ -78,6 +83,22 @@ absl::StatusOr<WorkerConfig> ParseWorkerFlags(const std::vector<std::string>& ar
       {"max-batch-tokens", i64(&c.max_batch_tokens, 1, int64_t{1} << 24)},
       {"max-queued", i32(&c.max_queued, 0, 1 << 24)},
       {"group", str(&c.group)},
+      {"rank", i32(&c.rank, 0, 1023)},
+      {"world", i32(&c.world, 1, 1024)},
+      {"leader", str(&c.leader)},
+      {"shard", [&](const std::string& flag, const std::string& v) {
+         if (v != "heads" && v != "sequence" && v != "none")
+           return absl::InvalidArgumentError(absl::StrCat("--shard wants heads or sequence, got '", v, "'"));
+         c.shard = v;
+         return absl::OkStatus();
+       }},
+      {"group-timeout-s", [&](const std::string& flag, const std::string& v) {
+         double x;
+         if (!absl::SimpleAtod(v, &x) || !(x > 0))
+           return absl::InvalidArgumentError(absl::StrCat("--group-timeout-s wants seconds > 0, got '", v, "'"));
+         c.group_timeout_s = x;
+         return absl::OkStatus();
+       }},
       {"drain-timeout-s", [&](const std::string& flag, const std::string& v) {
          double x;
          if (!absl::SimpleAtod(v, &x) || !(x >= 0))
@@ -107,6 +128,12 @@ absl::StatusOr<WorkerConfig> ParseWorkerFlags(const std::vector<std::string>& ar
     if (!st.ok()) return st;
   }
   if (c.model_dir.empty()) return absl::InvalidArgumentError("--model DIR is required");
+  if (c.rank >= c.world) {
+    return absl::InvalidArgumentError(absl::StrCat("--rank ", c.rank, " must be below --world ", c.world));
+  }
+  if (c.world > 1 && (c.leader.empty() || c.shard == "none")) {
+    return absl::InvalidArgumentError("a group (--world > 1) needs --leader HOST:PORT and --shard heads|sequence");
+  }
   if (c.metrics_host.empty()) c.metrics_host = c.host;
   return c;
 }

@@ -24,6 +24,11 @@ struct WorkerConfig {
   int64_t max_batch_tokens = 512;     // --max-batch-tokens: tokens per scheduler step
   int max_queued = 256;               // --max-queued: waiting requests before RESOURCE_EXHAUSTED
   std::string group = "default";      // --group NAME (reported in load reports)
+  int rank = 0;                       // --rank R of the group (0 leads)
+  int world = 1;                      // --world P: ranks in the group
+  std::string leader;                 // --leader HOST:PORT: where rank 0 serves the group rendezvous
+  std::string shard = "none";         // --shard heads|sequence (needed when --world > 1)
+  double group_timeout_s = 60;        // --group-timeout-s: rendezvous and collective timeout
   double drain_timeout_s = 30;        // --drain-timeout-s: on SIGTERM, wait this long for running requests
   int max_message_mb = 64;            // --max-message-mb: gRPC message size limit
 };

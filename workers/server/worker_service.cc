@@ -284,8 +284,8 @@ grpc::ServerUnaryReactor* WorkerService::GetModelInfo(grpc::CallbackServerContex
   pool->set_name(options_.group);
   pool->set_max_context_tokens(scheduler_->max_context_tokens());
   pool->set_healthy_groups(1);
-  pool->set_group_size(1);
-  pool->set_shard_mode("none");
+  pool->set_group_size(options_.group_size);
+  pool->set_shard_mode(options_.shard_mode);
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;
@@ -304,8 +304,8 @@ grpc::ServerUnaryReactor* WorkerService::GetLoad(grpc::CallbackServerContext* ct
   report->set_admitting(l.admitting);
   report->set_max_context_tokens(l.max_context_tokens);
   report->set_group(options_.group);
-  report->set_group_size(1);
-  report->set_shard_mode("none");
+  report->set_group_size(options_.group_size);
+  report->set_shard_mode(options_.shard_mode);
   auto* reactor = ctx->DefaultReactor();
   reactor->Finish(grpc::Status::OK);
   return reactor;

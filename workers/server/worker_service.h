@@ -17,6 +17,8 @@ namespace sqa::worker {
 
 struct WorkerServiceOptions {
   std::string group = "default";  // reported in LoadReport.group
+  int group_size = 1;             // ranks in the group this leader leads
+  std::string shard_mode = "none";
   std::string request_id_prefix = "w";
   // Called once by the first Drain RPC, after the scheduler stopped admitting (e.g. to turn
   // health NOT_SERVING).

@@ -1,6 +1,8 @@
 // sqa-worker: one worker process (group of one). Flag parsing and wiring only; see
 // workers/server/{scheduler,worker_service,worker_config}.h and services/.
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,6 +16,7 @@
 #include "workers/engine/backend.h"
 #include "workers/engine/engine.h"
 #include "workers/engine/model/model.h"
+#include "workers/server/group.h"
 #include "workers/server/scheduler.h"
 #include "workers/server/worker_config.h"
 #include "workers/server/worker_metrics.h"
@@ -24,6 +27,43 @@ namespace {
 int Fail(const absl::Status& st) {
   std::fprintf(stderr, "sqa-worker: %s\n", std::string(st.message()).c_str());
   return 1;
+}
+
+// A follower rank (> 0) of a group: answers health checks and runs the leader's steps until the
+// leader stops the group (exit 0) or the group breaks (exit 1).
+int RunFollower(const sqa::worker::WorkerConfig& cfg, sqa::Engine& engine, sqa::worker::Group& group) {
+  using namespace sqa;
+  ServerOptions opts;
+  opts.host = cfg.host;
+  opts.port = cfg.port;
+  opts.port_file = cfg.port_file;
+  absl::StatusOr<std::unique_ptr<GrpcServer>> server = GrpcServer::Start(opts, {});
+  if (!server.ok()) return Fail(server.status());
+  (*server)->SetServing(true);
+  if (absl::Status st = group.PublishAddress((*server)->address()); !st.ok()) return Fail(st);
+  // On SIGTERM a follower waits for its leader to stop the group (the leader drains first), and
+  // leaves on its own only if that does not happen in time.
+  const double grace_s = cfg.drain_timeout_s + 5;
+  absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals = ShutdownSignals::Install([grace_s](int signo) {
+    SQA_LOG(INFO) << "signal " << signo << ": waiting up to " << grace_s << " s for the leader to stop the group";
+    std::thread([grace_s] {
+      std::this_thread::sleep_for(std::chrono::duration<double>(grace_s));
+      SQA_LOG(WARNING) << "the leader did not stop the group in time; leaving";
+      std::_Exit(0);
+    }).detach();
+  });
+  if (!signals.ok()) return Fail(signals.status());
+  std::fprintf(stderr, "worker rank %d of group %s listening on %s\n", cfg.rank, cfg.group.c_str(),
+               (*server)->address().c_str());
+  std::fflush(stderr);
+  absl::Status st = engine.ServeFollower();
+  (*server)->Shutdown(absl::Milliseconds(200));
+  if (!st.ok()) {
+    SQA_LOG(ERROR) << "group stopped with an error: " << st;
+    return 1;
+  }
+  SQA_LOG(INFO) << "the leader stopped the group";
+  return 0;
 }
 
 }  // namespace
@@ -40,7 +80,8 @@ int main(int argc, char** argv) {
                  worker::WorkerUsage().c_str());
     return 2;
   }
-  log::SetProcessTag(absl::StrCat("worker[", cfg->group, "]"));
+  log::SetProcessTag(cfg->world > 1 ? absl::StrCat("worker[", cfg->group, " rank=", cfg->rank, "]")
+                                    : absl::StrCat("worker[", cfg->group, "]"));
 
   absl::StatusOr<std::unique_ptr<Model>> model = Model::Load(cfg->model_dir);
   if (!model.ok()) return Fail(model.status());
@@ -56,9 +97,30 @@ int main(int argc, char** argv) {
   eo.block_size = cfg->block_size;
   eo.kv_cache_bytes = cfg->kv_cache_mb << 20;
   eo.max_chunk_tokens = cfg->max_batch_tokens;
+  // A group forms before its engines: rendezvous through the leader, then the communicators.
+  std::unique_ptr<worker::Group> group;
+  if (cfg->world > 1) {
+    worker::GroupConfig gc;
+    gc.rank = cfg->rank;
+    gc.world = cfg->world;
+    gc.leader = cfg->leader;
+    gc.host = cfg->host;
+    gc.timeout_s = cfg->group_timeout_s;
+    gc.gpu = (*backend)->name().rfind("cuda", 0) == 0;
+    gc.gpu_index = cfg->gpu;
+    absl::StatusOr<std::unique_ptr<worker::Group>> formed = worker::Group::Form(gc);
+    if (!formed.ok()) return Fail(formed.status());
+    group = std::move(*formed);
+    absl::StatusOr<ShardMode> mode = ParseShardMode(cfg->shard);
+    if (!mode.ok()) return Fail(mode.status());
+    eo.group.mode = *mode;
+    eo.group.control = group->control();
+    eo.group.data = group->data();
+  }
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(std::shared_ptr<const Model>(std::move(*model)), std::move(*backend), eo);
   if (!engine.ok()) return Fail(engine.status());
+  if (cfg->world > 1 && cfg->rank > 0) return RunFollower(*cfg, **engine, *group);
 
   worker::WorkerMetrics metrics(*ProcessRegistry());
   MetricsOptions mo;
@@ -71,6 +133,7 @@ int main(int argc, char** argv) {
   worker::SchedulerOptions so;
   so.max_batch_tokens = cfg->max_batch_tokens;
   so.max_queued = cfg->max_queued;
+  so.whole_prompts = cfg->world > 1 && cfg->shard == "sequence";
   absl::StatusOr<std::unique_ptr<worker::Scheduler>> scheduler =
       worker::Scheduler::Create(std::move(*engine), so, &metrics);
   if (!scheduler.ok()) return Fail(scheduler.status());
@@ -79,6 +142,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<GrpcServer> server;
   worker::WorkerServiceOptions wo;
   wo.group = cfg->group;
+  wo.group_size = cfg->world;
+  wo.shard_mode = cfg->world > 1 ? cfg->shard : "none";
   wo.on_drain = [&server] {
     if (server) server->SetServing(false);
   };
@@ -92,7 +157,16 @@ int main(int argc, char** argv) {
       GrpcServer::Start(opts, {{&service, sqa::v1::Worker::service_full_name()}});
   if (!started.ok()) return Fail(started.status());
   server = std::move(*started);
-  server->SetServing(true);
+  if (group == nullptr) {
+    server->SetServing(true);
+  } else {
+    // A group serves once every follower answers, and stops serving for good when one stops.
+    worker::Scheduler* sched = scheduler->get();
+    group->StartMonitor([&server, sched](bool healthy) {
+      if (!healthy) SQA_LOG(ERROR) << "a follower of this group failed; the group stops serving";
+      server->SetServing(healthy && !sched->draining());
+    });
+  }
 
   const absl::Duration drain_timeout = absl::Seconds(cfg->drain_timeout_s);
   absl::StatusOr<std::unique_ptr<ShutdownSignals>> signals = ShutdownSignals::Install([&](int signo) {

@@ -1,0 +1,17 @@
+// A blocking grpc.health.v1 Check for the overall ("") status. Debian ships no generated health
+// stubs, so the two tiny messages are encoded by hand over the generic stub.
+#pragma once
+
+#include <grpcpp/channel.h>
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace sqa {
+
+// True for SERVING, false for any other status; an error when the call fails.
+absl::StatusOr<bool> CheckHealthServing(const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout);
+
+}  // namespace sqa
