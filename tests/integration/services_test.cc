@@ -548,8 +548,11 @@ GroupProcs StartGroup(const std::string& dir, const std::string& model, const st
   for (int r = 0; r < world; ++r) {
     const std::string base = absl::StrCat(dir, "/", name, "-r", r);
     auto port = WaitForPortFile(base + ".port", absl::Seconds(60));
-    EXPECT_TRUE(port.ok()) << name << " rank " << r << " did not start; log:\n" << router::TailOfFile(g.ranks[r].log);
+    auto mport = WaitForPortFile(base + ".mport", absl::Seconds(60));
+    EXPECT_TRUE(port.ok() && mport.ok()) << name << " rank " << r << " did not start; log:\n"
+                                         << router::TailOfFile(g.ranks[r].log);
     if (port.ok()) g.ranks[r].port = *port;
+    if (mport.ok()) g.ranks[r].metrics_port = *mport;
   }
   return g;
 }
@@ -606,6 +609,19 @@ TEST(GroupTest, ShardedGroupsServeExactlyAndAFollowerDeathIsResumedElsewhere) {
     auto r = c->Generate(Request(prompt, 40), absl::Now() + absl::Seconds(60));
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->tokens, expected);
+  }
+
+  // Every rank exports its collectives (bytes and seconds by operation) and step times, labelled
+  // with its rank, the group size and the mode.
+  for (GroupProcs* g : {&heads, &seq}) {
+    for (size_t r = 0; r < g->ranks.size(); ++r) {
+      const std::string m = HttpGet(g->ranks[r].metrics_port, "/metrics");
+      const std::string mode = g == &heads ? "heads" : "sequence";
+      const std::vector<std::string> labels = {absl::StrCat("rank=\"", r, "\""), "group_size=\"2\"",
+                                               absl::StrCat("shard_mode=\"", mode, "\"")};
+      EXPECT_GT(MetricValue(m, "sqa_worker_collective_bytes_total", labels), 0) << m;
+      EXPECT_GT(MetricValue(m, "sqa_worker_group_step_duration_seconds_count", labels), 0) << m;
+    }
   }
 
   // Kill the follower of whichever group runs a long stream.

@@ -337,7 +337,7 @@ absl::Status Engine::StopGroup() {
   return I.Collective("stop plan", SendPlan(*I.control, plan));
 }
 
-absl::Status Engine::ServeFollower() {
+absl::Status Engine::ServeFollower(const std::function<void(double seconds)>& after_step) {
   Impl& I = *impl_;
   if (I.world <= 1 || I.rank == 0) return absl::FailedPreconditionError("ServeFollower is for ranks > 0 of a group");
   while (true) {
@@ -366,7 +366,9 @@ absl::Status Engine::ServeFollower() {
           sg.hidden_state = ps.hidden_state;
           segs.push_back(sg);
         }
+        const auto t0 = std::chrono::steady_clock::now();
         absl::StatusOr<Logits> out = I.Forward(segs);
+        if (after_step) after_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         if (!out.ok() && I.broken) return out.status();
         if (!out.ok()) SQA_VLOG(1) << "rank " << I.rank << ": step refused: " << out.status();
         break;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <unordered_map>
 #include <vector>
@@ -89,7 +90,8 @@ class Engine {
   int world_size() const;
   ShardMode shard_mode() const;
   bool group_ok() const;
-  absl::Status ServeFollower();
+  // `after_step`, when set, gets the wall time of every step this follower ran.
+  absl::Status ServeFollower(const std::function<void(double seconds)>& after_step = nullptr);
   absl::Status StopGroup();  // leader; idempotent; also done by the destructor
 
  private:

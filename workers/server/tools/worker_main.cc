@@ -17,6 +17,7 @@
 #include "workers/engine/engine.h"
 #include "workers/engine/model/model.h"
 #include "workers/server/group.h"
+#include "workers/server/group_metrics.h"
 #include "workers/server/scheduler.h"
 #include "workers/server/worker_config.h"
 #include "workers/server/worker_metrics.h"
@@ -31,8 +32,22 @@ int Fail(const absl::Status& st) {
 
 // A follower rank (> 0) of a group: answers health checks and runs the leader's steps until the
 // leader stops the group (exit 0) or the group breaks (exit 1).
+std::vector<const sqa::Communicator*> Communicators(sqa::worker::Group& group) {
+  std::vector<const sqa::Communicator*> v = {group.control()};
+  if (group.data() != group.control()) v.push_back(group.data());
+  return v;
+}
+
 int RunFollower(const sqa::worker::WorkerConfig& cfg, sqa::Engine& engine, sqa::worker::Group& group) {
   using namespace sqa;
+  MetricsOptions mo;
+  mo.host = cfg.metrics_host;
+  mo.port = cfg.metrics_port;
+  mo.port_file = cfg.metrics_port_file;
+  absl::StatusOr<std::unique_ptr<MetricsServer>> metrics_server = MetricsServer::Start(mo, ProcessRegistry());
+  if (!metrics_server.ok()) return Fail(metrics_server.status());
+  worker::GroupMetrics group_metrics(*ProcessRegistry(), cfg.group, cfg.rank, cfg.world, cfg.shard,
+                                     Communicators(group));
   ServerOptions opts;
   opts.host = cfg.host;
   opts.port = cfg.port;
@@ -56,7 +71,7 @@ int RunFollower(const sqa::worker::WorkerConfig& cfg, sqa::Engine& engine, sqa::
   std::fprintf(stderr, "worker rank %d of group %s listening on %s\n", cfg.rank, cfg.group.c_str(),
                (*server)->address().c_str());
   std::fflush(stderr);
-  absl::Status st = engine.ServeFollower();
+  absl::Status st = engine.ServeFollower([&group_metrics](double seconds) { group_metrics.Observe(seconds); });
   (*server)->Shutdown(absl::Milliseconds(200));
   if (!st.ok()) {
     SQA_LOG(ERROR) << "group stopped with an error: " << st;
@@ -134,6 +149,12 @@ int main(int argc, char** argv) {
   so.max_batch_tokens = cfg->max_batch_tokens;
   so.max_queued = cfg->max_queued;
   so.whole_prompts = cfg->world > 1 && cfg->shard == "sequence";
+  std::unique_ptr<worker::GroupMetrics> group_metrics;
+  if (group != nullptr) {
+    group_metrics = std::make_unique<worker::GroupMetrics>(*ProcessRegistry(), cfg->group, 0, cfg->world, cfg->shard,
+                                                           Communicators(*group));
+    so.on_step = [gm = group_metrics.get()](const worker::StepInfo& step) { gm->Observe(step.seconds); };
+  }
   absl::StatusOr<std::unique_ptr<worker::Scheduler>> scheduler =
       worker::Scheduler::Create(std::move(*engine), so, &metrics);
   if (!scheduler.ok()) return Fail(scheduler.status());
