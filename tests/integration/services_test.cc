@@ -691,6 +691,50 @@ std::vector<pid_t> WorkerPids(const std::string& log) {
   return pids;
 }
 
+// sqa-local forms groups: 4 workers as 2 sequence-sharded groups of 2 behind its router.
+TEST(LocalTest, FormsGroups) {
+  char tmpl[] = "/tmp/sqa-local-groups-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::string model = dir + "/model";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--layout", "GQA", "--out", model}, dir + "/mk.log"), 0);
+  auto local = ChildProcess::Spawn({Bin("sqa-local"), "--model", model, "--workers", "4", "--group-size", "2", "--shard",
+                                    "sequence", "--port", "0", "--port-file", dir + "/local.port", "--metrics-port",
+                                    "0", "--threads-per-worker", "1"},
+                                   dir + "/local.log");
+  ASSERT_TRUE(local.ok()) << local.status();
+  auto port = WaitForPortFile(dir + "/local.port", absl::Seconds(90));
+  ASSERT_TRUE(port.ok()) << router::TailOfFile(dir + "/local.log");
+  const std::vector<int32_t> prompt = {9, 8, 7, 6, 5, 4, 3, 2, 1};
+  const std::string out = dir + "/run.json";
+  ASSERT_EQ(RunToCompletion({Bin("sqa-run"), "--model", model, "--prompt-tokens", absl::StrJoin(prompt, ","),
+                             "--generate", "12", "--tokens-out", out, "--threads", "1"},
+                            out + ".log"),
+            0);
+  std::ifstream in(out);
+  const auto expected = nlohmann::json::parse(in)["sequences"][0]["generated"].get<std::vector<int32_t>>();
+  auto c = Client(*port);
+  for (int i = 0; i < 3; ++i) {
+    auto r = c->Generate(Request(prompt, 12), absl::Now() + absl::Seconds(30));
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->tokens, expected);
+  }
+  auto info = c->GetModelInfo();
+  ASSERT_TRUE(info.ok()) << info.status();
+  ASSERT_GE(info->pools_size(), 1);
+  EXPECT_EQ(info->pools(0).healthy_groups(), 2);
+  EXPECT_EQ(info->pools(0).group_size(), 2);
+  EXPECT_EQ(info->pools(0).shard_mode(), "sequence");
+  (*local)->Signal(SIGTERM);
+  const absl::Time end = absl::Now() + absl::Seconds(30);
+  while ((*local)->Running() && absl::Now() < end) absl::SleepFor(absl::Milliseconds(20));
+  ASSERT_FALSE((*local)->Running());
+  EXPECT_TRUE(WIFEXITED((*local)->wait_status()) && WEXITSTATUS((*local)->wait_status()) == 0)
+      << router::TailOfFile(dir + "/local.log");
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
+}
+
 // sqa-local: serves, stops its workers on SIGTERM, and its workers die with it on SIGKILL.
 TEST(LocalTest, ServesAndLeavesNoOrphans) {
   char tmpl[] = "/tmp/sqa-local-test-XXXXXX";
