@@ -1,10 +1,13 @@
 #include "services/metrics.h"
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
@@ -21,6 +24,17 @@ namespace sqa {
 std::shared_ptr<prometheus::Registry> ProcessRegistry() {
   static auto* registry = new std::shared_ptr<prometheus::Registry>(std::make_shared<prometheus::Registry>());
   return *registry;
+}
+
+// The exposer's HTTP server (Debian's civetweb) starts its threads with a small fixed stack. glibc
+// carves static TLS out of every thread's stack, and CUDA's cuBLASLt brings about 94 KB of it, so in
+// a process linked with the CUDA backend civetweb's pthread_create fails with EINVAL ("Cannot
+// create first worker thread"). Interposing pthread_attr_setstacksize (the executable's definition
+// wins over libc's for civetweb's call) raises any requested stack below 1 MiB to 1 MiB.
+extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) {
+  using Fn = int (*)(pthread_attr_t*, size_t);
+  static const Fn real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
+  return real(attr, std::max<size_t>(size, size_t{1} << 20));
 }
 
 absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
