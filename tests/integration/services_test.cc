@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -26,6 +27,7 @@
 #include "router/launcher.h"
 #include "services/client/client.h"
 #include "services/port_file.h"
+#include "workers/engine/npy.h"
 #include "sqa/v1/worker.grpc.pb.h"
 
 namespace sqa {
@@ -557,6 +559,13 @@ GroupProcs StartGroup(const std::string& dir, const std::string& model, const st
   return g;
 }
 
+void StopGroupProcs(GroupProcs& g) {
+  // The leader stops first (it stops the group); its followers then exit on their own.
+  if (!g.ranks.empty() && g.ranks[0].child) g.ranks[0].child->Stop(absl::Seconds(10));
+  for (size_t r = 1; r < g.ranks.size(); ++r)
+    if (g.ranks[r].child) g.ranks[r].child->Stop(absl::Seconds(10));
+}
+
 bool WaitNotServing(int port, absl::Duration timeout) {
   auto c = Client(port, "worker");
   const absl::Time end = absl::Now() + timeout;
@@ -660,11 +669,7 @@ TEST(GroupTest, ShardedGroupsServeExactlyAndAFollowerDeathIsResumedElsewhere) {
   EXPECT_TRUE(after.ok()) << after.status();
 
   router.child->Stop(absl::Seconds(10));
-  for (GroupProcs* g : {&heads, &seq}) {
-    // The leader stops first (it stops the group); its followers then exit on their own.
-    g->ranks[0].child->Stop(absl::Seconds(10));
-    for (size_t r = 1; r < g->ranks.size(); ++r) g->ranks[r].child->Stop(absl::Seconds(10));
-  }
+  for (GroupProcs* g : {&heads, &seq}) StopGroupProcs(*g);
   std::error_code ec;
   if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
 }
@@ -689,6 +694,96 @@ std::vector<pid_t> WorkerPids(const std::string& log) {
     if (absl::SimpleAtoi(rest.substr(0, rest.find(' ')), &pid)) pids.push_back(pid);
   }
   return pids;
+}
+
+std::vector<float> LogSoftmaxRow(const float* row, int64_t n) {
+  double m = row[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, static_cast<double>(row[i]));
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += std::exp(row[i] - m);
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = static_cast<float>(row[i] - m - std::log(s));
+  return out;
+}
+
+// Groups of 2, 3 and 4 real worker processes in both modes, for every layout, against sqa-run on
+// one process: the last prompt position's logits and every prompt log-probability (Encode), and
+// the greedy tokens with their log-probabilities over decode steps (Generate), within fp32
+// tolerance.
+TEST(GroupTest, EveryLayoutAndGroupSizeMatchesOneProcess) {
+  char tmpl[] = "/tmp/sqa-group-layouts-XXXXXX";
+  ASSERT_NE(mkdtemp(tmpl), nullptr);
+  const std::string dir = tmpl;
+  const std::vector<int32_t> prompt = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79, 50, 28, 84};
+  const int kGenerate = 6;
+  for (const char* layout : {"MHA", "GQA", "MQA", "SQA", "sSQA", "xSQA", "xSMQA", "rSQA"}) {
+    // 16 heads split every layout over 2 and 4 ranks, 12 heads over 3.
+    for (int heads : {16, 12}) {
+      const std::string model = absl::StrCat(dir, "/", layout, "-", heads);
+      ASSERT_EQ(RunToCompletion({Bin("sqa-mkmodel"), "--preset", "tiny", "--layout", layout, "--heads",
+                                 absl::StrCat(heads), "--hidden", absl::StrCat(heads * 8), "--intermediate", "192",
+                                 "--seed", "4", "--out", model},
+                                model + ".log"),
+                0)
+          << router::TailOfFile(model + ".log");
+      const std::string run = model + "-run";
+      ASSERT_EQ(RunToCompletion({Bin("sqa-run"), "--model", model, "--prompt-tokens", absl::StrJoin(prompt, ","),
+                                 "--generate", absl::StrCat(kGenerate), "--logits-out", run + ".npy",
+                                 "--decode-logits-out", run + "-decode.npy", "--tokens-out", run + ".json",
+                                 "--threads", "1"},
+                                run + ".log"),
+                0)
+          << router::TailOfFile(run + ".log");
+      auto logits = ReadNpyF32(run + ".npy");
+      auto decode = ReadNpyF32(run + "-decode.npy");
+      ASSERT_TRUE(logits.ok() && decode.ok());
+      std::ifstream in(run + ".json");
+      const auto tokens = nlohmann::json::parse(in)["sequences"][0]["generated"].get<std::vector<int32_t>>();
+      const int64_t vocab = logits->shape[1];
+      const int64_t last = static_cast<int64_t>(prompt.size()) - 1;
+      double scale = 0;
+      for (float v : logits->data) scale = std::max(scale, std::abs(static_cast<double>(v)));
+
+      for (int world : heads == 16 ? std::vector<int>{2, 4} : std::vector<int>{3}) {
+        for (const char* mode : {"heads", "sequence"}) {
+          SCOPED_TRACE(absl::StrCat(layout, " H=", heads, " P=", world, " ", mode));
+          GroupProcs g = StartGroup(dir, model, absl::StrCat(layout, heads, mode, world), world, mode);
+          ASSERT_GT(g.ranks[0].port, 0);
+          auto c = Client(g.ranks[0].port, "worker");
+          v1::EncodeRequest er;
+          er.mutable_prompt_tokens()->Assign(prompt.begin(), prompt.end());
+          er.set_return_prompt_logprobs(true);
+          auto enc = c->Encode(er, absl::Now() + absl::Seconds(30));
+          ASSERT_TRUE(enc.ok()) << enc.status() << "\n" << router::TailOfFile(g.ranks[0].log);
+          ASSERT_EQ(enc->values_size(), vocab);
+          double err = 0;
+          for (int64_t v = 0; v < vocab; ++v)
+            err = std::max(err, std::abs(static_cast<double>(enc->values(static_cast<int>(v))) -
+                                         logits->data[static_cast<size_t>(last * vocab + v)]));
+          EXPECT_LE(err / scale, 1e-4) << "last-position logits";
+          ASSERT_EQ(enc->prompt_logprobs_size(), last);
+          for (int64_t i = 1; i <= last; ++i) {
+            const auto lp = LogSoftmaxRow(logits->data.data() + (i - 1) * vocab, vocab);
+            EXPECT_NEAR(enc->prompt_logprobs(static_cast<int>(i - 1)), lp[static_cast<size_t>(prompt[i])], 1e-3)
+                << "prompt position " << i;
+          }
+          v1::GenerateRequest gr = Request(prompt, kGenerate);
+          gr.set_return_logprobs(true);
+          auto gen = c->Generate(gr, absl::Now() + absl::Seconds(30));
+          ASSERT_TRUE(gen.ok()) << gen.status();
+          EXPECT_EQ(gen->tokens, tokens);
+          ASSERT_EQ(gen->logprobs.size(), tokens.size());
+          for (size_t t = 1; t < tokens.size(); ++t) {  // token t was sampled from decode row t-1
+            const auto lp = LogSoftmaxRow(decode->data.data() + (t - 1) * vocab, vocab);
+            EXPECT_NEAR(gen->logprobs[t], lp[static_cast<size_t>(tokens[t])], 1e-3) << "decode step " << t;
+          }
+          StopGroupProcs(g);
+        }
+      }
+    }
+  }
+  std::error_code ec;
+  if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir, ec);
 }
 
 // sqa-local forms groups: 4 workers as 2 sequence-sharded groups of 2 behind its router.
