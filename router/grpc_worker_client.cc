@@ -8,6 +8,7 @@
 #include "grpcpp/client_context.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/generic/generic_stub.h"
+#include "services/health_client.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/client_callback.h"
@@ -173,18 +174,7 @@ class GrpcWorkerClient final : public WorkerClient {
     call->request = grpc::ByteBuffer(&empty, 1);
     generic_->UnaryCall(&call->ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(),
                         &call->request, &call->response, [call](grpc::Status s) {
-                          bool serving = false;
-                          if (s.ok()) {
-                            std::vector<grpc::Slice> slices;
-                            std::string bytes;
-                            if (call->response.Dump(&slices).ok()) {
-                              for (const auto& sl : slices) {
-                                bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-                              }
-                            }
-                            // SERVING = 1: bytes 0x08 0x01.
-                            serving = bytes.size() >= 2 && bytes[0] == 0x08 && bytes[1] == 0x01;
-                          }
+                          const bool serving = s.ok() && HealthResponseIsServing(call->response);
                           call->done(s, serving);
                           delete call;
                         });

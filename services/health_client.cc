@@ -10,6 +10,16 @@
 
 namespace sqa {
 
+bool HealthResponseIsServing(const grpc::ByteBuffer& response) {
+  std::vector<grpc::Slice> slices;
+  std::string bytes;
+  if (response.Dump(&slices).ok()) {
+    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  // HealthCheckResponse{status = SERVING (1)}: field 1, varint 1.
+  return bytes.size() >= 2 && bytes[0] == 0x08 && bytes[1] == 0x01;
+}
+
 absl::StatusOr<bool> CheckHealthServing(const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout) {
   grpc::GenericStub stub(channel);
   grpc::ClientContext ctx;
@@ -32,13 +42,7 @@ absl::StatusOr<bool> CheckHealthServing(const std::shared_ptr<grpc::Channel>& ch
     cv.wait(lock, [&] { return done; });
   }
   if (!status.ok()) return FromGrpcStatus(status);
-  std::vector<grpc::Slice> slices;
-  std::string bytes;
-  if (response.Dump(&slices).ok()) {
-    for (const auto& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  // HealthCheckResponse{status = SERVING (1)}: field 1, varint 1.
-  return bytes.size() >= 2 && bytes[0] == 0x08 && bytes[1] == 0x01;
+  return HealthResponseIsServing(response);
 }
 
 }  // namespace sqa

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <grpcpp/channel.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include <memory>
 
@@ -10,6 +11,9 @@
 #include "absl/time/time.h"
 
 namespace sqa {
+
+// Whether an encoded grpc.health.v1.HealthCheckResponse says SERVING.
+bool HealthResponseIsServing(const grpc::ByteBuffer& response);
 
 // True for SERVING, false for any other status; an error when the call fails.
 absl::StatusOr<bool> CheckHealthServing(const std::shared_ptr<grpc::Channel>& channel, absl::Duration timeout);
