@@ -352,9 +352,6 @@ absl::Status Engine::ServeFollower(const std::function<void(double seconds)>& af
       case StepPlan::Kind::kRelease:
         Release(plan->seq);
         break;
-      case StepPlan::Kind::kNewSequence:
-        I.seqs.try_emplace(plan->seq);
-        break;
       case StepPlan::Kind::kForward: {
         std::vector<Segment> segs;
         for (const PlanSegment& ps : plan->segments) {

@@ -56,7 +56,7 @@ absl::StatusOr<StepPlan> DecodePlan(const std::string& bytes) {
   uint32_t magic = 0, kind = 0;
   uint64_t nseg = 0;
   StepPlan p;
-  if (!r.Get(&magic) || magic != kMagic || !r.Get(&kind) || kind < 1 || kind > 4 || !r.Get(&p.seq) || !r.Get(&nseg)) {
+  if (!r.Get(&magic) || magic != kMagic || !r.Get(&kind) || (kind != 1 && kind != 3 && kind != 4) || !r.Get(&p.seq) || !r.Get(&nseg)) {
     return absl::InternalError("malformed step plan header");
   }
   p.kind = static_cast<StepPlan::Kind>(kind);

@@ -20,9 +20,10 @@ struct PlanSegment {
 };
 
 struct StepPlan {
-  enum class Kind : uint32_t { kForward = 1, kNewSequence = 2, kRelease = 3, kStop = 4 };
+  // Followers create a sequence when a forward plan first names it, so there is no "new" plan.
+  enum class Kind : uint32_t { kForward = 1, kRelease = 3, kStop = 4 };
   Kind kind = Kind::kForward;
-  int64_t seq = 0;                    // kNewSequence, kRelease
+  int64_t seq = 0;                    // kRelease
   std::vector<PlanSegment> segments;  // kForward
 };
 
