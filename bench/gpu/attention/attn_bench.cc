@@ -7,6 +7,7 @@
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
 //                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
+//                       [--kernels wgmma,mma]   (prefill kernels to time, side by side)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -123,6 +124,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> layout_filter;
   std::vector<std::string> decode_layouts = {"MHA", "GQA", "MQA", "SQA", "xSQA"};
   bool paged = true;
+  std::vector<std::string> kernels = {"wgmma", "mma"};
   double decode_max_gb = 40.0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -139,6 +141,18 @@ int main(int argc, char** argv) {
     else if (a == "--decode-batch") decode_batch = ParseList(next());
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--no-paged") paged = false;
+    else if (a == "--kernels") {
+      kernels.clear();
+      std::stringstream ss(next());
+      std::string t;
+      while (std::getline(ss, t, ',')) {
+        if (t != "wgmma" && t != "mma") {
+          std::fprintf(stderr, "--kernels takes wgmma and/or mma, not %s\n", t.c_str());
+          return 2;
+        }
+        kernels.push_back(t);
+      }
+    }
     else if (a == "--layouts") {
       std::stringstream ss(next());
       std::string t;
@@ -177,7 +191,7 @@ int main(int argc, char** argv) {
     return layout_filter.empty() || std::find(layout_filter.begin(), layout_filter.end(), name) != layout_filter.end();
   };
 
-  std::printf("%-6s %8s %-10s %10s %9s\n", "layout", "N", "variant", "ms", "TFLOP/s");
+  std::printf("%-6s %8s %-10s %-6s %10s %9s\n", "layout", "N", "variant", "kernel", "ms", "TFLOP/s");
   for (int64_t n : prefill_n) {
     for (const Layout& L : kAllLayouts) {
       if (!wanted(L.name)) continue;
@@ -228,15 +242,18 @@ int main(int argc, char** argv) {
         p.causal = true;
         p.out = o;
         p.lse = lse;
-        const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
-        CK(cudaGetLastError());
-        const double tf = flops / (ms * 1e-3) / 1e12;
-        const char* vname = variant == 0 ? "contiguous" : "paged64";
-        std::printf("%-6s %8lld %-10s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname, ms, tf);
-        std::fflush(stdout);
-        out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},
-                                  {"variant", vname}, {"ms", ms}, {"tflops", tf}, {"reps", reps}});
-        save();
+        for (const std::string& kname : kernels) {
+          p.kernel = kname == "mma" ? sqa::cuda::PrefillKernel::kMmaSync : sqa::cuda::PrefillKernel::kWgmma;
+          const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
+          CK(cudaGetLastError());
+          const double tf = flops / (ms * 1e-3) / 1e12;
+          const char* vname = variant == 0 ? "contiguous" : "paged64";
+          std::printf("%-6s %8lld %-10s %-6s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname, kname.c_str(), ms, tf);
+          std::fflush(stdout);
+          out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},
+                                    {"variant", vname}, {"kernel", kname}, {"ms", ms}, {"tflops", tf}, {"reps", reps}});
+          save();
+        }
         if (variant == 1) {
           CK(cudaFree(table));
           CK(cudaFree(pk));

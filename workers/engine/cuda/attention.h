@@ -2,7 +2,7 @@
 //
 // Files that belong to target sqa_engine_cuda (self-contained; they need only CUDA::cudart,
 // absl::status and absl::strings):
-//   workers/engine/cuda/attention_prefill.cu
+//   workers/engine/cuda/attention_prefill.cu, attention_prefill_wgmma.cu
 //   workers/engine/cuda/attention_decode.cu
 //   workers/engine/cuda/attention_merge.cu
 // (attention_internal.cuh is their private header of device helpers.)
@@ -47,6 +47,10 @@ struct KvView {
   int block_size = 64;
 };
 
+// Which prefill kernel runs. kAuto is the wgmma kernel (sm_90a warpgroup MMA); kMmaSync is the
+// earlier mma.sync kernel, kept for comparison in tests and benchmarks.
+enum class PrefillKernel { kAuto, kWgmma, kMmaSync };
+
 struct PrefillParams {
   const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1
   int64_t n = 0;
@@ -60,6 +64,7 @@ struct PrefillParams {
   float scale = 0.f;        // 0 means 1/sqrt(head_dim)
   void* out = nullptr;      // bf16 [n, Ha, dh]
   float* lse = nullptr;     // optional f32 [n, Ha]
+  PrefillKernel kernel = PrefillKernel::kAuto;
 };
 
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.

@@ -11,8 +11,12 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
+#include "workers/engine/cuda/attention.h"
 
 namespace sqa::cuda::attn_detail {
+
+// The wgmma prefill kernel (attention_prefill_wgmma.cu); `p` is already validated.
+absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream);
 
 using bf16 = __nv_bfloat16;
 

@@ -1,5 +1,7 @@
 // Chunked causal flash attention (prefill) for sm_90: FlashAttention-2 style on mma.sync
-// m16n8k16 (bf16 in, f32 accumulate), cp.async double-buffered K/V tiles.
+// m16n8k16 (bf16 in, f32 accumulate), cp.async double-buffered K/V tiles. The launcher validates
+// the parameters for both prefill kernels and hands the default case to the wgmma kernel
+// (attention_prefill_wgmma.cu); this kernel runs for PrefillKernel::kMmaSync.
 //
 // Work decomposition. The query heads that share one KV head are packed into the M dimension:
 // packed row m of KV head kvh is (token m / g, attention head kvh * g + m % g) with g = Ha / Hkv,
@@ -329,6 +331,7 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
   if (p.q == nullptr || p.out == nullptr || (p.kv_len > 0 && (p.kv.k == nullptr || p.kv.v == nullptr))) {
     return absl::InvalidArgumentError("attention prefill: null tensor pointer");
   }
+  if (p.kernel != PrefillKernel::kMmaSync) return attn_detail::LaunchPrefillWgmma(p, stream);
   PrefillKernelArgs a{};
   a.q = static_cast<const bf16*>(p.q);
   a.k = static_cast<const bf16*>(p.kv.k);

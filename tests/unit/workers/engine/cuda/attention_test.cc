@@ -220,6 +220,10 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       {128, 77, 300, 377, true, true, 64},    {64, 150, 45, 195, true, false, 0},
       {128, 96, 0, 333, false, true, 48},     {128, 257, 11, 268, true, false, 0},
       {64, 1, 500, 501, true, true, 64},      {128, 300, 700, 1000, true, true, 128},
+      // Several 128-key tiles: block sizes that are multiples of 64 but not of 128, odd chunk
+      // starts, and a chunk longer than one 128-row tile per KV head.
+      {128, 600, 0, 600, true, true, 192},    {64, 513, 100, 613, true, true, 64},
+      {128, 260, 389, 649, true, false, 0},   {128, 130, 0, 700, false, true, 16},
   };
   for (const Layout& L : kLayouts) {
     for (const PrefillCase& c : cases) {
@@ -254,35 +258,39 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       dk.Upload(kdev_h);
       dv.Upload(vdev_h);
       if (!table.empty()) dtable.Upload(table);
-      dout.Poison();
-      dlse.Poison();
-      PrefillParams p;
-      p.q = dq.p;
-      p.n = c.n;
-      p.q_pos0 = c.q_pos0;
-      p.kv.k = dk.p;
-      p.kv.v = dv.p;
-      p.kv.block_table = c.paged ? dtable.p : nullptr;
-      p.kv.block_size = c.paged ? c.bs : 64;
-      p.kv_len = c.kv_len;
-      p.num_q_heads = L.hq;
-      p.num_kv_heads = L.hkv;
-      p.head_dim = c.dh;
-      p.causal = c.causal;
-      p.out = dout.p;
-      p.lse = dlse.p;
-      ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
-      ASSERT_CUDA(cudaStreamSynchronize(stream_));
       std::vector<double> ref, ref_lse;
       ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, c.causal, 1.0 / std::sqrt(double(c.dh)), &ref,
                          &ref_lse);
-      auto got = dout.Download();
-      auto got_lse = dlse.Download();
-      Errors e = Compare(got, ref, &got_lse, &ref_lse);
-      EXPECT_EQ(e.nonfinite, 0);
-      EXPECT_LT(e.rel, 1e-2);
-      EXPECT_LT(e.max_abs, 5e-2);
-      EXPECT_LT(e.lse_max, 1e-2);
+      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kMmaSync}) {
+        SCOPED_TRACE(kernel == PrefillKernel::kAuto ? "wgmma kernel" : "mma.sync kernel");
+        dout.Poison();
+        dlse.Poison();
+        PrefillParams p;
+        p.q = dq.p;
+        p.n = c.n;
+        p.q_pos0 = c.q_pos0;
+        p.kv.k = dk.p;
+        p.kv.v = dv.p;
+        p.kv.block_table = c.paged ? dtable.p : nullptr;
+        p.kv.block_size = c.paged ? c.bs : 64;
+        p.kv_len = c.kv_len;
+        p.num_q_heads = L.hq;
+        p.num_kv_heads = L.hkv;
+        p.head_dim = c.dh;
+        p.causal = c.causal;
+        p.out = dout.p;
+        p.lse = dlse.p;
+        p.kernel = kernel;
+        ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
+        ASSERT_CUDA(cudaStreamSynchronize(stream_));
+        auto got = dout.Download();
+        auto got_lse = dlse.Download();
+        Errors e = Compare(got, ref, &got_lse, &ref_lse);
+        EXPECT_EQ(e.nonfinite, 0);
+        EXPECT_LT(e.rel, 1e-2);
+        EXPECT_LT(e.max_abs, 5e-2);
+        EXPECT_LT(e.lse_max, 1e-2);
+      }
     }
   }
 }
