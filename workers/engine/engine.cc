@@ -162,6 +162,20 @@ struct Engine::Impl {
   std::vector<int32_t> ring_table;
   std::vector<int64_t> ring_slots;
 
+  // Where this rank's time goes (shard/timings.h).
+  GroupTimings timing;
+  bool time_attention = false;
+  double CommSeconds() const;  // control's and data's collective seconds so far
+  // Runs `f`, a collective the engine thread waits on, and counts its seconds as exposed.
+  template <class F>
+  absl::Status Blocking(F&& f) {
+    const double before = CommSeconds();
+    absl::Status st = f();
+    timing.exposed_comm_seconds += CommSeconds() - before;
+    return st;
+  }
+  absl::StatusOr<Logits> TimedForward(absl::Span<const Segment> segments);
+
   absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
   absl::Status RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> segments);
   absl::Status Collective(const char* what, const absl::Status& st);
@@ -215,6 +229,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(std::shared_ptr<const Mod
   impl->mode = options.group.mode;
   impl->control = options.group.control;
   impl->data = options.group.data != nullptr ? options.group.data : options.group.control;
+  impl->time_attention = options.group.time_attention;
   if (impl->control != nullptr) {
     impl->rank = impl->control->rank();
     impl->world = impl->control->world_size();
@@ -317,6 +332,29 @@ int Engine::rank() const { return impl_->rank; }
 int Engine::world_size() const { return impl_->world; }
 ShardMode Engine::shard_mode() const { return impl_->mode; }
 bool Engine::group_ok() const { return !impl_->broken; }
+const GroupTimings& Engine::group_timings() const { return impl_->timing; }
+
+double Engine::Impl::CommSeconds() const {
+  double s = 0;
+  for (const Communicator* c : {control, data == control ? nullptr : data}) {
+    if (c == nullptr) continue;
+    const CollectiveStats& st = c->stats();
+    s += st.broadcast.seconds + st.all_reduce.seconds + st.all_gather.seconds + st.send_recv.seconds;
+  }
+  return s;
+}
+
+absl::StatusOr<Logits> Engine::Impl::TimedForward(absl::Span<const Segment> segments) {
+  const auto t0 = std::chrono::steady_clock::now();
+  absl::StatusOr<Logits> out = Forward(segments);
+  // A follower's pass ends with device work still queued (the leader's ends copying logits out).
+  if (out.ok() && world > 1 && rank != 0) {
+    if (absl::Status st = backend->Synchronize(); !st.ok()) out = st;
+  }
+  ++timing.steps;
+  timing.step_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
 
 absl::Status Engine::Impl::Collective(const char* what, const absl::Status& st) {
   if (st.ok()) return st;
@@ -364,7 +402,7 @@ absl::Status Engine::ServeFollower(const std::function<void(double seconds)>& af
           segs.push_back(sg);
         }
         const auto t0 = std::chrono::steady_clock::now();
-        absl::StatusOr<Logits> out = I.Forward(segs);
+        absl::StatusOr<Logits> out = I.TimedForward(segs);
         if (after_step) after_step(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         if (!out.ok() && I.broken) return out.status();
         if (!out.ok()) SQA_VLOG(1) << "rank " << I.rank << ": step refused: " << out.status();
@@ -403,7 +441,7 @@ int64_t Engine::SequenceLength(SeqId seq) const {
   return it == impl_->seqs.end() ? 0 : it->second.len;
 }
 
-absl::StatusOr<Logits> Engine::Forward(absl::Span<const Segment> segments) { return impl_->Forward(segments); }
+absl::StatusOr<Logits> Engine::Forward(absl::Span<const Segment> segments) { return impl_->TimedForward(segments); }
 
 absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments) {
   if (segments.empty()) return absl::InvalidArgumentError("Forward: no segments");
@@ -459,13 +497,14 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
       ps.tokens.assign(s.tokens.begin(), s.tokens.end());
       plan.segments.push_back(std::move(ps));
     }
-    SQA_RETURN_IF_ERROR(Collective("step plan", SendPlan(*control, plan)));
+    SQA_RETURN_IF_ERROR(Collective("step plan", Blocking([&] { return SendPlan(*control, plan); })));
   }
   bool short_of_blocks = need_blocks > pool->num_free();
   if (sequence_group()) {
     // Ranks store different tokens: agree on whether every rank has room.
     float flag = short_of_blocks ? 1.f : 0.f;
-    SQA_RETURN_IF_ERROR(Collective("capacity agreement", control->AllReduceSum(&flag, 1, DType::kF32)));
+    SQA_RETURN_IF_ERROR(Collective("capacity agreement",
+                                   Blocking([&] { return control->AllReduceSum(&flag, 1, DType::kF32); })));
     short_of_blocks = flag > 0.f;
   }
   if (short_of_blocks) {
@@ -578,7 +617,8 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
       SQA_ASSIGN_OR_RETURN(TensorView hl, h_buf.View(*backend, {gather_stride, d}, act));
       SQA_ASSIGN_OR_RETURN(TensorView g, gath_h_buf.View(*backend, {world * gather_stride, d}, act));
       SQA_RETURN_IF_ERROR(backend->Synchronize());
-      SQA_RETURN_IF_ERROR(Collective("hidden-state gather", data->AllGather(hl.data, hl.nbytes(), g.data)));
+      SQA_RETURN_IF_ERROR(
+          Collective("hidden-state gather", Blocking([&] { return data->AllGather(hl.data, hl.nbytes(), g.data); })));
       return g;
     }();
     if (!gathered.ok()) return fail(gathered.status());
@@ -732,6 +772,13 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     if (sequence_group()) {
       for (const PrefillPiece& pc : pieces) SQA_RETURN_IF_ERROR(RingPrefill(l, pc, q, k, v, attn));
     } else {
+      // Timed only on request: the two synchronizations cost a little on every layer.
+      const bool timed = time_attention && static_cast<int64_t>(ordered.size()) > num_decode;
+      std::chrono::steady_clock::time_point attn0;
+      if (timed) {
+        SQA_RETURN_IF_ERROR(be.Synchronize());
+        attn0 = std::chrono::steady_clock::now();
+      }
       int64_t row = num_decode;
       for (size_t i = static_cast<size_t>(num_decode); i < ordered.size(); ++i) {
         const Segment& s = ordered[i];
@@ -747,6 +794,10 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
         pa.out = SubRows(attn, row, {n, ha, dh});
         SQA_RETURN_IF_ERROR(be.AttentionPrefill(pa));
         row += n;
+      }
+      if (timed) {
+        SQA_RETURN_IF_ERROR(be.Synchronize());
+        timing.attention_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - attn0).count();
       }
     }
     SQA_RETURN_IF_ERROR(be.Linear(attn, w.o.view, tmp));
@@ -765,7 +816,8 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
 
 absl::Status Engine::Impl::AllReduceRows(const TensorView& t) {
   SQA_RETURN_IF_ERROR(backend->Synchronize());  // the collective runs on its own stream
-  return Collective("all-reduce", data->AllReduceSum(t.data, static_cast<size_t>(t.numel()), t.dtype));
+  return Collective("all-reduce",
+                    Blocking([&] { return data->AllReduceSum(t.data, static_cast<size_t>(t.numel()), t.dtype); }));
 }
 
 // Decode in a sequence group: every rank attends the new queries to the keys it stores; the
@@ -788,8 +840,10 @@ absl::Status Engine::Impl::DecodeAttentionGroup(int64_t layer, const TensorView&
   da.lse = pl.as<float>();
   SQA_RETURN_IF_ERROR(be.AttentionDecode(da));
   SQA_RETURN_IF_ERROR(be.Synchronize());
-  SQA_RETURN_IF_ERROR(Collective("decode all-gather", data->AllGather(po.data, po.nbytes(), go.data)));
-  SQA_RETURN_IF_ERROR(Collective("decode all-gather", data->AllGather(pl.data, pl.nbytes(), gl.data)));
+  SQA_RETURN_IF_ERROR(Collective("decode all-gather", Blocking([&] {
+    absl::Status st = data->AllGather(po.data, po.nbytes(), go.data);
+    return st.ok() ? data->AllGather(pl.data, pl.nbytes(), gl.data) : st;
+  })));
   std::vector<TensorView> outs;
   std::vector<const float*> lses;
   for (int r = 0; r < world; ++r) {
@@ -860,18 +914,22 @@ absl::Status Engine::Impl::RingPrefill(int64_t layer, const PrefillPiece& pc, co
     const int64_t src_rows = (sa1 - sa0) + (sb1 - sb0);
     SQA_RETURN_IF_ERROR(be.Synchronize());  // cur_k/cur_v complete before the transfer reads them
     std::future<absl::Status> xfer;
+    double xfer_seconds = 0;  // the transfer's own collective seconds, set by its thread
     TensorView next_k = bufk[spare], next_v = bufv[spare];
     if (step + 1 < world) {
       const int from = (rank + world - 1) % world, to = (rank + 1) % world;
       const int64_t in_rows = z.tokens_of((rank - step - 1 + 2 * world) % world, world);
       const size_t out_bytes = static_cast<size_t>(src_rows * row_elems) * DTypeSize(act);
       const size_t in_bytes = static_cast<size_t>(in_rows * row_elems) * DTypeSize(act);
-      xfer = std::async(std::launch::async, [=, this] {
+      xfer = std::async(std::launch::async, [=, this, &xfer_seconds] {
+        const double before = data->stats().send_recv.seconds;
         absl::Status s = data->SendRecv(cur_k.data, out_bytes, to, next_k.data, in_bytes, from);
         if (s.ok()) s = data->SendRecv(cur_v.data, out_bytes, to, next_v.data, in_bytes, from);
+        xfer_seconds = data->stats().send_recv.seconds - before;
         return s;
       });
     }
+    const auto step0 = std::chrono::steady_clock::now();
     // The visiting pieces into the scratch cache (A at block 0, B at block b_block).
     ring_slots.resize(static_cast<size_t>(src_rows));
     for (int64_t i = 0; i < sa1 - sa0; ++i) ring_slots[static_cast<size_t>(i)] = i;
@@ -907,9 +965,16 @@ absl::Status Engine::Impl::RingPrefill(int64_t layer, const PrefillPiece& pc, co
         ++parts_used;
       }
     }
+    // Attention done on the device: what the transfer still takes from here on is exposed. (The
+    // next step synchronizes before its transfer anyway, so this costs no overlap.)
+    if (compute.ok()) compute = be.Synchronize();
+    const auto attn_end = std::chrono::steady_clock::now();
+    timing.attention_seconds += std::chrono::duration<double>(attn_end - step0).count();
     if (xfer.valid()) {
       absl::Status s = xfer.get();  // always joined, also when the compute failed
       if (!s.ok()) return Collective("ring pass-KV", s);
+      const double waited = std::chrono::duration<double>(std::chrono::steady_clock::now() - attn_end).count();
+      timing.exposed_comm_seconds += std::min(waited, xfer_seconds);
     }
     SQA_RETURN_IF_ERROR(compute);
     if (step + 1 < world) {
@@ -918,11 +983,14 @@ absl::Status Engine::Impl::RingPrefill(int64_t layer, const PrefillPiece& pc, co
       spare ^= 1;
     }
   }
+  const auto merge0 = std::chrono::steady_clock::now();
   for (auto& qq : qp) {
     const int64_t nq = qq.p1 - qq.p0;
     if (nq == 0) continue;
     SQA_RETURN_IF_ERROR(be.MergeAttention(qq.outs, qq.lses, SubRows(attn, qq.row0, {nq, ha, dh}), nullptr));
   }
+  SQA_RETURN_IF_ERROR(be.Synchronize());
+  timing.attention_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - merge0).count();
   return absl::OkStatus();
 }
 

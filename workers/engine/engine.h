@@ -15,6 +15,7 @@
 #include "workers/engine/model/model.h"
 #include "workers/engine/shard/communicator.h"
 #include "workers/engine/shard/plan.h"
+#include "workers/engine/shard/timings.h"
 
 namespace sqa {
 
@@ -25,6 +26,10 @@ struct GroupOptions {
   ShardMode mode = ShardMode::kNone;
   Communicator* control = nullptr;  // host-side step plans (Gloo); not owned, outlives the engine
   Communicator* data = nullptr;     // activations (Gloo on CPU, NCCL on GPU); null = control
+  // Time the attention of prefill passes outside sequence mode (GroupTimings::attention_seconds):
+  // costs a backend synchronization before and after the attention of every layer of such a pass.
+  // Sequence groups always time it (their ring synchronizes anyway). Also for single engines.
+  bool time_attention = false;
 };
 
 struct EngineOptions {
@@ -93,6 +98,9 @@ class Engine {
   // `after_step`, when set, gets the wall time of every step this follower ran.
   absl::Status ServeFollower(const std::function<void(double seconds)>& after_step = nullptr);
   absl::Status StopGroup();  // leader; idempotent; also done by the destructor
+  // This rank's step, prefill-attention and exposed-communication time since creation (see
+  // shard/timings.h). Read from the thread that drives the engine (or after it stopped).
+  const GroupTimings& group_timings() const;
 
  private:
   struct Impl;

@@ -1,6 +1,7 @@
 // Groups of P ranks (threads of this process, Gloo over loopback TCP) in heads and sequence mode
 // give the single-rank engine's logits for every layout: prefill (every position), batched decode
 // and a pass mixing decode with a new prompt. A rank that dies breaks the group with UNAVAILABLE.
+// Every rank times its steps, its prefill attention and its exposed communication.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -164,6 +165,73 @@ TEST(GroupEngineTest, SequenceModeEqualsSingleRank) {
     CheckGroup(ShardMode::kSequence, 3, 12, layout);
     CheckGroup(ShardMode::kSequence, 4, 16, layout);
   }
+}
+
+// Every rank's timings after the scripted workload: attention within the step time, exposed
+// communication within the communicator's own collective seconds, and both non-zero.
+TEST(GroupEngineTest, EveryRankTimesAttentionAndExposedCommunication) {
+  for (ShardMode mode : {ShardMode::kHeads, ShardMode::kSequence}) {
+    for (int world : {2, 3}) {
+      SCOPED_TRACE(testing::Message() << ShardModeName(mode) << " P=" << world);
+      auto model = GetModel(world == 3 ? 12 : 16, "SQA");
+      InProcessStore store;
+      std::vector<GroupTimings> timings(static_cast<size_t>(world));
+      std::vector<double> comm_seconds(static_cast<size_t>(world));
+      std::vector<std::thread> ranks;
+      for (int r = 0; r < world; ++r) {
+        ranks.emplace_back([&, r] {
+          GlooOptions go;
+          go.rank = r;
+          go.world_size = world;
+          go.timeout = std::chrono::milliseconds(20000);
+          auto comm = CreateGlooCommunicator(go, store);
+          ASSERT_TRUE(comm.ok()) << comm.status();
+          GroupOptions g;
+          g.mode = mode;
+          g.control = comm->get();
+          g.time_attention = true;
+          auto e = MakeEngine(model, g);
+          ASSERT_NE(e, nullptr);
+          if (r == 0) {
+            RunScript(*e);
+            EXPECT_TRUE(e->StopGroup().ok());
+          } else {
+            EXPECT_TRUE(e->ServeFollower().ok());
+          }
+          timings[static_cast<size_t>(r)] = e->group_timings();
+          const CollectiveStats& st = (*comm)->stats();
+          comm_seconds[static_cast<size_t>(r)] =
+              st.broadcast.seconds + st.all_reduce.seconds + st.all_gather.seconds + st.send_recv.seconds;
+        });
+      }
+      for (auto& t : ranks) t.join();
+      for (int r = 0; r < world; ++r) {
+        SCOPED_TRACE(testing::Message() << "rank " << r);
+        const GroupTimings& t = timings[static_cast<size_t>(r)];
+        EXPECT_EQ(t.steps, timings[0].steps);  // followers run the leader's steps
+        EXPECT_GT(t.step_seconds, 0);
+        EXPECT_GT(t.attention_seconds, 0);
+        EXPECT_LE(t.attention_seconds, t.step_seconds);
+        EXPECT_GT(t.exposed_comm_seconds, 0);
+        EXPECT_LE(t.exposed_comm_seconds, comm_seconds[static_cast<size_t>(r)]);
+        EXPECT_LE(t.exposed_comm_seconds, t.step_seconds);
+      }
+    }
+  }
+  // Outside sequence mode the attention is timed only on request.
+  auto plain = MakeEngine(GetModel(16, "SQA"), {});
+  ASSERT_NE(plain, nullptr);
+  RunScript(*plain);
+  EXPECT_GT(plain->group_timings().steps, 0);
+  EXPECT_EQ(plain->group_timings().attention_seconds, 0);
+  EXPECT_EQ(plain->group_timings().exposed_comm_seconds, 0);
+  GroupOptions timed;
+  timed.time_attention = true;
+  auto single = MakeEngine(GetModel(16, "SQA"), timed);
+  ASSERT_NE(single, nullptr);
+  RunScript(*single);
+  EXPECT_GT(single->group_timings().attention_seconds, 0);
+  EXPECT_LE(single->group_timings().attention_seconds, single->group_timings().step_seconds);
 }
 
 TEST(GroupEngineTest, DeadFollowerBreaksTheGroupWithUnavailable) {
