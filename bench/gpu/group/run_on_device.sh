@@ -1,14 +1,28 @@
 #!/usr/bin/env bash
-# On a machine with 2+ GPUs (after `. .gpu-bundle/env.sh`): makes the 1b SQA preset and runs
-# sqa-group-bench in both modes against one GPU. Writes JSON lines to $OUT/group.jsonl.
+# On a GPU machine (after `. .gpu-bundle/env.sh`): makes the 1b preset and runs sqa-group-bench.
+# Writes JSON lines to $OUT/group.jsonl (scaling runs) and $OUT/longest.jsonl (LONGEST=1).
+#   WORLD=2 TOKENS=32768,131072 bench/gpu/group/run_on_device.sh   # heads and sequence vs one GPU
+#   WORLD=1 TOKENS=32768,131072 ...                                # one GPU: per-rank fields only
+#   LONGEST=1 WORLD=1 STEP=65536 ...                                # longest prompt on WORLD GPUs
 set -euo pipefail
 B=${BUNDLE:-.gpu-bundle}
 OUT=${OUT:-/tmp}
 WORLD=${WORLD:-2}
 TOKENS=${TOKENS:-32768,131072}
 LAYOUT=${LAYOUT:-SQA}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$OUT/gpus.txt"
-"$B/sqa-mkmodel" --out /tmp/m1b --preset 1b --layout "$LAYOUT" --dtype bf16 --seed 7 >/dev/null
-echo "model: 1b $LAYOUT bf16; world $WORLD; tokens $TOKENS" | tee "$OUT/group.txt"
-"$B/sqa-group-bench" --model /tmp/m1b --tokens "$TOKENS" --world "$WORLD" --modes heads,sequence \
-  2> >(tee "$OUT/group.err" >&2) | tee "$OUT/group.jsonl"
+MODES=${MODES:-heads,sequence}
+# The preset accepts 1M positions; the search raises that so memory, not positions, ends it.
+MAX_POS=${MAX_POS:-16777216}
+nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader | tee "$OUT/gpus.txt"
+if [[ "${LONGEST:-0}" == 1 ]]; then
+  "$B/sqa-mkmodel" --out /tmp/m1b --preset 1b --layout "$LAYOUT" --dtype bf16 --seed 7 --max-pos "$MAX_POS" >/dev/null
+  echo "model: 1b $LAYOUT bf16 max-pos $MAX_POS; world $WORLD; longest prompt, step ${STEP:-65536}" | tee "$OUT/longest.txt"
+  "$B/sqa-group-bench" --longest --model /tmp/m1b --world "$WORLD" --modes "$MODES" --step "${STEP:-65536}" \
+    --max-tokens "${MAX_TOKENS:-$MAX_POS}" --timeout-s 60 \
+    2> >(tee "$OUT/longest.err" >&2) | tee "$OUT/longest.jsonl"
+else
+  "$B/sqa-mkmodel" --out /tmp/m1b --preset 1b --layout "$LAYOUT" --dtype bf16 --seed 7 >/dev/null
+  echo "model: 1b $LAYOUT bf16; world $WORLD; tokens $TOKENS" | tee "$OUT/group.txt"
+  "$B/sqa-group-bench" --model /tmp/m1b --tokens "$TOKENS" --world "$WORLD" --modes "$MODES" \
+    2> >(tee "$OUT/group.err" >&2) | tee "$OUT/group.jsonl"
+fi
