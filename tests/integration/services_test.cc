@@ -630,6 +630,14 @@ TEST(GroupTest, ShardedGroupsServeExactlyAndAFollowerDeathIsResumedElsewhere) {
                                                absl::StrCat("shard_mode=\"", mode, "\"")};
       EXPECT_GT(MetricValue(m, "sqa_worker_collective_bytes_total", labels), 0) << m;
       EXPECT_GT(MetricValue(m, "sqa_worker_group_step_duration_seconds_count", labels), 0) << m;
+      // Balance and overlap: prefill attention within the step time, exposed communication within
+      // the time in collectives.
+      const double attention = MetricValue(m, "sqa_worker_group_attention_seconds_total", labels);
+      const double exposed = MetricValue(m, "sqa_worker_group_exposed_comm_seconds_total", labels);
+      EXPECT_GT(attention, 0) << m;
+      EXPECT_LE(attention, MetricValue(m, "sqa_worker_group_step_duration_seconds_sum", labels)) << m;
+      EXPECT_GT(exposed, 0) << m;
+      EXPECT_LE(exposed, MetricValue(m, "sqa_worker_collective_seconds_total", labels)) << m;
     }
   }
 

@@ -35,6 +35,16 @@ GroupMetrics::GroupMetrics(prometheus::Registry& r, const std::string& group, in
                .Help("Wall time of one step on this rank of the group")
                .Register(r)
                .Add(shape, StepBucketsSeconds());
+  attention_ = &prometheus::BuildCounter()
+                    .Name("sqa_worker_group_attention_seconds_total")
+                    .Help("Seconds this rank spent in prefill attention (balance across ranks)")
+                    .Register(r)
+                    .Add(shape);
+  exposed_ = &prometheus::BuildCounter()
+                  .Name("sqa_worker_group_exposed_comm_seconds_total")
+                  .Help("Seconds this rank's engine waited on communication that no computation hid")
+                  .Register(r)
+                  .Add(shape);
   auto& bytes = prometheus::BuildCounter()
                     .Name("sqa_worker_collective_bytes_total")
                     .Help("Payload bytes this rank sent or contributed, by collective")
@@ -55,8 +65,14 @@ GroupMetrics::GroupMetrics(prometheus::Registry& r, const std::string& group, in
   }
 }
 
-void GroupMetrics::Observe(double step_seconds) {
+void GroupMetrics::Observe(double step_seconds, const GroupTimings* timings) {
   step_->Observe(step_seconds);
+  if (timings != nullptr) {
+    const GroupTimings d = *timings - last_timings_;
+    attention_->Increment(d.attention_seconds);
+    exposed_->Increment(d.exposed_comm_seconds);
+    last_timings_ = *timings;
+  }
   for (size_t i = 0; i < comms_.size(); ++i) {
     for (const auto& [op, member] : Ops()) {
       Series& s = series_[i][op];

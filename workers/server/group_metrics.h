@@ -6,6 +6,9 @@
 //   sqa_worker_group_step_duration_seconds{rank,group_size,shard_mode}      histogram  one step on this rank
 //   sqa_worker_collective_bytes_total{op,backend,rank,group_size,shard_mode}   counter  payload bytes
 //   sqa_worker_collective_seconds_total{op,backend,rank,group_size,shard_mode} counter  time in collectives
+//   sqa_worker_group_attention_seconds_total{rank,group_size,shard_mode}      counter  prefill attention
+//   sqa_worker_group_exposed_comm_seconds_total{rank,group_size,shard_mode}   counter  communication no
+//       computation hid (see workers/engine/shard/timings.h); at most the collective seconds
 //
 // Not thread-safe: call Observe from the thread that drives the engine.
 #pragma once
@@ -20,6 +23,7 @@
 #include <prometheus/registry.h>
 
 #include "workers/engine/shard/communicator.h"
+#include "workers/engine/shard/timings.h"
 
 namespace sqa::worker {
 
@@ -27,8 +31,9 @@ class GroupMetrics {
  public:
   GroupMetrics(prometheus::Registry& registry, const std::string& group, int rank, int group_size,
                const std::string& shard_mode, std::vector<const Communicator*> communicators);
-  // After a step: its duration, and the growth of every communicator's counters since last time.
-  void Observe(double step_seconds);
+  // After a step: its duration, and the growth of every communicator's counters and of the
+  // engine's timings (when given: Engine::group_timings(), cumulative) since last time.
+  void Observe(double step_seconds, const GroupTimings* timings = nullptr);
 
  private:
   struct Series {
@@ -37,6 +42,9 @@ class GroupMetrics {
     CollectiveStats::Entry last;
   };
   prometheus::Histogram* step_;
+  prometheus::Counter* attention_;
+  prometheus::Counter* exposed_;
+  GroupTimings last_timings_;
   std::vector<const Communicator*> comms_;
   std::vector<std::map<std::string, Series>> series_;  // per communicator, per op
 };

@@ -71,7 +71,8 @@ int RunFollower(const sqa::worker::WorkerConfig& cfg, sqa::Engine& engine, sqa::
   std::fprintf(stderr, "worker rank %d of group %s listening on %s\n", cfg.rank, cfg.group.c_str(),
                (*server)->address().c_str());
   std::fflush(stderr);
-  absl::Status st = engine.ServeFollower([&group_metrics](double seconds) { group_metrics.Observe(seconds); });
+  absl::Status st = engine.ServeFollower(
+      [&group_metrics, &engine](double seconds) { group_metrics.Observe(seconds, &engine.group_timings()); });
   (*server)->Shutdown(absl::Milliseconds(200));
   if (!st.ok()) {
     SQA_LOG(ERROR) << "group stopped with an error: " << st;
@@ -131,6 +132,7 @@ int main(int argc, char** argv) {
     eo.group.mode = *mode;
     eo.group.control = group->control();
     eo.group.data = group->data();
+    eo.group.time_attention = true;  // for sqa_worker_group_attention_seconds_total
   }
   absl::StatusOr<std::unique_ptr<Engine>> engine =
       Engine::Create(std::shared_ptr<const Model>(std::move(*model)), std::move(*backend), eo);
@@ -153,7 +155,10 @@ int main(int argc, char** argv) {
   if (group != nullptr) {
     group_metrics = std::make_unique<worker::GroupMetrics>(*ProcessRegistry(), cfg->group, 0, cfg->world, cfg->shard,
                                                            Communicators(*group));
-    so.on_step = [gm = group_metrics.get()](const worker::StepInfo& step) { gm->Observe(step.seconds); };
+    // The scheduler's thread runs the engine and calls on_step, so it may read the engine's timings.
+    so.on_step = [gm = group_metrics.get(), e = engine->get()](const worker::StepInfo& step) {
+      gm->Observe(step.seconds, &e->group_timings());
+    };
   }
   absl::StatusOr<std::unique_ptr<worker::Scheduler>> scheduler =
       worker::Scheduler::Create(std::move(*engine), so, &metrics);
