@@ -88,6 +88,55 @@ struct DecodeAttentionArgs {
   float scale = 0.f;
   TensorView out;                         // [B, Ha, dh]
   float* lse = nullptr;                   // optional [B, Ha]
+  // Padded form, used instead of `seqs` when kv_lens is set (the engine's graph steps; only
+  // backends with step_graphs() need to accept it): host int32 kv_lens[B] (0 allowed: out = 0)
+  // and block_tables[B, table_stride], and a bound max_kv_len >= every kv_len that sizes the
+  // work, so that one captured step serves any lengths up to it.
+  const int32_t* kv_lens = nullptr;
+  const int32_t* block_tables = nullptr;
+  int64_t table_stride = 0;
+  int64_t max_kv_len = 0;
+};
+
+// One row of device sampling (Backend::SampleTokens): the rule of sampling.h with the uniform draw
+// u = UniformFromSeed(seed, step) computed by the caller. Plain data: it may live in a step's input
+// block (StepGraphs).
+struct SampleRowArgs {
+  float temperature = 0.f;  // <= 0: greedy
+  int32_t top_k = 0;        // 0: off
+  float top_p = 1.f;        // in (0, 1]
+  double u = 0.0;           // in [0, 1)
+};
+
+// Whole-step graphs, an optional capability of a backend (Backend::step_graphs(); CUDA graphs on
+// the CUDA backend). The engine runs a decode-only step through it:
+//   1. void* in = Inputs(bytes): a pinned host block with a device mirror. The engine writes every
+//      host array of the step (tokens, positions, slots, block tables, kv lens, sampling rows)
+//      into it, then Upload(bytes) copies it to the mirror in one asynchronous copy.
+//   2. Either Replay(key), when Has(key), or the step's ops, with host-array arguments pointing
+//      into the block: the backend then reads the mirror instead of staging them per op. Between
+//      BeginCapture() and EndCapture(key) the ops are recorded into a graph instead of run;
+//      EndCapture instantiates it, stores it under `key` and launches it once.
+// A graph bakes in every device address its ops saw (weights, KV cache, activation buffers, the
+// mirror, the backend's step workspaces): the engine keeps its buffers for graph steps fixed and
+// calls Invalidate() when it must reallocate one; the backend invalidates by itself when it
+// reallocates the mirror or a step workspace. Not thread-safe (the backend's engine thread).
+class StepGraphs {
+ public:
+  virtual ~StepGraphs() = default;
+  // The host block, at least `bytes` long (its contents are kept only until the next call). Waits
+  // until the previous Upload has read the block.
+  virtual absl::StatusOr<void*> Inputs(size_t bytes) = 0;
+  virtual absl::Status Upload(size_t bytes) = 0;
+  virtual bool Has(uint64_t key) const = 0;
+  virtual absl::Status Replay(uint64_t key) = 0;
+  virtual absl::Status BeginCapture() = 0;
+  // On error nothing is stored and nothing of the captured step has run; the capture has ended.
+  virtual absl::Status EndCapture(uint64_t key) = 0;
+  // Ends a capture after an op failed inside it (no-op when none is in progress).
+  virtual void AbortCapture() = 0;
+  virtual void Invalidate() = 0;
+  virtual int64_t num_graphs() const = 0;
 };
 
 struct RopeArgs {
@@ -139,6 +188,19 @@ class Backend {
   // into out/lse_out: L = m + log(sum exp(lse_s - m)), o = sum exp(lse_s - L) o_s.
   virtual absl::Status MergeAttention(absl::Span<const TensorView> outs, absl::Span<const float* const> lses,
                                       const TensorView& out, float* lse_out) = 0;
+
+  // Device sampling (optional; has_device_sampler() says whether it exists). Samples one token per
+  // row of f32 logits [rows, vocab] with rows[i] (host array of `rows` entries), writing the ids
+  // to `tokens` (i32 [rows]) and log softmax(logits)[id] to `logprobs` (f32 [rows]), both
+  // backend tensors. Asynchronous. Without a device sampler the caller samples on the host.
+  virtual bool has_device_sampler() const { return false; }
+  virtual absl::Status SampleTokens(const TensorView& /*logits*/, const SampleRowArgs* /*rows*/,
+                                    const TensorView& /*tokens*/, const TensorView& /*logprobs*/) {
+    return absl::UnimplementedError(name() + " has no device sampler");
+  }
+
+  // Whole-step graphs (see StepGraphs); null when the backend has none. Owned by the backend.
+  virtual StepGraphs* step_graphs() { return nullptr; }
 };
 
 enum class DeviceKind { kCpu, kCuda, kAuto };

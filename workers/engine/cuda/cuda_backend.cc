@@ -12,6 +12,16 @@
 // array; an array equal to the one last staged for its kind is not copied again (a decode step's
 // block tables serve every layer). A ring region is reused only after the event recorded behind
 // its copy has completed, so the host never waits on the GPU unless the ring is full.
+//
+// Step graphs (StepGraphs, used by the engine for decode steps). The engine writes a step's host
+// arrays into one pinned block with a device mirror (cudaMalloc, fixed until it must grow) and
+// uploads it in one copy; HostStager hands out mirror addresses for arrays inside the block
+// instead of staging them. A step is captured on the backend's stream (thread-local capture
+// mode) into a cudaGraphExec kept per engine-chosen key. Graphs record the addresses they read;
+// the backend's own buffers that graphs read (the mirror, the step workspaces of decode attention
+// and sampling) are grow-only, and growing one bumps a generation that makes every graph stale.
+// While capturing, nothing may allocate or stage outside the block: such calls fail, the capture
+// is abandoned and the engine runs the step eagerly.
 #include "workers/engine/cuda/cuda_backend.h"
 
 #include <cuda_runtime_api.h>
@@ -20,7 +30,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <cstddef>
 #include <deque>
+#include <unordered_map>
 #include <limits>
 #include <memory>
 #include <string>
@@ -141,7 +153,33 @@ class HostStager {
     }
   }
 
-  absl::Status Stage(Staged kind, std::initializer_list<Item> items) {
+  // The step input block: arrays inside it are read from its device mirror, never staged.
+  void SetBlock(const void* host, void* dev, size_t bytes) {
+    block_host_ = static_cast<const char*>(host);
+    block_dev_ = static_cast<char*>(dev);
+    block_bytes_ = bytes;
+  }
+  // During a graph capture, staging (a copy the graph would replay from a reused ring) is refused.
+  void SetCapturing(bool on) { capturing_ = on; }
+
+  // `in_block` (optional) tells whether the arrays came from the step input block.
+  absl::Status Stage(Staged kind, std::initializer_list<Item> items, bool* in_block = nullptr) {
+    bool inside = block_host_ != nullptr;
+    for (const Item& it : items) {
+      const char* p = static_cast<const char*>(it.src);
+      if (it.bytes == 0) continue;
+      inside = inside && p >= block_host_ && p + it.bytes <= block_host_ + block_bytes_;
+    }
+    if (in_block != nullptr) *in_block = inside;
+    if (inside) {
+      for (const Item& it : items) {
+        *it.dev = it.bytes ? block_dev_ + (static_cast<const char*>(it.src) - block_host_) : nullptr;
+      }
+      return absl::OkStatus();
+    }
+    if (capturing_) {
+      return absl::FailedPreconditionError("a host array outside the step input block was passed during a graph capture");
+    }
     Slot& sl = slots_[static_cast<int>(kind)];
     size_t total = 0;
     for (const Item& it : items) total += Align(it.bytes);
@@ -228,6 +266,10 @@ class HostStager {
     bool valid = false;
   };
   std::shared_ptr<Context> ctx_;
+  const char* block_host_ = nullptr;
+  char* block_dev_ = nullptr;
+  size_t block_bytes_ = 0;
+  bool capturing_ = false;
   PinnedHostMemory ring_;
   size_t head_ = 0;
   std::deque<Pending> pending_;
@@ -270,7 +312,40 @@ absl::Status ExpectAct(const TensorView& t, const char* op, const char* what) {
   return absl::OkStatus();
 }
 
+struct GraphExecDeleter {
+  void operator()(cudaGraphExec_t g) const { cudaGraphExecDestroy(g); }
+};
+using GraphExec = cuda::UniqueHandle<cudaGraphExec_t, GraphExecDeleter>;
+
+// The engine-facing side of the step graphs; the state lives in CudaBackend.
+class CudaBackend;
+class CudaStepGraphs final : public StepGraphs {
+ public:
+  explicit CudaStepGraphs(CudaBackend* b) : b_(b) {}
+  absl::StatusOr<void*> Inputs(size_t bytes) override;
+  absl::Status Upload(size_t bytes) override;
+  bool Has(uint64_t key) const override;
+  absl::Status Replay(uint64_t key) override;
+  absl::Status BeginCapture() override;
+  absl::Status EndCapture(uint64_t key) override;
+  void AbortCapture() override;
+  void Invalidate() override;
+  int64_t num_graphs() const override;
+
+ private:
+  CudaBackend* b_;
+};
+
+// SampleRowArgs (backend.h) is passed to the kernels as cuda::SampleRowParams without a copy.
+static_assert(sizeof(SampleRowArgs) == sizeof(cuda::SampleRowParams) &&
+              offsetof(SampleRowArgs, temperature) == offsetof(cuda::SampleRowParams, temperature) &&
+              offsetof(SampleRowArgs, top_k) == offsetof(cuda::SampleRowParams, top_k) &&
+              offsetof(SampleRowArgs, top_p) == offsetof(cuda::SampleRowParams, top_p) &&
+              offsetof(SampleRowArgs, u) == offsetof(cuda::SampleRowParams, u));
+
 class CudaBackend final : public Backend {
+  friend class CudaStepGraphs;
+
  public:
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device) {
     auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
@@ -304,6 +379,7 @@ class CudaBackend final : public Backend {
 
   absl::StatusOr<std::unique_ptr<DeviceBuffer>> Allocate(size_t bytes) override {
     SQA_RETURN_IF_ERROR(Enter());
+    if (capturing_) return absl::FailedPreconditionError("Allocate called during a graph capture");
     void* p = nullptr;
     if (bytes > 0) {
       const cudaError_t e = cudaMallocAsync(&p, bytes, stream());
@@ -618,6 +694,7 @@ class CudaBackend final : public Backend {
     SQA_RETURN_IF_ERROR(ExpectDevice(a.out, "AttentionDecode", "out"));
     SQA_RETURN_IF_ERROR(ExpectDType(a.q, DType::kBF16, "AttentionDecode", "q"));
     SQA_RETURN_IF_ERROR(ExpectDType(a.out, DType::kBF16, "AttentionDecode", "out"));
+    if (a.kv_lens != nullptr) return AttentionDecodePadded(a, kc);
     const int64_t batch = static_cast<int64_t>(a.seqs.size());
     if (a.q.shape.size() != 3 || a.q.dim(0) != batch || a.q.dim(2) != s.head_dim) {
       return absl::InvalidArgumentError(absl::StrCat("AttentionDecode: q ", ShapeString(a.q.shape), " must be [",
@@ -729,6 +806,56 @@ class CudaBackend final : public Backend {
     return Merge(ptrs.data(), lse_ptrs.data(), static_cast<int>(ptrs.size()), cur, n, heads, dh, out.data, lse_out);
   }
 
+  bool has_device_sampler() const override { return true; }
+
+  absl::Status SampleTokens(const TensorView& logits, const SampleRowArgs* rows, const TensorView& tokens,
+                            const TensorView& logprobs) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectDevice(logits, "SampleTokens", "logits"));
+    SQA_RETURN_IF_ERROR(ExpectDType(logits, DType::kF32, "SampleTokens", "logits"));
+    if (logits.shape.size() != 2) return absl::InvalidArgumentError("SampleTokens: logits must be [rows, vocab]");
+    const int64_t n = logits.dim(0), vocab = logits.dim(1);
+    SQA_RETURN_IF_ERROR(ExpectDevice(tokens, "SampleTokens", "tokens"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(logprobs, "SampleTokens", "logprobs"));
+    SQA_RETURN_IF_ERROR(ExpectDType(tokens, DType::kI32, "SampleTokens", "tokens"));
+    SQA_RETURN_IF_ERROR(ExpectDType(logprobs, DType::kF32, "SampleTokens", "logprobs"));
+    SQA_RETURN_IF_ERROR(ExpectShape(tokens, {n}, "SampleTokens", "tokens"));
+    SQA_RETURN_IF_ERROR(ExpectShape(logprobs, {n}, "SampleTokens", "logprobs"));
+    if (n == 0) return absl::OkStatus();
+    if (vocab <= 0) return absl::InvalidArgumentError("SampleTokens: empty vocabulary");
+    if (rows == nullptr) return absl::InvalidArgumentError("SampleTokens: null rows");
+    bool any_random = false;
+    for (int64_t i = 0; i < n; ++i) {
+      const SampleRowArgs& r = rows[i];
+      if (!std::isfinite(r.temperature) || r.temperature < 0 || r.top_k < 0 || !(r.top_p > 0.f && r.top_p <= 1.f) ||
+          !(r.u >= 0.0 && r.u < 1.0)) {
+        return absl::InvalidArgumentError(absl::StrCat("SampleTokens: invalid sampling arguments for row ", i));
+      }
+      any_random = any_random || r.temperature > 0.f;
+    }
+    const void* dev_rows = nullptr;
+    bool in_block = false;
+    SQA_RETURN_IF_ERROR(stager_.Stage(
+        Staged::kSampleParams, {{rows, sizeof(SampleRowArgs) * static_cast<size_t>(n), &dev_rows}}, &in_block));
+    const size_t ws = cuda::SampleWorkspaceBytes(static_cast<int>(n), vocab);
+    void* wsp = nullptr;
+    size_t ws_bytes = 0;
+    if (in_block) {
+      SQA_RETURN_IF_ERROR(EnsureStepWorkspace(step_sample_ws_, ws));
+      wsp = step_sample_ws_.get();
+      ws_bytes = step_sample_ws_.size();
+    } else {
+      SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&sample_ws_, &sample_ws_bytes_, ws));
+      wsp = sample_ws_;
+      ws_bytes = sample_ws_bytes_;
+    }
+    return cuda::LaunchSample(logits.as<float>(), static_cast<int>(n), vocab,
+                              static_cast<const cuda::SampleRowParams*>(dev_rows), any_random, wsp, ws_bytes,
+                              tokens.as<int32_t>(), logprobs.as<float>(), stream());
+  }
+
+  StepGraphs* step_graphs() override { return &step_graphs_; }
+
   absl::StatusOr<std::vector<SampledToken>> Sample(const TensorView& logits, absl::Span<const SamplingParams> params,
                                                    absl::Span<const double> uniforms) {
     SQA_RETURN_IF_ERROR(Enter());
@@ -784,6 +911,99 @@ class CudaBackend final : public Backend {
 
  private:
   CudaBackend() = default;
+
+  // Decode attention over padded host arrays (DecodeAttentionArgs' padded form). Arrays inside the
+  // step input block use the step workspace, which never moves during a capture.
+  absl::Status AttentionDecodePadded(const DecodeAttentionArgs& a, const CudaKvCache* kc) {
+    const KvCacheShape& s = kc->shape();
+    if (a.q.shape.size() != 3 || a.q.dim(2) != s.head_dim) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("AttentionDecode: q ", ShapeString(a.q.shape), " must be [B, Hq, ", s.head_dim, "]"));
+    }
+    const int64_t batch = a.q.dim(0);
+    const int64_t hq = a.q.dim(1), hkv = s.num_kv_heads;
+    SQA_RETURN_IF_ERROR(CheckHeads(hq, hkv, "AttentionDecode"));
+    const int64_t ha = std::max(hq, hkv);
+    SQA_RETURN_IF_ERROR(ExpectShape(a.out, {batch, ha, s.head_dim}, "AttentionDecode", "out"));
+    if (batch == 0) return absl::OkStatus();
+    if (a.block_tables == nullptr || a.table_stride <= 0 || a.max_kv_len < 0 ||
+        a.max_kv_len > std::numeric_limits<int32_t>::max()) {
+      return absl::InvalidArgumentError("AttentionDecode: padded form needs block_tables, table_stride > 0 and a "
+                                        "max_kv_len in [0, 2^31)");
+    }
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t len = a.kv_lens[b];
+      const int64_t nb = (len + s.block_size - 1) / s.block_size;
+      if (len < 0 || len > a.max_kv_len || nb > a.table_stride) {
+        return absl::InvalidArgumentError(absl::StrCat("AttentionDecode: kv_len ", len, " of row ", b,
+                                                       " outside [0, ", a.max_kv_len, "] or beyond the table stride ",
+                                                       a.table_stride));
+      }
+      SQA_RETURN_IF_ERROR(CheckBlockTable(a.block_tables + b * a.table_stride, nb, s.num_blocks, "AttentionDecode"));
+    }
+    const void* dev_tables = nullptr;
+    const void* dev_lens = nullptr;
+    bool in_block = false;
+    SQA_RETURN_IF_ERROR(stager_.Stage(
+        Staged::kDecodeTables,
+        {{a.block_tables, sizeof(int32_t) * static_cast<size_t>(batch * a.table_stride), &dev_tables},
+         {a.kv_lens, sizeof(int32_t) * static_cast<size_t>(batch), &dev_lens}},
+        &in_block));
+    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
+                                                 static_cast<int>(s.head_dim), a.max_kv_len);
+    cuda::DecodeParams p;
+    if (in_block) {
+      SQA_RETURN_IF_ERROR(EnsureStepWorkspace(step_decode_ws_, ws));
+      p.workspace = step_decode_ws_.get();
+      p.workspace_bytes = step_decode_ws_.size();
+    } else {
+      SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&decode_ws_, &decode_ws_bytes_, ws));
+      p.workspace = decode_ws_;
+      p.workspace_bytes = decode_ws_bytes_;
+    }
+    p.q = a.q.data;
+    p.batch = static_cast<int>(batch);
+    p.k_cache = kc->k(a.layer);
+    p.v_cache = kc->v(a.layer);
+    p.block_size = static_cast<int>(s.block_size);
+    p.block_tables = static_cast<const int32_t*>(dev_tables);
+    p.block_table_stride = a.table_stride;
+    p.kv_lens = static_cast<const int32_t*>(dev_lens);
+    p.max_kv_len = a.max_kv_len;
+    p.num_q_heads = static_cast<int>(hq);
+    p.num_kv_heads = static_cast<int>(hkv);
+    p.head_dim = static_cast<int>(s.head_dim);
+    p.scale = a.scale;
+    p.out = a.out.data;
+    p.lse = a.lse;
+    return cuda::LaunchAttentionDecode(p, stream());
+  }
+
+  // Grow-only workspace that captured graphs may read: growing it makes every graph stale, and is
+  // refused during a capture (the engine sizes everything in an eager run before capturing).
+  absl::Status EnsureStepWorkspace(DeviceMemory& ws, size_t need) {
+    if (need <= ws.size()) return absl::OkStatus();
+    if (capturing_) return absl::FailedPreconditionError("a step workspace would have to grow during a graph capture");
+    SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(stream()));  // graphs may still read the old one
+    const size_t want = std::max(need, ws.size() * 2);
+    ws.reset();
+    SQA_ASSIGN_OR_RETURN(ws, DeviceMemory::Allocate(want));
+    ++generation_;
+    return absl::OkStatus();
+  }
+
+  // Stream-ordered workspace of eager calls.
+  absl::Status GrowPoolWorkspace(void** ws, size_t* bytes, size_t need) {
+    if (need <= *bytes) return absl::OkStatus();
+    if (capturing_) return absl::FailedPreconditionError("a workspace would have to grow during a graph capture");
+    const size_t want = std::max(need, *bytes * 2);
+    if (*ws) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(*ws, stream()));
+    *ws = nullptr;
+    *bytes = 0;
+    SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(ws, want, stream()));
+    *bytes = want;
+    return absl::OkStatus();
+  }
 
   cudaStream_t stream() const { return ctx_->stream.get(); }
 
@@ -853,7 +1073,142 @@ class CudaBackend final : public Backend {
   void* sample_ws_ = nullptr;
   size_t sample_ws_bytes_ = 0;
   std::vector<int32_t> tables_, lens_;
+
+  // Step graphs (see the file comment).
+  struct Graph {
+    GraphExec exec;
+    uint64_t generation = 0;
+  };
+  PinnedHostMemory step_host_;
+  DeviceMemory step_dev_;
+  CudaEvent step_uploaded_;
+  bool step_upload_pending_ = false;
+  bool capturing_ = false;
+  uint64_t generation_ = 0;
+  std::unordered_map<uint64_t, Graph> graphs_;
+  DeviceMemory step_decode_ws_, step_sample_ws_;
+  CudaStepGraphs step_graphs_{this};
 };
+
+absl::StatusOr<void*> CudaStepGraphs::Inputs(size_t bytes) {
+  CudaBackend& b = *b_;
+  SQA_RETURN_IF_ERROR(b.Enter());
+  if (b.capturing_) return absl::FailedPreconditionError("StepGraphs::Inputs during a capture");
+  if (b.step_upload_pending_) {
+    SQA_GPU_RETURN_IF_ERROR(cudaEventSynchronize(b.step_uploaded_.get()));
+    b.step_upload_pending_ = false;
+  }
+  if (!b.step_uploaded_) {
+    SQA_ASSIGN_OR_RETURN(b.step_uploaded_, CudaEvent::Create());
+  }
+  if (bytes > b.step_host_.size()) {
+    const size_t want = std::max({bytes, 2 * b.step_host_.size(), size_t{64} << 10});
+    SQA_GPU_RETURN_IF_ERROR(cudaStreamSynchronize(b.stream()));  // graphs may still read the old mirror
+    b.stager_.SetBlock(nullptr, nullptr, 0);
+    b.step_host_.reset();
+    b.step_dev_.reset();
+    SQA_ASSIGN_OR_RETURN(b.step_host_, PinnedHostMemory::Allocate(want));
+    SQA_ASSIGN_OR_RETURN(b.step_dev_, DeviceMemory::Allocate(want));
+    b.stager_.SetBlock(b.step_host_.get(), b.step_dev_.get(), want);
+    ++b.generation_;
+  }
+  return b.step_host_.get();
+}
+
+absl::Status CudaStepGraphs::Upload(size_t bytes) {
+  CudaBackend& b = *b_;
+  SQA_RETURN_IF_ERROR(b.Enter());
+  if (bytes > b.step_host_.size()) return absl::InvalidArgumentError("StepGraphs::Upload: more bytes than Inputs gave");
+  if (bytes == 0) return absl::OkStatus();
+  SQA_GPU_RETURN_IF_ERROR(
+      cudaMemcpyAsync(b.step_dev_.get(), b.step_host_.get(), bytes, cudaMemcpyHostToDevice, b.stream()));
+  SQA_GPU_RETURN_IF_ERROR(cudaEventRecord(b.step_uploaded_.get(), b.stream()));
+  b.step_upload_pending_ = true;
+  return absl::OkStatus();
+}
+
+bool CudaStepGraphs::Has(uint64_t key) const {
+  auto it = b_->graphs_.find(key);
+  return it != b_->graphs_.end() && it->second.generation == b_->generation_;
+}
+
+absl::Status CudaStepGraphs::Replay(uint64_t key) {
+  CudaBackend& b = *b_;
+  SQA_RETURN_IF_ERROR(b.Enter());
+  if (!Has(key)) return absl::FailedPreconditionError("StepGraphs::Replay: no current graph for this key");
+  SQA_GPU_RETURN_IF_ERROR(cudaGraphLaunch(b.graphs_[key].exec.get(), b.stream()));
+  return absl::OkStatus();
+}
+
+absl::Status CudaStepGraphs::BeginCapture() {
+  CudaBackend& b = *b_;
+  SQA_RETURN_IF_ERROR(b.Enter());
+  if (b.capturing_) return absl::FailedPreconditionError("StepGraphs::BeginCapture: a capture is in progress");
+  // Thread-local mode: only this thread's unsafe calls (synchronous allocation or copies) break it.
+  SQA_GPU_RETURN_IF_ERROR(cudaStreamBeginCapture(b.stream(), cudaStreamCaptureModeThreadLocal));
+  b.capturing_ = true;
+  b.stager_.SetCapturing(true);
+  return absl::OkStatus();
+}
+
+absl::Status CudaStepGraphs::EndCapture(uint64_t key) {
+  CudaBackend& b = *b_;
+  if (!b.capturing_) return absl::FailedPreconditionError("StepGraphs::EndCapture without BeginCapture");
+  b.capturing_ = false;
+  b.stager_.SetCapturing(false);
+  SQA_RETURN_IF_ERROR(b.Enter());
+  cudaGraph_t graph = nullptr;
+  cudaError_t e = cudaStreamEndCapture(b.stream(), &graph);
+  if (e != cudaSuccess) {
+    if (graph != nullptr) cudaGraphDestroy(graph);
+    cudaGetLastError();
+    return cuda::GpuErrorToStatus(e, "cudaStreamEndCapture", __FILE__, __LINE__);
+  }
+  cudaGraphExec_t exec = nullptr;
+  e = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cuda::GpuErrorToStatus(e, "cudaGraphInstantiate", __FILE__, __LINE__);
+  }
+  CudaBackend::Graph& g = b.graphs_[key];
+  g.exec = GraphExec(exec);
+  g.generation = b.generation_;
+  e = cudaGraphLaunch(exec, b.stream());
+  if (e != cudaSuccess) {
+    b.graphs_.erase(key);
+    cudaGetLastError();
+    return cuda::GpuErrorToStatus(e, "cudaGraphLaunch", __FILE__, __LINE__);
+  }
+  return absl::OkStatus();
+}
+
+void CudaStepGraphs::AbortCapture() {
+  CudaBackend& b = *b_;
+  if (!b.capturing_) return;
+  b.capturing_ = false;
+  b.stager_.SetCapturing(false);
+  cudaSetDevice(b.device_);
+  cudaGraph_t graph = nullptr;
+  cudaStreamEndCapture(b.stream(), &graph);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  cudaGetLastError();  // the capture's (non-sticky) error
+}
+
+void CudaStepGraphs::Invalidate() {
+  CudaBackend& b = *b_;
+  ++b.generation_;
+  if (b.capturing_) return;
+  cudaSetDevice(b.device_);
+  cudaStreamSynchronize(b.stream());  // no launch of a graph about to be destroyed is in flight
+  b.graphs_.clear();
+}
+
+int64_t CudaStepGraphs::num_graphs() const {
+  int64_t n = 0;
+  for (const auto& [k, g] : b_->graphs_) n += g.generation == b_->generation_ ? 1 : 0;
+  return n;
+}
 
 }  // namespace
 
