@@ -1,6 +1,7 @@
 #include "workers/engine/engine.h"
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -93,6 +94,36 @@ TensorView SliceCols(const TensorView& t, int64_t c0, int64_t c1, std::vector<Ho
   return v;
 }
 
+// Activation buffers of one kind of pass. Graph steps have their own set, so that a prefill growing
+// the eager buffers never moves an address a captured graph reads.
+struct Acts {
+  Scratch h, x, q, k, v, attn, tmp, gate, up, act, sel, sel_norm, logits, sampled;
+};
+
+// The host arrays of one pass as the ops get them: the engine's own vectors, or (graph steps)
+// pointers into the backend's step input block.
+struct StepArrays {
+  Acts* acts = nullptr;
+  const int32_t* tokens = nullptr;
+  const int32_t* positions = nullptr;
+  const int64_t* slots = nullptr;
+  bool one_kv_run = false;            // one WriteKv over every row (padding rows have slot -1)
+  const int32_t* kv_lens = nullptr;   // padded decode attention (graph steps); null: decode_refs
+  const int32_t* tables = nullptr;
+  int64_t table_stride = 0;
+  int64_t max_kv_len = 0;
+};
+
+// Graph steps: batches up to this many rows; KV length bounds of at least this many tokens.
+constexpr int64_t kMaxGraphBatch = 256;
+constexpr int64_t kMinGraphKvBound = 256;
+
+int64_t RoundUpPow2(int64_t x) {
+  int64_t p = 1;
+  while (p < x) p *= 2;
+  return p;
+}
+
 absl::Status GroupBroken(int rank, const absl::Status& cause) {
   return absl::UnavailableError(absl::StrCat("worker group is broken (rank ", rank, "): ", cause.message(),
                                              "; it must be restarted"));
@@ -121,9 +152,12 @@ struct Engine::Impl {
   std::unordered_map<SeqId, Seq> seqs;
   SeqId next_id = 1;
 
-  // Activation scratch, reused across calls.
-  Scratch h_buf, x_buf, q_buf, k_buf, v_buf, attn_buf, tmp_buf, gate_buf, up_buf, act_buf, sel_buf, sel_norm_buf,
-      logits_buf;
+  // Activation scratch, reused across calls: eager passes, and graph steps (fixed addresses).
+  Acts acts, gacts;
+  StepGraphStats graph_stats;
+  absl::flat_hash_set<uint64_t> graph_seen, graph_failed;  // graph-step shapes run once / not capturable
+  std::vector<SampleRowArgs> sample_args;
+  std::vector<int32_t> sampled_host;
   // Host-side per-call arrays, reused.
   std::vector<int32_t> tokens, positions;
   std::vector<int64_t> slots, rows;
@@ -177,7 +211,22 @@ struct Engine::Impl {
   absl::StatusOr<Logits> TimedForward(absl::Span<const Segment> segments);
 
   absl::StatusOr<Logits> Forward(absl::Span<const Segment> segments);
-  absl::Status RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> segments);
+  absl::Status RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> segments,
+                         const StepArrays& arr);
+  bool GraphEligible(absl::Span<const Segment> segments, int64_t num_decode) const;
+  absl::StatusOr<Logits> GraphDecode(absl::Span<const Segment> segments);
+  absl::StatusOr<bool> GrowActs(Acts& a, int64_t rows, int64_t sample_rows);
+  // Final norm and LM head over rows[0, m) of h into a.logits; `seln_out` (optional) gets the
+  // normed rows.
+  absl::Status LmHead(Acts& a, const TensorView& h, const int64_t* rows, int64_t m, TensorView* lg_out,
+                      TensorView* seln_out);
+  // Device sampling of the first n rows of lg with args[0, n): ids then log-probs in a.sampled.
+  absl::Status DeviceSample(Acts& a, const TensorView& lg, const SampleRowArgs* args, int64_t n);
+  static SampleRowArgs RowArgs(const Segment& s) {
+    if (s.sample == nullptr) return SampleRowArgs{};
+    return SampleRowArgs{s.sample->temperature, s.sample->top_k, s.sample->top_p,
+                         UniformFromSeed(s.sample->seed, s.sample_step)};
+  }
   absl::Status Collective(const char* what, const absl::Status& st);
   absl::Status AllReduceRows(const TensorView& t);
   absl::Status DecodeAttentionGroup(int64_t layer, const TensorView& q, int64_t num_decode, const TensorView& attn);
@@ -443,6 +492,15 @@ int64_t Engine::SequenceLength(SeqId seq) const {
 
 absl::StatusOr<Logits> Engine::Forward(absl::Span<const Segment> segments) { return impl_->TimedForward(segments); }
 
+void Engine::SetStepGraphMode(StepGraphMode mode) { impl_->options.cuda_graphs = mode; }
+const StepGraphStats& Engine::step_graph_stats() const { return impl_->graph_stats; }
+
+absl::StatusOr<StepGraphMode> ParseStepGraphMode(const std::string& s) {
+  if (s == "on") return StepGraphMode::kOn;
+  if (s == "off") return StepGraphMode::kOff;
+  return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs wants on or off, got \"", s, "\""));
+}
+
 absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments) {
   if (segments.empty()) return absl::InvalidArgumentError("Forward: no segments");
   const int64_t vocab = cfg.vocab_size;
@@ -466,6 +524,7 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
       return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq, " appears twice in one forward pass"));
     }
     if (s.tokens.empty()) return absl::InvalidArgumentError(absl::StrCat("empty segment for sequence ", s.seq));
+    if (s.sample != nullptr) SQA_RETURN_IF_ERROR(ValidateSamplingParams(*s.sample));
     for (int32_t t : s.tokens) {
       if (t < 0 || t >= vocab) {
         return absl::InvalidArgumentError(
@@ -583,6 +642,20 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     }
     return st;
   };
+  auto commit = [&] {
+    for (size_t oi = 0; oi < ordered.size(); ++oi) {
+      Seq& sq = seqs[ordered[oi].seq];
+      sq.len += static_cast<int64_t>(ordered[oi].tokens.size());
+      sq.local_len += stored[oi];
+    }
+  };
+
+  if (GraphEligible(segments, num_decode)) {
+    absl::StatusOr<Logits> g = GraphDecode(segments);
+    if (!g.ok()) return fail(g.status());
+    commit();
+    return g;
+  }
 
   const int64_t d = cfg.hidden_size;
   const DType act = backend->act_dtype();
@@ -603,18 +676,23 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
       gather_stride = std::max(gather_stride, off);
     }
     if (gather_rows) {  // the gather reads gather_stride rows of h on every rank
-      auto grown = h_buf.View(*backend, {gather_stride, d}, act);
+      auto grown = acts.h.View(*backend, {gather_stride, d}, act);
       if (!grown.ok()) return fail(grown.status());
     }
   }
 
-  absl::Status st = RunLayers(total, num_decode, ordered);
+  StepArrays arr;
+  arr.acts = &acts;
+  arr.tokens = tokens.data();
+  arr.positions = positions.data();
+  arr.slots = slots.data();
+  absl::Status st = RunLayers(total, num_decode, ordered, arr);
   if (!st.ok()) return fail(st);
 
   TensorView hsrc;
   if (gather_rows) {
     auto gathered = [&]() -> absl::StatusOr<TensorView> {
-      SQA_ASSIGN_OR_RETURN(TensorView hl, h_buf.View(*backend, {gather_stride, d}, act));
+      SQA_ASSIGN_OR_RETURN(TensorView hl, acts.h.View(*backend, {gather_stride, d}, act));
       SQA_ASSIGN_OR_RETURN(TensorView g, gath_h_buf.View(*backend, {world * gather_stride, d}, act));
       SQA_RETURN_IF_ERROR(backend->Synchronize());
       SQA_RETURN_IF_ERROR(
@@ -625,13 +703,6 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     hsrc = *gathered;
   }
 
-  auto commit = [&] {
-    for (size_t oi = 0; oi < ordered.size(); ++oi) {
-      Seq& sq = seqs[ordered[oi].seq];
-      sq.len += static_cast<int64_t>(ordered[oi].tokens.size());
-      sq.local_len += stored[oi];
-    }
-  };
   if (world > 1 && rank != 0) {  // followers: the leader produces the logits
     commit();
     Logits none;
@@ -639,17 +710,27 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     return none;
   }
 
-  // Logits of the requested rows, in the caller's segment order.
+  // Logits of the requested rows, in the caller's segment order, after the rows to sample from (the
+  // last position of each segment with `sample`, in segment order).
   Logits out;
   out.vocab = vocab;
   rows.clear();
   out.row_begin.resize(segments.size());
+  out.sampled.assign(segments.size(), SampledToken{});
   std::vector<int64_t> seg_piece(segments.size(), -1);
   for (size_t pi = 0; pi < pieces.size(); ++pi) seg_piece[order[pieces[pi].seg]] = static_cast<int64_t>(pi);
+  sample_args.clear();
   for (size_t i = 0; i < segments.size(); ++i) {
-    out.row_begin[i] = static_cast<int64_t>(rows.size());
+    if (segments[i].sample == nullptr) continue;
+    rows.push_back(first_row[i] + local_rows[i] - 1);  // rank 0 holds the last token
+    sample_args.push_back(RowArgs(segments[i]));
+  }
+  const int64_t num_sampled = static_cast<int64_t>(rows.size());
+  for (size_t i = 0; i < segments.size(); ++i) {
+    out.row_begin[i] = static_cast<int64_t>(rows.size()) - num_sampled;
     const int64_t n = static_cast<int64_t>(segments[i].tokens.size());
     const int64_t last_local = first_row[i] + local_rows[i] - 1;  // rank 0 holds the last token
+    if (segments[i].sample != nullptr && !segments[i].sample_logits) continue;
     if (segments[i].all_logits && seg_piece[i] >= 0) {
       // Token j of a zigzag-split prompt: find the rank and the row that computed it.
       const ZigzagSplit z = PlanZigzag(n, world);
@@ -669,29 +750,54 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
     }
   }
   const int64_t m = static_cast<int64_t>(rows.size());
+  const int64_t returned = m - num_sampled;
   auto compute_logits = [&]() -> absl::Status {
     TensorView h = hsrc;
     if (!gather_rows) {
-      SQA_ASSIGN_OR_RETURN(h, h_buf.View(*backend, {total, d}, act));
+      SQA_ASSIGN_OR_RETURN(h, acts.h.View(*backend, {total, d}, act));
     }
-    SQA_ASSIGN_OR_RETURN(TensorView sel, sel_buf.View(*backend, {m, d}, act));
-    SQA_ASSIGN_OR_RETURN(TensorView seln, sel_norm_buf.View(*backend, {m, d}, act));
-    SQA_ASSIGN_OR_RETURN(TensorView lg, logits_buf.View(*backend, {m, vocab}, DType::kF32));
-    SQA_RETURN_IF_ERROR(backend->GatherRows(h, rows.data(), m, sel));
-    SQA_RETURN_IF_ERROR(backend->RmsNorm(sel, final_norm.view, static_cast<float>(cfg.rms_norm_eps), seln));
+    TensorView lg, seln;
+    SQA_RETURN_IF_ERROR(LmHead(acts, h, rows.data(), m, &lg, &seln));
     bool want_hidden = false;
     for (const Segment& s : segments) want_hidden = want_hidden || s.hidden_state;
     if (want_hidden) {  // Encode's OUTPUT_HIDDEN_STATE: copy seln to the host as f32
-      std::vector<uint8_t> raw(static_cast<size_t>(m * d) * DTypeSize(act));
-      SQA_RETURN_IF_ERROR(backend->CopyToHost(seln, raw.data()));
+      std::vector<uint8_t> raw(static_cast<size_t>(returned * d) * DTypeSize(act));
+      SQA_RETURN_IF_ERROR(backend->CopyToHost(SubRows(seln, num_sampled, {returned, d}), raw.data()));
       SQA_RETURN_IF_ERROR(backend->Synchronize());
       out.hidden_size = d;
-      out.hidden.resize(static_cast<size_t>(m * d));
-      ConvertToF32(raw.data(), act, static_cast<size_t>(m * d), out.hidden.data());
+      out.hidden.resize(static_cast<size_t>(returned * d));
+      ConvertToF32(raw.data(), act, static_cast<size_t>(returned * d), out.hidden.data());
     }
-    SQA_RETURN_IF_ERROR(backend->Linear(seln, lm_head, lg));
-    out.data.resize(static_cast<size_t>(m * vocab));
-    SQA_RETURN_IF_ERROR(backend->CopyToHost(lg, out.data.data()));
+    if (num_sampled > 0 && backend->has_device_sampler()) {
+      SQA_RETURN_IF_ERROR(DeviceSample(acts, lg, sample_args.data(), num_sampled));
+    }
+    out.data.resize(static_cast<size_t>(returned * vocab));
+    SQA_RETURN_IF_ERROR(backend->CopyToHost(SubRows(lg, num_sampled, {returned, vocab}), out.data.data()));
+    if (num_sampled > 0 && backend->has_device_sampler()) {
+      SQA_ASSIGN_OR_RETURN(TensorView sv, acts.sampled.View(*backend, {2 * num_sampled}, DType::kI32));
+      sampled_host.resize(static_cast<size_t>(2 * num_sampled));
+      SQA_RETURN_IF_ERROR(backend->CopyToHost(sv, sampled_host.data()));
+    } else if (num_sampled > 0) {  // host sampling: the rule of sampling.h on the copied rows
+      std::vector<float> srows(static_cast<size_t>(num_sampled * vocab));
+      SQA_RETURN_IF_ERROR(backend->CopyToHost(SubRows(lg, 0, {num_sampled, vocab}), srows.data()));
+      SQA_RETURN_IF_ERROR(backend->Synchronize());
+      sampled_host.resize(static_cast<size_t>(2 * num_sampled));
+      int64_t r = 0;
+      for (const Segment& s : segments) {
+        if (s.sample == nullptr) continue;
+        const SampledToken t = SampleToken(srows.data() + r * vocab, vocab, *s.sample, s.sample_step);
+        sampled_host[static_cast<size_t>(r)] = t.token;
+        std::memcpy(&sampled_host[static_cast<size_t>(num_sampled + r)], &t.logprob, sizeof(float));
+        ++r;
+      }
+    }
+    int64_t r = 0;
+    for (size_t i = 0; i < segments.size(); ++i) {
+      if (segments[i].sample == nullptr) continue;
+      out.sampled[i].token = sampled_host[static_cast<size_t>(r)];
+      std::memcpy(&out.sampled[i].logprob, &sampled_host[static_cast<size_t>(num_sampled + r)], sizeof(float));
+      ++r;
+    }
     return backend->Synchronize();
   };
   st = compute_logits();
@@ -701,7 +807,8 @@ absl::StatusOr<Logits> Engine::Impl::Forward(absl::Span<const Segment> segments)
   return out;
 }
 
-absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> ordered) {
+absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Span<const Segment> ordered,
+                                     const StepArrays& arr) {
   Backend& be = *backend;
   const ModelConfig& c = cfg;
   const DType act = be.act_dtype();
@@ -712,23 +819,24 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
   rope.theta = c.rope_theta;
   rope.position_scale = c.rope_scaling.type == "linear" ? c.rope_scaling.factor : 1.0;
 
-  SQA_ASSIGN_OR_RETURN(TensorView h, h_buf.View(be, {total, d}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView x, x_buf.View(be, {total, d}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView q, q_buf.View(be, {total, hq * dh}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView k, k_buf.View(be, {total, hkv * dh}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView v, v_buf.View(be, {total, hkv * dh}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView attn, attn_buf.View(be, {total, ha * dh}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView tmp, tmp_buf.View(be, {total, d}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView gate, gate_buf.View(be, {total, inter}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView up, up_buf.View(be, {total, inter}, act));
-  SQA_ASSIGN_OR_RETURN(TensorView a, act_buf.View(be, {total, inter}, act));
+  Acts& bufs = *arr.acts;
+  SQA_ASSIGN_OR_RETURN(TensorView h, bufs.h.View(be, {total, d}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView x, bufs.x.View(be, {total, d}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView q, bufs.q.View(be, {total, hq * dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView k, bufs.k.View(be, {total, hkv * dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView v, bufs.v.View(be, {total, hkv * dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView attn, bufs.attn.View(be, {total, ha * dh}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView tmp, bufs.tmp.View(be, {total, d}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView gate, bufs.gate.View(be, {total, inter}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView up, bufs.up.View(be, {total, inter}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView a, bufs.act.View(be, {total, inter}, act));
   TensorView q3 = SubRows(q, 0, {total, hq, dh});
   TensorView k3 = SubRows(k, 0, {total, hkv, dh});
   TensorView v3 = SubRows(v, 0, {total, hkv, dh});
 
   // Per-segment attention arguments (block tables are stable during the pass).
   decode_refs.clear();
-  for (int64_t i = 0; i < num_decode; ++i) {
+  for (int64_t i = 0; arr.kv_lens == nullptr && i < num_decode; ++i) {
     const Seq& sq = seqs[ordered[static_cast<size_t>(i)].seq];
     const int64_t added = sequence_group() ? decode_new_local[static_cast<size_t>(i)] : 1;
     decode_refs.push_back({sq.blocks.data(), sq.local_len + added});
@@ -736,8 +844,9 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
   // Rows whose K/V this rank stores, as runs of consecutive rows (a decode token of a sequence
   // group is stored by one rank only).
   std::vector<std::pair<int64_t, int64_t>> kv_runs;
-  for (int64_t r = 0; r < total; ++r) {
-    if (slots[static_cast<size_t>(r)] < 0) continue;
+  if (arr.one_kv_run && total > 0) kv_runs.push_back({0, total});
+  for (int64_t r = 0; !arr.one_kv_run && r < total; ++r) {
+    if (arr.slots[r] < 0) continue;
     if (!kv_runs.empty() && kv_runs.back().second == r) {
       kv_runs.back().second = r + 1;
     } else {
@@ -745,18 +854,18 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     }
   }
 
-  SQA_RETURN_IF_ERROR(be.Embed(embed.view, tokens.data(), total, h));
+  SQA_RETURN_IF_ERROR(be.Embed(embed.view, arr.tokens, total, h));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerW& w = layers[static_cast<size_t>(l)];
     SQA_RETURN_IF_ERROR(be.RmsNorm(h, w.input_norm.view, eps, x));
     SQA_RETURN_IF_ERROR(be.Linear(x, w.q.view, q));
     SQA_RETURN_IF_ERROR(be.Linear(x, w.k.view, k));
     SQA_RETURN_IF_ERROR(be.Linear(x, w.v.view, v));
-    SQA_RETURN_IF_ERROR(be.Rope(q3, positions.data(), rope));
-    SQA_RETURN_IF_ERROR(be.Rope(k3, positions.data(), rope));
+    SQA_RETURN_IF_ERROR(be.Rope(q3, arr.positions, rope));
+    SQA_RETURN_IF_ERROR(be.Rope(k3, arr.positions, rope));
     for (auto [r0, r1] : kv_runs) {
       SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, SubRows(k3, r0, {r1 - r0, hkv, dh}), SubRows(v3, r0, {r1 - r0, hkv, dh}),
-                                     slots.data() + r0));
+                                     arr.slots + r0));
     }
     if (num_decode > 0 && sequence_group()) {
       SQA_RETURN_IF_ERROR(DecodeAttentionGroup(l, q, num_decode, attn));
@@ -765,7 +874,14 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
       da.cache = kv.get();
       da.layer = l;
       da.q = SubRows(q, 0, {num_decode, hq, dh});
-      da.seqs = decode_refs;
+      if (arr.kv_lens != nullptr) {
+        da.kv_lens = arr.kv_lens;
+        da.block_tables = arr.tables;
+        da.table_stride = arr.table_stride;
+        da.max_kv_len = arr.max_kv_len;
+      } else {
+        da.seqs = decode_refs;
+      }
       da.out = SubRows(attn, 0, {num_decode, ha, dh});
       SQA_RETURN_IF_ERROR(be.AttentionDecode(da));
     }
@@ -812,6 +928,215 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
   }
   return absl::OkStatus();
+}
+
+absl::Status Engine::Impl::LmHead(Acts& a, const TensorView& h, const int64_t* rows_in, int64_t m, TensorView* lg_out,
+                                  TensorView* seln_out) {
+  const int64_t d = cfg.hidden_size;
+  const DType act = backend->act_dtype();
+  SQA_ASSIGN_OR_RETURN(TensorView sel, a.sel.View(*backend, {m, d}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView seln, a.sel_norm.View(*backend, {m, d}, act));
+  SQA_ASSIGN_OR_RETURN(TensorView lg, a.logits.View(*backend, {m, cfg.vocab_size}, DType::kF32));
+  SQA_RETURN_IF_ERROR(backend->GatherRows(h, rows_in, m, sel));
+  SQA_RETURN_IF_ERROR(backend->RmsNorm(sel, final_norm.view, static_cast<float>(cfg.rms_norm_eps), seln));
+  SQA_RETURN_IF_ERROR(backend->Linear(seln, lm_head, lg));
+  *lg_out = lg;
+  if (seln_out != nullptr) *seln_out = seln;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::Impl::DeviceSample(Acts& a, const TensorView& lg, const SampleRowArgs* args, int64_t n) {
+  SQA_ASSIGN_OR_RETURN(TensorView sv, a.sampled.View(*backend, {2 * n}, DType::kI32));
+  TensorView tok = sv, lp = sv;
+  tok.shape = {n};
+  lp.shape = {n};
+  lp.dtype = DType::kF32;
+  lp.data = sv.as<int32_t>() + n;
+  return backend->SampleTokens(SubRows(lg, 0, {n, cfg.vocab_size}), args, tok, lp);
+}
+
+bool Engine::Impl::GraphEligible(absl::Span<const Segment> segments, int64_t num_decode) const {
+  if (options.cuda_graphs == StepGraphMode::kOff || world > 1 || backend->step_graphs() == nullptr) return false;
+  if (num_decode != static_cast<int64_t>(segments.size()) || num_decode > kMaxGraphBatch) return false;
+  for (const Segment& s : segments) {
+    if (s.hidden_state) return false;
+  }
+  return true;
+}
+
+// Sizes every graph-step buffer for `rows` rows; true when one of them moved (graphs that read it
+// are stale).
+absl::StatusOr<bool> Engine::Impl::GrowActs(Acts& a, int64_t rows, int64_t sample_rows) {
+  Backend& be = *backend;
+  const DType act = be.act_dtype();
+  const int64_t d = cfg.hidden_size, dh = cfg.head_dim;
+  bool moved = false;
+  auto grow = [&](Scratch& s, std::vector<int64_t> shape, DType t) -> absl::Status {
+    void* before = s.buf ? s.buf->data() : nullptr;
+    SQA_ASSIGN_OR_RETURN(TensorView v, s.View(be, std::move(shape), t));
+    moved = moved || (before != nullptr && before != v.data);
+    return absl::OkStatus();
+  };
+  SQA_RETURN_IF_ERROR(grow(a.h, {rows, d}, act));
+  SQA_RETURN_IF_ERROR(grow(a.x, {rows, d}, act));
+  SQA_RETURN_IF_ERROR(grow(a.q, {rows, hq_l * dh}, act));
+  SQA_RETURN_IF_ERROR(grow(a.k, {rows, hkv_l * dh}, act));
+  SQA_RETURN_IF_ERROR(grow(a.v, {rows, hkv_l * dh}, act));
+  SQA_RETURN_IF_ERROR(grow(a.attn, {rows, ha_l * dh}, act));
+  SQA_RETURN_IF_ERROR(grow(a.tmp, {rows, d}, act));
+  SQA_RETURN_IF_ERROR(grow(a.gate, {rows, inter_l}, act));
+  SQA_RETURN_IF_ERROR(grow(a.up, {rows, inter_l}, act));
+  SQA_RETURN_IF_ERROR(grow(a.act, {rows, inter_l}, act));
+  SQA_RETURN_IF_ERROR(grow(a.sel, {rows, d}, act));
+  SQA_RETURN_IF_ERROR(grow(a.sel_norm, {rows, d}, act));
+  SQA_RETURN_IF_ERROR(grow(a.logits, {rows, cfg.vocab_size}, DType::kF32));
+  if (sample_rows > 0) SQA_RETURN_IF_ERROR(grow(a.sampled, {2 * sample_rows}, DType::kI32));
+  return moved;
+}
+
+// A decode-only step through the backend's step graphs: the batch padded to a power of two with
+// rows that read no keys (kv_len 0) and store nothing (slot -1), the KV length bound rounded up
+// so that the step's shape (and its graph) stays the same while the sequences grow. Every host
+// array goes into the backend's input block, uploaded in one copy.
+absl::StatusOr<Logits> Engine::Impl::GraphDecode(absl::Span<const Segment> segments) {
+  StepGraphs& g = *backend->step_graphs();
+  const int64_t n = static_cast<int64_t>(segments.size());
+  const int64_t bp = RoundUpPow2(n);
+  const int64_t bs = options.block_size, vocab = cfg.vocab_size;
+  int64_t max_len = 0;
+  bool any_sample = false, any_random = false, any_logits = false;
+  for (const Segment& s : segments) {
+    max_len = std::max(max_len, seqs[s.seq].local_len + 1);
+    if (s.sample != nullptr) {
+      any_sample = true;
+      any_random = any_random || s.sample->temperature > 0.f;
+    }
+    any_logits = any_logits || s.sample == nullptr || s.sample_logits;
+  }
+  const int64_t bound = std::max(kMinGraphKvBound, RoundUpPow2(max_len));
+  const int64_t stride = (bound + bs - 1) / bs;
+  const int sample_kind = !any_sample ? 0 : any_random ? 2 : 1;  // 1: greedy only (no sort)
+  const uint64_t key = (static_cast<uint64_t>(bp) << 40) | (static_cast<uint64_t>(std::countr_zero(
+                           static_cast<uint64_t>(bound))) << 8) | static_cast<uint64_t>(sample_kind);
+
+  // The input block: one 256-byte aligned section per array.
+  size_t bytes = 0;
+  auto section = [&](size_t b) {
+    const size_t at = bytes;
+    bytes += (b + 255) & ~size_t{255};
+    return at;
+  };
+  const size_t o_tok = section(4 * bp), o_pos = section(4 * bp), o_slot = section(8 * bp), o_rows = section(8 * bp),
+               o_lens = section(4 * bp), o_tab = section(static_cast<size_t>(4 * bp * stride)),
+               o_samp = sample_kind ? section(sizeof(SampleRowArgs) * bp) : 0;
+  SQA_ASSIGN_OR_RETURN(bool moved, GrowActs(gacts, bp, sample_kind ? bp : 0));
+  if (moved) {
+    g.Invalidate();
+    ++graph_stats.invalidations;
+  }
+  SQA_ASSIGN_OR_RETURN(void* block, g.Inputs(bytes));
+  char* base = static_cast<char*>(block);
+  auto* tok = reinterpret_cast<int32_t*>(base + o_tok);
+  auto* pos = reinterpret_cast<int32_t*>(base + o_pos);
+  auto* slot = reinterpret_cast<int64_t*>(base + o_slot);
+  auto* row = reinterpret_cast<int64_t*>(base + o_rows);
+  auto* lens = reinterpret_cast<int32_t*>(base + o_lens);
+  auto* tab = reinterpret_cast<int32_t*>(base + o_tab);
+  auto* samp = sample_kind ? reinterpret_cast<SampleRowArgs*>(base + o_samp) : nullptr;
+  std::memset(tab, 0, static_cast<size_t>(4 * bp * stride));
+  for (int64_t b = 0; b < bp; ++b) {
+    const bool real = b < n;
+    const Seq* sq = real ? &seqs[segments[static_cast<size_t>(b)].seq] : nullptr;
+    tok[b] = real ? tokens[static_cast<size_t>(b)] : 0;
+    pos[b] = real ? positions[static_cast<size_t>(b)] : 0;
+    slot[b] = real ? slots[static_cast<size_t>(b)] : -1;
+    row[b] = b;
+    lens[b] = real ? static_cast<int32_t>(sq->local_len + 1) : 0;
+    if (real) {
+      const int64_t nb = (sq->local_len + 1 + bs - 1) / bs;
+      std::memcpy(tab + b * stride, sq->blocks.data(), sizeof(int32_t) * static_cast<size_t>(nb));
+    }
+    if (samp != nullptr) samp[b] = real ? RowArgs(segments[static_cast<size_t>(b)]) : SampleRowArgs{};
+  }
+  SQA_RETURN_IF_ERROR(g.Upload(bytes));
+
+  StepArrays arr;
+  arr.acts = &gacts;
+  arr.tokens = tok;
+  arr.positions = pos;
+  arr.slots = slot;
+  arr.one_kv_run = true;
+  arr.kv_lens = lens;
+  arr.tables = tab;
+  arr.table_stride = stride;
+  arr.max_kv_len = bound;
+  TensorView lg;
+  auto body = [&]() -> absl::Status {
+    SQA_RETURN_IF_ERROR(RunLayers(bp, bp, {}, arr));
+    SQA_ASSIGN_OR_RETURN(TensorView h, gacts.h.View(*backend, {bp, cfg.hidden_size}, backend->act_dtype()));
+    SQA_RETURN_IF_ERROR(LmHead(gacts, h, row, bp, &lg, nullptr));
+    if (samp != nullptr) SQA_RETURN_IF_ERROR(DeviceSample(gacts, lg, samp, bp));
+    return absl::OkStatus();
+  };
+  ++graph_stats.padded_steps;
+  absl::Status st;
+  if (options.cuda_graphs == StepGraphMode::kOn && g.Has(key)) {
+    st = g.Replay(key);
+    ++graph_stats.replays;
+    SQA_ASSIGN_OR_RETURN(lg, gacts.logits.View(*backend, {bp, vocab}, DType::kF32));
+  } else if (options.cuda_graphs == StepGraphMode::kOn && graph_seen.contains(key) && !graph_failed.contains(key)) {
+    st = g.BeginCapture();
+    if (st.ok()) st = body();
+    if (st.ok()) {
+      st = g.EndCapture(key);
+    } else {
+      g.AbortCapture();
+    }
+    if (st.ok()) {
+      ++graph_stats.captures;
+    } else {
+      ++graph_stats.capture_failures;
+      graph_failed.insert(key);
+      SQA_LOG(WARNING) << "decode step graph for batch " << bp << ", KV bound " << bound
+                       << " could not be captured; that shape runs eagerly: " << st;
+      st = body();
+    }
+  } else {
+    graph_seen.insert(key);  // first sight: eager, sizing buffers and GEMM plans for the capture
+    st = body();
+  }
+  SQA_RETURN_IF_ERROR(st);
+
+  Logits out;
+  out.vocab = vocab;
+  out.row_begin.assign(segments.size(), 0);
+  out.sampled.assign(segments.size(), SampledToken{});
+  if (any_logits) {
+    out.data.resize(static_cast<size_t>(n * vocab));
+    SQA_RETURN_IF_ERROR(backend->CopyToHost(SubRows(lg, 0, {n, vocab}), out.data.data()));
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      out.row_begin[static_cast<size_t>(i)] = kept;
+      const Segment& s = segments[static_cast<size_t>(i)];
+      if (s.sample != nullptr && !s.sample_logits) continue;
+      if (kept != i) std::memmove(out.data.data() + kept * vocab, out.data.data() + i * vocab, sizeof(float) * vocab);
+      ++kept;
+    }
+    out.data.resize(static_cast<size_t>(kept * vocab));
+  }
+  if (samp != nullptr) {
+    SQA_ASSIGN_OR_RETURN(TensorView sv, gacts.sampled.View(*backend, {2 * bp}, DType::kI32));
+    sampled_host.resize(static_cast<size_t>(2 * bp));
+    SQA_RETURN_IF_ERROR(backend->CopyToHost(sv, sampled_host.data()));
+    for (int64_t i = 0; i < n; ++i) {
+      if (segments[static_cast<size_t>(i)].sample == nullptr) continue;
+      out.sampled[static_cast<size_t>(i)].token = sampled_host[static_cast<size_t>(i)];
+      std::memcpy(&out.sampled[static_cast<size_t>(i)].logprob, &sampled_host[static_cast<size_t>(bp + i)],
+                  sizeof(float));
+    }
+  }
+  SQA_RETURN_IF_ERROR(backend->Synchronize());
+  return out;
 }
 
 absl::Status Engine::Impl::AllReduceRows(const TensorView& t) {
