@@ -351,7 +351,11 @@ bool Scheduler::Step() {
     const size_t first = decoders.size() > n ? decode_rotation_ % decoders.size() : 0;
     for (size_t k = 0; k < n; ++k) {
       Request* r = decoders[(first + k) % decoders.size()];
-      segs.push_back({r->seq, absl::MakeConstSpan(&r->last_token, 1), false});
+      Engine::Segment seg{r->seq, absl::MakeConstSpan(&r->last_token, 1), false};
+      // The engine samples (on the GPU with a CUDA backend): only the token comes back.
+      seg.sample = &r->gen.sampling;
+      seg.sample_step = static_cast<uint64_t>(r->generated);
+      segs.push_back(seg);
       seg_req.push_back(r);
       info.parts.push_back({r->id, 1, true});
     }
@@ -370,6 +374,10 @@ bool Scheduler::Step() {
                         r->encode && r->enc.prompt_logprobs};
     // The hidden state is only needed from the last chunk.
     seg.hidden_state = r->encode && r->enc.output == EncodeOutput::kHiddenState && c == left;
+    if (!r->encode && c == left) {  // the first token comes from the prompt's last position
+      seg.sample = &r->gen.sampling;
+      seg.sample_step = static_cast<uint64_t>(r->generated);
+    }
     segs.push_back(seg);
     seg_req.push_back(r);
     info.parts.push_back({r->id, c, false});
@@ -398,9 +406,9 @@ bool Scheduler::Step() {
   const int64_t vocab = logits->vocab;
   const int64_t ctx = config_.max_position_embeddings;
 
-  // Samples the next token of a generate request from `row` and decides whether it is finished.
-  auto emit = [&](Request& r, const float* row) {
-    const SampledToken t = SampleToken(row, vocab, r.gen.sampling, static_cast<uint64_t>(r.generated));
+  // Takes the next token of a generate request (sampled by the engine) and decides whether it is
+  // finished.
+  auto emit = [&](Request& r, const SampledToken& t) {
     ++r.generated;
     if (!r.first_token_sent) {
       r.first_token_sent = true;
@@ -429,7 +437,7 @@ bool Scheduler::Step() {
     const int64_t base = logits->row_begin[i];
     const int64_t n = static_cast<int64_t>(segs[i].tokens.size());
     if (r.decoding) {
-      emit(r, logits->row(base));
+      emit(r, logits->sampled[i]);
       continue;
     }
     const int64_t begin = r.prefilled;
@@ -445,23 +453,23 @@ bool Scheduler::Step() {
       }
     }
     if (r.prefilled < static_cast<int64_t>(r.feed.size())) continue;
+    if (!r.encode) {
+      emit(r, logits->sampled[i]);
+      continue;
+    }
     const int64_t last_row = base + (segs[i].all_logits ? n - 1 : 0);
     const float* last = logits->row(last_row);
-    if (r.encode) {
-      if (r.enc.output == EncodeOutput::kHiddenState) {
-        const int64_t d = logits->hidden_size;
-        if (d <= 0 || static_cast<int64_t>(logits->hidden.size()) < (last_row + 1) * d) {
-          Finish(r, absl::InternalError("the engine returned no hidden state"));
-          continue;
-        }
-        r.result.values.assign(logits->hidden.begin() + last_row * d, logits->hidden.begin() + (last_row + 1) * d);
-      } else {
-        r.result.values.assign(last, last + vocab);
+    if (r.enc.output == EncodeOutput::kHiddenState) {
+      const int64_t d = logits->hidden_size;
+      if (d <= 0 || static_cast<int64_t>(logits->hidden.size()) < (last_row + 1) * d) {
+        Finish(r, absl::InternalError("the engine returned no hidden state"));
+        continue;
       }
-      Finish(r, absl::OkStatus());
+      r.result.values.assign(logits->hidden.begin() + last_row * d, logits->hidden.begin() + (last_row + 1) * d);
     } else {
-      emit(r, last);
+      r.result.values.assign(last, last + vocab);
     }
+    Finish(r, absl::OkStatus());
   }
   active_.remove_if([](const auto& r) { return r->done; });
 

@@ -20,6 +20,7 @@ std::string WorkerUsage() {
   --device cpu|cuda|auto    backend (default auto)
   --threads T               CPU threads, 0 = all cores (default 0)
   --gpu I                   CUDA device index (default 0)
+  --cuda-graphs on|off      CUDA: run decode steps as captured CUDA graphs (default on)
   --kv-cache-mb M           KV cache budget over all layers in MiB (default 1024)
   --block-size B            tokens per KV block (default 64)
   --max-batch-tokens T      tokens per scheduler step: decodes + prefill chunk (default 512)
@@ -78,6 +79,12 @@ absl::StatusOr<WorkerConfig> ParseWorkerFlags(const std::vector<std::string>& ar
        }},
       {"threads", i32(&c.threads, 0, 4096)},
       {"gpu", i32(&c.gpu, 0, 1024)},
+      {"cuda-graphs", [&](const std::string& flag, const std::string& v) {
+         if (v != "on" && v != "off")
+           return absl::InvalidArgumentError(absl::StrCat("--cuda-graphs wants on or off, got '", v, "'"));
+         c.cuda_graphs = v == "on";
+         return absl::OkStatus();
+       }},
       {"kv-cache-mb", i64(&c.kv_cache_mb, 1, int64_t{1} << 24)},
       {"block-size", i64(&c.block_size, 1, 1 << 16)},
       {"max-batch-tokens", i64(&c.max_batch_tokens, 1, int64_t{1} << 24)},

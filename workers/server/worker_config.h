@@ -19,6 +19,7 @@ struct WorkerConfig {
   std::string device = "auto";        // --device cpu|cuda|auto
   int threads = 0;                    // --threads (CPU backend; 0 = all cores)
   int gpu = 0;                        // --gpu INDEX
+  bool cuda_graphs = true;            // --cuda-graphs on|off: decode steps as CUDA graphs
   int64_t kv_cache_mb = 1024;         // --kv-cache-mb: K+V budget over all layers
   int64_t block_size = 64;            // --block-size: tokens per KV block
   int64_t max_batch_tokens = 512;     // --max-batch-tokens: tokens per scheduler step

@@ -38,9 +38,11 @@ constexpr char kUsage[] =
     "               [--generate N] [--logits-out F.npy] [--decode-logits-out F.npy] [--tokens-out F.json]\n"
     "               [--chunk-tokens C] [--block-size B] [--kv-cache-mb M] [--device cpu|cuda|auto]\n"
     "               [--threads T] [--temperature t] [--top-k k] [--top-p p] [--seed s] [--stop-tokens 1,2]\n"
+    "               [--cuda-graphs on|off]\n"
     "Each prompt flag adds one sequence to the batch. A prompt file holds token ids separated by commas\n"
     "or whitespace. --synthetic-prompt N makes N ids: token j of sequence i is\n"
-    "floor(UniformFromSeed(seed + i, j) * vocab). Without --kv-cache-mb the cache is sized to fit the batch.\n";
+    "floor(UniformFromSeed(seed + i, j) * vocab). Without --kv-cache-mb the cache is sized to fit the batch.\n"
+    "Decode steps sample in the engine (on the GPU with --device cuda, as CUDA graphs unless --cuda-graphs off).\n";
 
 struct PromptSpec {
   enum Kind { kTokens, kFile, kSynthetic } kind;
@@ -59,6 +61,7 @@ struct Flags {
   int64_t threads = 0;
   sqa::SamplingParams sampling;
   std::string stop_tokens;
+  sqa::StepGraphMode cuda_graphs = sqa::StepGraphMode::kOn;
 };
 
 absl::Status BadFlag(const std::string& flag, const std::string& value, const std::string& want) {
@@ -163,6 +166,10 @@ absl::StatusOr<Flags> ParseFlags(int argc, char** argv) {
       f.sampling.seed = s;
     } else if (name == "--stop-tokens") {
       f.stop_tokens = value;
+    } else if (name == "--cuda-graphs") {
+      auto m = sqa::ParseStepGraphMode(value);
+      if (!m.ok()) return m.status();
+      f.cuda_graphs = *m;
     } else {
       return absl::InvalidArgumentError(absl::StrCat("unknown flag ", name));
     }
@@ -276,6 +283,7 @@ int Run(int argc, char** argv) {
   sqa::EngineOptions eopt;
   eopt.block_size = f.block_size;
   eopt.max_chunk_tokens = f.chunk_tokens;
+  eopt.cuda_graphs = f.cuda_graphs;
   if (f.kv_cache_mb > 0) {
     eopt.kv_cache_bytes = f.kv_cache_mb << 20;
   } else {
@@ -339,6 +347,9 @@ int Run(int argc, char** argv) {
       sqa::Engine::Segment seg;
       seg.seq = seqs[i].id;
       seg.tokens = absl::MakeConstSpan(&feed[i], 1);
+      seg.sample = &f.sampling;
+      seg.sample_step = static_cast<uint64_t>(seqs[i].generated.size());
+      seg.sample_logits = !f.decode_logits_out.empty();
       segs.push_back(seg);
       who.push_back(i);
     }
@@ -347,10 +358,11 @@ int Run(int argc, char** argv) {
     if (!logits.ok()) return Fail(1, logits.status());
     for (size_t k = 0; k < who.size(); ++k) {
       SeqRun& s = seqs[who[k]];
-      const float* row = logits->row(logits->row_begin[k]);
-      if (!f.decode_logits_out.empty()) s.decode_logits.insert(s.decode_logits.end(), row, row + vocab);
-      const sqa::SampledToken tok =
-          sqa::SampleToken(row, vocab, f.sampling, static_cast<uint64_t>(s.generated.size()));
+      if (!f.decode_logits_out.empty()) {
+        const float* row = logits->row(logits->row_begin[k]);
+        s.decode_logits.insert(s.decode_logits.end(), row, row + vocab);
+      }
+      const sqa::SampledToken tok = logits->sampled[k];
       s.generated.push_back(tok.token);
       ++decode_tokens;
       if (stop.count(tok.token)) {

@@ -113,6 +113,7 @@ int main(int argc, char** argv) {
   eo.block_size = cfg->block_size;
   eo.kv_cache_bytes = cfg->kv_cache_mb << 20;
   eo.max_chunk_tokens = cfg->max_batch_tokens;
+  eo.cuda_graphs = cfg->cuda_graphs ? StepGraphMode::kOn : StepGraphMode::kOff;
   // A group forms before its engines: rendezvous through the leader, then the communicators.
   std::unique_ptr<worker::Group> group;
   if (cfg->world > 1) {
