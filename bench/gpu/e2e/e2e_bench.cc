@@ -1,14 +1,17 @@
 // sqa-e2e-bench: end-to-end prefill and decode throughput of the engine on one model directory.
 //
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
-//                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32] [--json F]
+//                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
+//                 [--cuda-graphs on|off|both] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
 // from the call to the last-token logits on the host; tokens/s = N / seconds. One untimed warm-up
 // prefill (min(N, 2048) tokens) runs first per engine. Decode: B sequences with prompts of
 // --decode-context tokens, then --decode-steps batched greedy steps (each one Engine::Forward of B
-// one-token segments, logits copied to the host) after two warm-up steps; tokens/s =
-// B * steps / seconds. Prints one JSON object (also written to --json).
+// one-token segments sampled by the engine: on the GPU with CUDA, only the token ids come back)
+// after two warm-up steps (which also capture the step's CUDA graph); tokens/s =
+// B * steps / seconds. --cuda-graphs both measures every batch with graphs on and again off (one
+// decode row each, "cuda_graphs": true/false). Prints one JSON object (also written to --json).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -39,6 +42,7 @@ struct Flags {
   int64_t decode_context = 1024;
   int64_t decode_steps = 32;
   int64_t block_size = 64;
+  std::string cuda_graphs = "on";
   std::string json;
 };
 
@@ -56,8 +60,8 @@ bool ParseList(const std::string& s, std::vector<int64_t>* out) {
 int Usage(const std::string& why) {
   std::cerr << "sqa-e2e-bench: " << why
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
-               "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]"
-               " [--json F]\n";
+               "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
+               "         [--cuda-graphs on|off|both] [--json F]\n";
   return 2;
 }
 
@@ -85,6 +89,9 @@ int main(int argc, char** argv) {
       f.device = v;
     } else if (a == "--json") {
       f.json = v;
+    } else if (a == "--cuda-graphs") {
+      if (v != "on" && v != "off" && v != "both") return Usage("--cuda-graphs wants on, off or both, got " + v);
+      f.cuda_graphs = v;
     } else if (a == "--prefill") {
       if (!ParseList(v, &f.prefill)) return Usage("bad --prefill " + v);
     } else if (a == "--decode-batch") {
@@ -129,6 +136,7 @@ int main(int argc, char** argv) {
   eo.block_size = f.block_size;
   eo.num_kv_blocks = need_tokens / f.block_size + 2 * static_cast<int64_t>(f.decode_batch.size()) + 64;
   eo.max_chunk_tokens = f.chunk;
+  eo.cuda_graphs = f.cuda_graphs == "off" ? sqa::StepGraphMode::kOff : sqa::StepGraphMode::kOn;
   auto engine_or = sqa::Engine::Create(model, std::move(be).value(), eo);
   if (!engine_or.ok()) {
     std::cerr << "sqa-e2e-bench: " << engine_or.status() << "\n";
@@ -180,44 +188,61 @@ int main(int argc, char** argv) {
   }
 
   out["decode"] = nlohmann::json::array();
+  std::vector<bool> graph_modes;
+  if (f.cuda_graphs != "off") graph_modes.push_back(true);
+  if (f.cuda_graphs != "on") graph_modes.push_back(false);
+  const sqa::SamplingParams greedy;
   for (int64_t b : f.decode_batch) {
-    std::vector<sqa::SeqId> seqs;
-    std::vector<int32_t> next(static_cast<size_t>(b));
-    for (int64_t i = 0; i < b; ++i) {
-      seqs.push_back(engine.NewSequence());
-      auto r = engine.Prefill(seqs.back(), RandomTokens(rng, f.decode_context, cfg.vocab_size), false);
-      if (!r.ok()) {
-        std::cerr << "sqa-e2e-bench: decode prompt failed: " << r.status() << "\n";
-        return 1;
-      }
-      next[static_cast<size_t>(i)] = static_cast<int32_t>(std::max_element(r->row(0), r->row(0) + r->vocab) - r->row(0));
-    }
-    double sec = 0;
-    for (int64_t step = 0; step < f.decode_steps + 2; ++step) {
-      std::vector<sqa::Engine::Segment> segs;
-      for (int64_t i = 0; i < b; ++i) segs.push_back({seqs[i], absl::MakeConstSpan(&next[i], 1), false});
-      const auto t0 = Clock::now();
-      auto r = engine.Forward(segs);
-      if (step >= 2) sec += Seconds(t0, Clock::now());
-      if (!r.ok()) {
-        std::cerr << "sqa-e2e-bench: decode step failed: " << r.status() << "\n";
-        return 1;
-      }
+    for (bool graphs : graph_modes) {
+      engine.SetStepGraphMode(graphs ? sqa::StepGraphMode::kOn : sqa::StepGraphMode::kOff);
+      const sqa::StepGraphStats before = engine.step_graph_stats();
+      std::vector<sqa::SeqId> seqs;
+      std::vector<int32_t> next(static_cast<size_t>(b));
       for (int64_t i = 0; i < b; ++i) {
-        const float* row = r->row(i);
-        next[static_cast<size_t>(i)] = static_cast<int32_t>(std::max_element(row, row + r->vocab) - row);
+        seqs.push_back(engine.NewSequence());
+        auto r = engine.Prefill(seqs.back(), RandomTokens(rng, f.decode_context, cfg.vocab_size), false);
+        if (!r.ok()) {
+          std::cerr << "sqa-e2e-bench: decode prompt failed: " << r.status() << "\n";
+          return 1;
+        }
+        next[static_cast<size_t>(i)] =
+            static_cast<int32_t>(std::max_element(r->row(0), r->row(0) + r->vocab) - r->row(0));
       }
+      double sec = 0;
+      for (int64_t step = 0; step < f.decode_steps + 2; ++step) {
+        std::vector<sqa::Engine::Segment> segs;
+        for (int64_t i = 0; i < b; ++i) {
+          sqa::Engine::Segment seg{seqs[i], absl::MakeConstSpan(&next[i], 1), false};
+          seg.sample = &greedy;
+          seg.sample_step = static_cast<uint64_t>(step);
+          segs.push_back(seg);
+        }
+        const auto t0 = Clock::now();
+        auto r = engine.Forward(segs);
+        if (step >= 2) sec += Seconds(t0, Clock::now());
+        if (!r.ok()) {
+          std::cerr << "sqa-e2e-bench: decode step failed: " << r.status() << "\n";
+          return 1;
+        }
+        for (int64_t i = 0; i < b; ++i) next[static_cast<size_t>(i)] = r->sampled[static_cast<size_t>(i)].token;
+      }
+      for (sqa::SeqId s : seqs) engine.Release(s);
+      const sqa::StepGraphStats& after = engine.step_graph_stats();
+      const double tps = static_cast<double>(b * f.decode_steps) / sec;
+      out["decode"].push_back({{"batch", b},
+                               {"context", f.decode_context},
+                               {"steps", f.decode_steps},
+                               {"cuda_graphs", graphs},
+                               {"graph_replays", after.replays - before.replays},
+                               {"graph_captures", after.captures - before.captures},
+                               {"graph_capture_failures", after.capture_failures - before.capture_failures},
+                               {"seconds", sec},
+                               {"tokens_per_second", tps},
+                               {"ms_per_step", 1e3 * sec / static_cast<double>(f.decode_steps)}});
+      std::cerr << cfg.LayoutName() << " decode batch " << b << " (cuda graphs " << (graphs ? "on" : "off")
+                << "): " << tps << " tok/s, " << 1e3 * sec / static_cast<double>(f.decode_steps) << " ms/step, "
+                << after.replays - before.replays << " graph replays\n";
     }
-    for (sqa::SeqId s : seqs) engine.Release(s);
-    const double tps = static_cast<double>(b * f.decode_steps) / sec;
-    out["decode"].push_back({{"batch", b},
-                             {"context", f.decode_context},
-                             {"steps", f.decode_steps},
-                             {"seconds", sec},
-                             {"tokens_per_second", tps},
-                             {"ms_per_step", 1e3 * sec / static_cast<double>(f.decode_steps)}});
-    std::cerr << cfg.LayoutName() << " decode batch " << b << ": " << tps << " tok/s, "
-              << 1e3 * sec / static_cast<double>(f.decode_steps) << " ms/step\n";
   }
 
   const std::string text = out.dump(1);

@@ -30,8 +30,17 @@ def by_tokens(rows):
     return {r["tokens"]: r["tokens_per_second"] for r in rows}
 
 
-def by_batch(rows):
-    return {r["batch"]: r["tokens_per_second"] for r in rows}
+def by_batch(rows, graphs=None):
+    """tokens/s by batch; graphs=True/False keeps the rows measured with CUDA graphs on/off (rows of
+    older runs, without the key, were measured without graphs)."""
+    return {r["batch"]: r["tokens_per_second"] for r in rows
+            if graphs is None or r.get("cuda_graphs", False) == graphs}
+
+
+def engine_decode(rows):
+    """The engine's decode rows as served: with CUDA graphs when measured, else without."""
+    on = by_batch(rows, True)
+    return on if on else by_batch(rows, False)
 
 
 def gpu_name():
@@ -69,8 +78,11 @@ def main():
                  % (e0.get("hidden_size"), e0.get("layers"), e0.get("num_attention_heads"), e0.get("head_dim")))
     lines.append("- engine: bf16, cuBLASLt GEMMs, own attention kernels, prefill chunk %s tokens, KV block %s"
                  % (e0.get("chunk_tokens"), e0.get("block_size")))
-    lines.append("- decode: batch B of %s-token prompts, %s greedy steps timed (logits to host each step)"
-                 % (e0["decode"][0]["context"] if e0.get("decode") else "?", e0["decode"][0]["steps"] if e0.get("decode") else "?"))
+    graphs_measured = any(r.get("cuda_graphs") for e in eng.values() for r in e["decode"])
+    lines.append("- decode: batch B of %s-token prompts, %s greedy steps timed (%s)"
+                 % (e0["decode"][0]["context"] if e0.get("decode") else "?", e0["decode"][0]["steps"] if e0.get("decode") else "?",
+                    "tokens sampled on the GPU; `engine` = decode steps as CUDA graphs, `no graphs` = the same steps"
+                    " launched op by op" if graphs_measured else "logits to host each step, no CUDA graphs"))
     lines.append("- command: `%s`" % command)
     lines.append("")
     lines.append("## Prefill tokens/s (one sequence; ratio = engine / transformers)")
@@ -119,18 +131,29 @@ def main():
         lines.append("")
     lines.append("## Decode tokens/s (ratio = engine / transformers)")
     lines.append("")
-    lines.append("| layout | " + " | ".join("B=%d engine | B=%d HF | B=%d ratio | B=%d ms/step" % (b, b, b, b) for b in batches) + " |")
-    lines.append("|" + "---|" * (1 + 4 * len(batches)))
+    cols = 5 if graphs_measured else 4
+    if graphs_measured:
+        lines.append("| layout | " + " | ".join("B=%d engine | B=%d no graphs | B=%d HF | B=%d ratio | B=%d ms/step"
+                                               % (b, b, b, b, b) for b in batches) + " |")
+    else:
+        lines.append("| layout | " + " | ".join("B=%d engine | B=%d HF | B=%d ratio | B=%d ms/step" % (b, b, b, b)
+                                               for b in batches) + " |")
+    lines.append("|" + "---|" * (1 + cols * len(batches)))
     for l in layouts:
-        d = by_batch(eng[l]["decode"])
-        ms = {r["batch"]: r["ms_per_step"] for r in eng[l]["decode"]}
+        rows = eng[l]["decode"]
+        d = engine_decode(rows)
+        off = by_batch(rows, False)
+        ms = {r["batch"]: r["ms_per_step"] for r in rows if r.get("cuda_graphs", False) == graphs_measured}
         hd = by_batch(hf[l]["decode"]) if l in hf else {}
         cells = [l]
         for b in batches:
-            cells += ["%.0f" % d[b] if b in d else "-", "%.0f" % hd[b] if b in hd else "-",
+            cells += ["%.0f" % d[b] if b in d else "-"]
+            if graphs_measured:
+                cells += ["%.0f" % off[b] if b in off else "-"]
+            cells += ["%.0f" % hd[b] if b in hd else "-",
                       "%.2fx" % (d[b] / hd[b]) if b in d and b in hd else "-", "%.2f" % ms[b] if b in ms else "-"]
         lines.append("| " + " | ".join(cells) + " |")
-        summary["decode"][l] = {"engine": d, "hf": hd or None}
+        summary["decode"][l] = {"engine": d, "engine_no_graphs": off if graphs_measured else None, "hf": hd or None}
     lines.append("")
     text = "\n".join(lines) + "\n"
     with open(prefix + ".md", "w") as f:

@@ -8,7 +8,7 @@
 #      CHUNK_SWEEP (e.g. "8192 32768 131072": MHA prefill at the largest PREFILL length with each
 #      chunk size, written to sweep_MHA_chunk<C>.json), HF_FROM (a directory with hf_<LAYOUT>.json
 #      of an earlier run on the same kind of machine: reused instead of running transformers again;
-#      the report says so)
+#      the report says so), CUDA_GRAPHS (both: decode measured with CUDA graphs on and off; on; off)
 set -euo pipefail
 bin=$1; res=$2; shift 2
 layouts=("$@"); [ ${#layouts[@]} -gt 0 ] || layouts=(MHA GQA SQA sSQA xSQA)
@@ -25,7 +25,7 @@ for l in "${layouts[@]}"; do
   "$bin/sqa-mkmodel" --out "$m" --preset 1b --layout "$l" --dtype bf16 --seed 7 >/dev/null
   echo "== $l: model made in $((SECONDS - t0)) s"
   "$bin/sqa-e2e-bench" --model "$m" --device cuda --prefill "$prefill" --decode-batch "$decode" --chunk "$chunk" \
-      --json "$res/e2e_$l.json" >/dev/null
+      --cuda-graphs "${CUDA_GRAPHS:-both}" --json "$res/e2e_$l.json" >/dev/null
   if [ "$l" = MHA ] && [ -n "${CHUNK_SWEEP:-}" ]; then
     for c in $CHUNK_SWEEP; do
       "$bin/sqa-e2e-bench" --model "$m" --device cuda --prefill "${prefill##*,}" --decode-batch none --chunk "$c" \
