@@ -1010,6 +1010,8 @@ class CudaBackend final : public Backend {
   // The runtime's current device is per host thread; the engine may drive us from another thread
   // than the one that made us.
   absl::Status Enter() const {
+    // A (thread-local) capture runs on the thread that began it, whose device is already ours.
+    if (capturing_) return absl::OkStatus();
     SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device_));
     return absl::OkStatus();
   }
@@ -1156,8 +1158,7 @@ absl::Status CudaStepGraphs::EndCapture(uint64_t key) {
   if (!b.capturing_) return absl::FailedPreconditionError("StepGraphs::EndCapture without BeginCapture");
   b.capturing_ = false;
   b.stager_.SetCapturing(false);
-  SQA_RETURN_IF_ERROR(b.Enter());
-  cudaGraph_t graph = nullptr;
+  cudaGraph_t graph = nullptr;  // (this thread's device is ours since BeginCapture)
   cudaError_t e = cudaStreamEndCapture(b.stream(), &graph);
   if (e != cudaSuccess) {
     if (graph != nullptr) cudaGraphDestroy(graph);
@@ -1188,7 +1189,6 @@ void CudaStepGraphs::AbortCapture() {
   if (!b.capturing_) return;
   b.capturing_ = false;
   b.stager_.SetCapturing(false);
-  cudaSetDevice(b.device_);
   cudaGraph_t graph = nullptr;
   cudaStreamEndCapture(b.stream(), &graph);
   if (graph != nullptr) cudaGraphDestroy(graph);
