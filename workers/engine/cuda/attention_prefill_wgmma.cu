@@ -8,9 +8,12 @@
 // A CTA is two warpgroups (256 threads) over 128 packed rows (64 per warpgroup) and 128-key
 // tiles. Q, K and V live in shared memory as 128-byte-swizzled tiles (wgmma.cuh). Per tile, each
 // warpgroup computes S = Q K^T with m64n128k16 (both operands from shared memory), the online
-// softmax in registers, and O += P V with P taken straight from the S accumulators as the A
-// operand in registers and V read N-major (transposed) from shared memory. K/V tiles are
-// double-buffered with cp.async issued by all 256 threads one tile ahead.
+// softmax in registers, and O += P V with P packed from the S accumulators into bf16 A fragments
+// in registers and V read N-major (transposed) from shared memory. P V is issued in two halves so
+// that the first 64 keys' GEMM runs while the second half is exponentiated. K/V tiles are
+// double-buffered with cp.async issued by all 256 threads one tile ahead (behind the S GEMM, with
+// the block-table entries read a further tile ahead). bench/gpu/attention/NOTES.md has the
+// versions that were measured and why this one stayed.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -66,196 +69,228 @@ __device__ __forceinline__ void PvStep<64>(float (&o)[32], const uint32_t (&a)[4
   WgmmaRS_N64(o, a, desc_b);
 }
 
+// Copies the [kBlockM][D] packed-row Q tile of (row0, kvh) into sQ (all kThreads threads).
 template <int D>
-__global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const Args a) {
-  extern __shared__ unsigned char smem_raw[];
-  constexpr int kChunks = D / 8;                          // 16-byte chunks per row
-  constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
-  const uint32_t sQ = (SmemAddr(smem_raw) + 1023u) & ~1023u;
-  const uint32_t sK = sQ + kBlockM * D * sizeof(bf16);    // 2 stages
-  const uint32_t sV = sK + 2 * kTileBytes;                // 2 stages
-
-  const int tid = threadIdx.x;
-  const int warp = tid / 32, lane = tid % 32;
-  const int wg = warp / 4, wl = warp % 4;
-  const int64_t linear = blockIdx.x;
-  const int kvh = static_cast<int>(linear % a.hkv);
-  const int64_t row0 = (a.row_tiles - 1 - linear / a.hkv) * kBlockM;  // longest tiles first
-  const int g = a.g;
-
-  const int64_t row_end = min(row0 + kBlockM, a.rows);
-  const int64_t t_first = row0 / g;
-  const int64_t t_last = (row_end - 1) / g;
-  int64_t kv_end = a.kv_len;
-  if (a.causal) kv_end = min(kv_end, a.q_pos0 + t_last + 1);
-  const int num_tiles = kv_end > 0 ? static_cast<int>((kv_end + kBlockN - 1) / kBlockN) : 0;
-  const int64_t unmasked_end = a.causal ? min(a.kv_len, a.q_pos0 + t_first + 1) : a.kv_len;
-
-  // --- Q tile.
+__device__ __forceinline__ void LoadQ(const Args& a, uint32_t sQ, int64_t row0, int kvh, int tid) {
+  constexpr int kChunks = D / 8;
   for (int i = tid; i < kBlockM * kChunks; i += kThreads) {
     const int r = i / kChunks, c = i % kChunks;
     const int64_t pr = row0 + r;
     const bool valid = pr < a.rows;
     const bf16* src = a.q;
     if (valid) {
-      const int64_t t = pr / g;
-      const int h = kvh * g + static_cast<int>(pr - t * g);
+      const int64_t t = pr / a.g;
+      const int h = kvh * a.g + static_cast<int>(pr - t * a.g);
       src = a.q + (t * a.hq + h % a.hq) * D + c * 8;
     }
     CpAsync16(sQ + Sw128Offset(r, c, kBlockM), src, valid);
   }
+}
 
-  auto load_kv = [&](int jt, int st) {
-    const int k0 = jt * kBlockN;
-    const uint32_t dk = sK + st * kTileBytes, dv = sV + st * kTileBytes;
-    // kPaged64: element offsets of keys k0 and k0 + 64 (each 64-key half lies in one block).
-    int64_t base_lo = 0, base_hi = 0;
-    if (a.paged_mode == kPaged64) {
-      auto half = [&](int p0) -> int64_t {
-        if (p0 >= kv_end) return 0;
-        const int bi = p0 / a.block_size;
-        return ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p0 - bi * a.block_size)) * D;
-      };
-      base_lo = half(k0);
-      base_hi = half(k0 + 64);
-    }
+// Issues the cp.async copies of key tile [k0, k0 + kBlockN) of KV head kvh into (dk, dv), by
+// kLoaders threads (t = 0 .. kLoaders-1); keys at or past kv_end are zero-filled. Thread t copies
+// chunk t % kChunks of rows t / kChunks + j * kRowsPerStep, so its shared-memory offsets (the
+// swizzle term depends on the row only mod 8) and, for contiguous or 64-aligned paged KV, its
+// global offsets advance by constants per step.
+// Block ids of the two 64-key halves of the tile at k0 (kPaged64; 0 past kv_end). Read ahead of
+// LoadKvTile so that the table's latency is not on the copy's path.
+struct TileBlocks {
+  int lo = 0, hi = 0;
+};
+template <int kMode>
+__device__ __forceinline__ TileBlocks ReadTileBlocks(const Args& a, int k0, int64_t kv_end) {
+  TileBlocks b;
+  if constexpr (kMode == kPaged64) {
+    if (k0 < kv_end) b.lo = a.block_table[k0 / a.block_size];
+    if (k0 + 64 < kv_end) b.hi = a.block_table[(k0 + 64) / a.block_size];
+  }
+  return b;
+}
+
+template <int D, int kLoaders, int kMode>
+__device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t dv, int k0, int64_t kv_end, int kvh,
+                                           int t, TileBlocks blocks = TileBlocks{}) {
+  constexpr int kChunks = D / 8;
+  constexpr int kRowsPerStep = kLoaders / kChunks;  // a multiple of 8
+  constexpr int kSteps = kBlockN / kRowsPerStep;
+  static_assert(kRowsPerStep % 8 == 0 && 64 % kRowsPerStep == 0, "load pattern");
+  const int r0 = t / kChunks, c = t % kChunks;
+  const uint32_t so0 = Sw128Offset(r0, c, kBlockN);
+  const int64_t keys_left = kv_end - k0;
+  const int rows_left = static_cast<int>(keys_left < kBlockN ? keys_left : kBlockN) - r0;  // r0 + x valid iff x < rows_left
+  if constexpr (kMode == kContiguous) {
+    const int64_t off0 = (static_cast<int64_t>(k0 + r0) * a.hkv + kvh) * D + c * 8;
+    const int64_t step = static_cast<int64_t>(kRowsPerStep) * a.hkv * D;
 #pragma unroll
-    for (int j = 0; j < kBlockN * kChunks / kThreads; ++j) {
-      const int i = tid + j * kThreads;
-      const int r = i / kChunks, c = i % kChunks;
-      const int p = k0 + r;
-      const bool valid = p < kv_end;
-      int64_t off = 0;
-      if (valid) {
-        if (a.paged_mode == kPaged64) {
-          off = (r < 64 ? base_lo : base_hi) + (r & 63) * D;
-        } else if (a.paged_mode == kPagedAny) {
-          const int bi = p / a.block_size;
-          off = ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D;
-        } else {
-          off = (static_cast<int64_t>(p) * a.hkv + kvh) * D;
-        }
-        off += c * 8;
-      }
-      const uint32_t so = Sw128Offset(r, c, kBlockN);
+    for (int j = 0; j < kSteps; ++j) {
+      const bool valid = j * kRowsPerStep < rows_left;
+      const uint32_t so = so0 + j * kRowsPerStep * 128;
+      const int64_t off = valid ? off0 + j * step : 0;
       CpAsync16(dk + so, a.k + off, valid);
       CpAsync16(dv + so, a.v + off, valid);
     }
-  };
+  } else if constexpr (kMode == kPaged64) {
+    // Each 64-key half of the tile lies in one block.
+    auto half = [&](int p0, int blk) -> int64_t {
+      return ((static_cast<int64_t>(blk) * a.hkv + kvh) * a.block_size + p0 % a.block_size) * D;
+    };
+    const int64_t lo = half(k0, blocks.lo) + r0 * D + c * 8, hi = half(k0 + 64, blocks.hi) + r0 * D + c * 8;
+#pragma unroll
+    for (int j = 0; j < kSteps; ++j) {
+      const bool valid = j * kRowsPerStep < rows_left;
+      const uint32_t so = so0 + j * kRowsPerStep * 128;
+      const int64_t off = valid ? (j * kRowsPerStep < 64 ? lo : hi) + ((j * kRowsPerStep) % 64) * D : 0;
+      CpAsync16(dk + so, a.k + off, valid);
+      CpAsync16(dv + so, a.v + off, valid);
+    }
+  } else {
+#pragma unroll 4
+    for (int j = 0; j < kSteps; ++j) {
+      const bool valid = j * kRowsPerStep < rows_left;
+      const uint32_t so = so0 + j * kRowsPerStep * 128;
+      int64_t off = 0;
+      if (valid) {
+        const int p = k0 + r0 + j * kRowsPerStep;
+        const int bi = p / a.block_size;
+        off = ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D +
+              c * 8;
+      }
+      CpAsync16(dk + so, a.k + off, valid);
+      CpAsync16(dv + so, a.v + off, valid);
+    }
+  }
+}
 
-  if (num_tiles > 0) load_kv(num_tiles - 1, 0);
-  CpAsyncCommit();
-
-  // This thread's two rows inside the CTA tile: wg*64 + wl*16 + lane/4 (+ 8).
-  const int r_in = wg * 64 + wl * 16 + lane / 4;
-  int row_limit[2];
+// The online softmax in two parts, so that P V of the first 64 keys runs on the tensor cores
+// while the second half is exponentiated. SoftmaxRescale masks, takes the new row max over the
+// whole tile, rescales O and l, and returns the max used for the exponent; ExpPackHalf<h>
+// exponentiates keys 64 h .. 64 h + 63, adds them to l and packs them as k-steps 4 h .. 4 h + 3.
+template <int D>
+__device__ __forceinline__ void SoftmaxRescale(float (&s)[kBlockN / 2], float (&o)[D / 2], float (&m_i)[2],
+                                               float (&l_i)[2], float (&m_use)[2], const int (&row_limit)[2], int k0,
+                                               bool need_mask, float sl2, int lane) {
+  if (need_mask) {
+#pragma unroll
+    for (int nb = 0; nb < kBlockN / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
+        if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
+      }
+  }
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int64_t t = (row0 + r_in + 8 * i) / g;
-    row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
-  }
-
-  float o[D / 2];
-  float s[kBlockN / 2];
+    float mx = -INFINITY;
 #pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
-  float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
-  const float sl2 = a.scale_log2;
-  const uint32_t q_base = sQ + wg * 64 * 128;
-
-  for (int it = 0; it < num_tiles; ++it) {
-    const int jt = num_tiles - 1 - it;
-    const int st = it & 1;
-    CpAsyncWait<0>();
-    FenceProxyAsync();
-    __syncthreads();  // tile `it` visible to all; everyone is done with stage st ^ 1
-    if (it + 1 < num_tiles) {
-      load_kv(jt - 1, st ^ 1);
-      CpAsyncCommit();
-    }
-    const uint32_t k_base = sK + st * kTileBytes, v_base = sV + st * kTileBytes;
-
-    // S = Q K^T (64 rows x 128 keys per warpgroup).
-    WgmmaFence();
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-      const uint32_t qa = q_base + (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
-      const uint32_t kb = k_base + (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
-      WgmmaSS_N128(s, MakeSmemDesc(qa, 16, 1024), MakeSmemDesc(kb, 16, 1024), ks > 0 ? 1 : 0);
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();
-    FenceRegs(s);
-
-    // Mask and online softmax (log2 domain). Accumulator s[4*nb + e]: row r_in + 8*(e/2),
-    // key k0 + 8*nb + 2*(lane%4) + e%2.
-    const int k0 = jt * kBlockN;
-    if (k0 + kBlockN > unmasked_end) {
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
-          if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
-        }
-    }
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
-      mx = QuadMax(mx) * sl2;
-      const float m_new = fmaxf(m_i[i], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      const float alpha = Exp2(m_i[i] - m_use);
-      float sum = 0.f;
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) {
-        const float p0 = Exp2(fmaf(s[4 * nb + 2 * i], sl2, -m_use));
-        const float p1 = Exp2(fmaf(s[4 * nb + 2 * i + 1], sl2, -m_use));
-        s[4 * nb + 2 * i] = p0;
-        s[4 * nb + 2 * i + 1] = p1;
-        sum += p0 + p1;
-      }
-      l_i[i] = l_i[i] * alpha + sum;
-      m_i[i] = m_new;
+    for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
+    mx = QuadMax(mx) * sl2;
+    const float m_new = fmaxf(m_i[i], mx);
+    m_use[i] = m_new == -INFINITY ? 0.f : m_new;
+    const float alpha = Exp2(m_i[i] - m_use[i]);
+    l_i[i] *= alpha;
+    m_i[i] = m_new;
+    if (__any_sync(0xffffffffu, alpha != 1.f)) {
 #pragma unroll
       for (int nd = 0; nd < D / 8; ++nd) {
         o[4 * nd + 2 * i] *= alpha;
         o[4 * nd + 2 * i + 1] *= alpha;
       }
     }
-
-    // O += P V: P (bf16) from the S accumulators; k-step kk covers keys 16 kk .. 16 kk + 15.
-    uint32_t pa[kBlockN / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      pa[kk][0] = PackBf16(s[8 * kk + 0], s[8 * kk + 1]);
-      pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
-    }
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      PvStep<D>(o, pa[kk], MakeSmemDesc(v_base + kk * 16 * 128, kBlockN * 128, 1024));
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();
-    FenceRegs(o);
   }
-  CpAsyncWait<0>();
+}
 
-  // Epilogue: normalize, write O and the LSE.
+template <int kHalf>
+__device__ __forceinline__ void ExpPackHalf(const float (&s)[kBlockN / 2], const float (&m_use)[2], float sl2,
+                                            float (&l_i)[2], uint32_t (&pa)[kBlockN / 16][4]) {
+  // The exponentials go straight into the bf16 fragments: S is only read here, so no non-wgmma
+  // instruction writes a wgmma accumulator while P V runs (ptxas would serialize the wgmmas).
+  float sum[2] = {0.f, 0.f};
+#pragma unroll
+  for (int kk = kHalf * kBlockN / 32; kk < (kHalf + 1) * kBlockN / 32; ++kk) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // q: (n8 block 2kk + q/2, row half q%2)
+      const int i = q & 1;
+      const int idx = 8 * kk + 4 * (q >> 1) + 2 * i;
+      const float p0 = Exp2(fmaf(s[idx], sl2, -m_use[i]));
+      const float p1 = Exp2(fmaf(s[idx + 1], sl2, -m_use[i]));
+      sum[i] += p0 + p1;
+      pa[kk][q] = PackBf16(p0, p1);
+    }
+  }
+  l_i[0] += sum[0];
+  l_i[1] += sum[1];
+}
+
+// O += P V over k-steps kk0 .. kk1-1 (issue only).
+template <int D, int kk0, int kk1>
+__device__ __forceinline__ void IssuePVRange(float (&o)[D / 2], const uint32_t (&pa)[kBlockN / 16][4],
+                                             uint32_t v_base) {
+#pragma unroll
+  for (int kk = kk0; kk < kk1; ++kk) {
+    PvStep<D>(o, pa[kk], MakeSmemDesc(v_base + kk * 16 * 128, kBlockN * 128, 1024));
+  }
+}
+
+// Softmax of the S tile and O += P V, the first half of P V overlapping the second half's
+// exponentials; returns with the P V GEMMs committed (not waited for).
+template <int D>
+__device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)[D / 2], float (&m_i)[2],
+                                             float (&l_i)[2], uint32_t (&pa)[kBlockN / 16][4],
+                                             const int (&row_limit)[2], int k0, bool need_mask, float sl2, int lane,
+                                             uint32_t v_base) {
+  float m_use[2];
+  SoftmaxRescale<D>(s, o, m_i, l_i, m_use, row_limit, k0, need_mask, sl2, lane);
+  ExpPackHalf<0>(s, m_use, sl2, l_i, pa);
+  WgmmaFence();
+  IssuePVRange<D, 0, kBlockN / 32>(o, pa, v_base);
+  WgmmaCommit();
+  ExpPackHalf<1>(s, m_use, sl2, l_i, pa);
+  WgmmaFence();
+  IssuePVRange<D, kBlockN / 32, kBlockN / 16>(o, pa, v_base);
+  WgmmaCommit();
+}
+
+// S = Q K^T for this warpgroup's 64 rows (issue only; the caller commits and waits).
+template <int D>
+__device__ __forceinline__ void IssueQK(float (&s)[kBlockN / 2], uint32_t q_base, uint32_t k_base) {
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const uint32_t qa = q_base + (ks / 4) * (kBlockM * 128) + (ks % 4) * 32;
+    const uint32_t kb = k_base + (ks / 4) * (kBlockN * 128) + (ks % 4) * 32;
+    WgmmaSS_N128(s, MakeSmemDesc(qa, 16, 1024), MakeSmemDesc(kb, 16, 1024), ks > 0 ? 1 : 0);
+  }
+}
+
+// Per-CTA geometry shared by the kernels.
+struct CtaTiles {
+  int kvh;
+  int64_t row0, kv_end, unmasked_end;
+  int num_tiles;
+};
+__device__ __forceinline__ CtaTiles CtaGeometry(const Args& a) {
+  CtaTiles c;
+  const int64_t linear = blockIdx.x;
+  c.kvh = static_cast<int>(linear % a.hkv);
+  c.row0 = (a.row_tiles - 1 - linear / a.hkv) * kBlockM;  // longest tiles first
+  const int64_t row_end = min(c.row0 + kBlockM, a.rows);
+  const int64_t t_first = c.row0 / a.g, t_last = (row_end - 1) / a.g;
+  c.kv_end = a.causal ? min(a.kv_len, a.q_pos0 + t_last + 1) : a.kv_len;
+  c.num_tiles = c.kv_end > 0 ? static_cast<int>((c.kv_end + kBlockN - 1) / kBlockN) : 0;
+  c.unmasked_end = a.causal ? min(a.kv_len, a.q_pos0 + t_first + 1) : a.kv_len;
+  return c;
+}
+
+// Normalizes O and writes it and the LSE for this thread's two rows.
+template <int D>
+__device__ __forceinline__ void Epilogue(const Args& a, const float (&o)[D / 2], const float (&m_i)[2],
+                                         const float (&l_i)[2], int64_t row0, int r_in, int kvh, int lane) {
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const float l = QuadSum(l_i[i]);
     const int64_t pr = row0 + r_in + 8 * i;
     if (pr >= a.rows) continue;
-    const int64_t t = pr / g;
-    const int h = kvh * g + static_cast<int>(pr - t * g);
+    const int64_t t = pr / a.g;
+    const int h = kvh * a.g + static_cast<int>(pr - t * a.g);
     const float inv = l > 0.f ? 1.f / l : 0.f;
     bf16* dst = a.out + (t * a.ha + h) * D + (lane % 4) * 2;
 #pragma unroll
@@ -269,14 +304,81 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const Args a) 
   }
 }
 
-template <int D>
+template <int D, int kMode>
+__global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const Args a) {
+  extern __shared__ unsigned char smem_raw[];
+  constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
+  const uint32_t sQ = (SmemAddr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + kBlockM * D * sizeof(bf16);  // 2 stages
+  const uint32_t sV = sK + 2 * kTileBytes;              // 2 stages
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int wg = warp / 4, wl = warp % 4;
+  const CtaTiles ct = CtaGeometry(a);
+  const int T = ct.num_tiles;
+  // Tile x (0 = the diagonal tile) covers keys from (T - 1 - x) * kBlockN and lives in stage x % 2.
+  auto key0 = [&](int x) { return (T - 1 - x) * kBlockN; };
+
+  LoadQ<D>(a, sQ, ct.row0, ct.kvh, tid);
+  if (T > 0) {
+    LoadKvTile<D, kThreads, kMode>(a, sK, sV, key0(0), ct.kv_end, ct.kvh, tid,
+                                   ReadTileBlocks<kMode>(a, key0(0), ct.kv_end));
+  }
+  CpAsyncCommit();
+  TileBlocks next_blocks;  // of tile it + 1, read one iteration ahead
+  if (T > 1) next_blocks = ReadTileBlocks<kMode>(a, key0(1), ct.kv_end);
+
+  // This thread's two rows inside the CTA tile: wg*64 + wl*16 + lane/4 (+ 8).
+  const int r_in = wg * 64 + wl * 16 + lane / 4;
+  int row_limit[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t t = (ct.row0 + r_in + 8 * i) / a.g;
+    row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
+  }
+  float o[D / 2], s[kBlockN / 2];
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
+  float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
+  uint32_t pa[kBlockN / 16][4];
+  const uint32_t q_base = sQ + wg * 64 * 128;
+
+  for (int it = 0; it < T; ++it) {
+    const int st = it & 1;
+    CpAsyncWait<0>();
+    FenceProxyAsync();
+    __syncthreads();  // tile `it` visible to all; everyone is done with stage st ^ 1
+    WgmmaFence();
+    IssueQK<D>(s, q_base, sK + st * kTileBytes);
+    WgmmaCommit();
+    if (it + 1 < T) {  // the copies overlap the S GEMM
+      LoadKvTile<D, kThreads, kMode>(a, sK + (st ^ 1) * kTileBytes, sV + (st ^ 1) * kTileBytes, key0(it + 1), ct.kv_end,
+                                     ct.kvh, tid, next_blocks);
+      CpAsyncCommit();
+      if (it + 2 < T) next_blocks = ReadTileBlocks<kMode>(a, key0(it + 2), ct.kv_end);
+    }
+    WgmmaWait<0>();
+    FenceRegs(s);
+    const int k0 = key0(it);
+    SoftmaxAndPV<D>(s, o, m_i, l_i, pa, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane,
+                    sV + st * kTileBytes);
+    WgmmaWait<0>();
+    FenceRegs(o);
+  }
+  CpAsyncWait<0>();
+  Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
+}
+
+template <int D, int kMode>
 absl::Status Launch(const Args& a, cudaStream_t stream) {
   constexpr int smem = SmemBytes<D>();
-  cudaError_t e = cudaFuncSetAttribute(PrefillWgmmaKernel<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  auto kernel = PrefillWgmmaKernel<D, kMode>;
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
   const int64_t blocks = a.row_tiles * a.hkv;
   if (blocks > 0x7fffffff) return absl::InvalidArgumentError("attention prefill: too many query rows for one launch");
-  PrefillWgmmaKernel<D><<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(a);
+  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(a);
   return LaunchStatus("attention prefill (wgmma)");
 }
 
@@ -307,7 +409,18 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
-  return p.head_dim == 64 ? Launch<64>(a, stream) : Launch<128>(a, stream);
+  if (p.head_dim == 64) {
+    switch (a.paged_mode) {
+      case kContiguous: return Launch<64, kContiguous>(a, stream);
+      case kPaged64: return Launch<64, kPaged64>(a, stream);
+      default: return Launch<64, kPagedAny>(a, stream);
+    }
+  }
+  switch (a.paged_mode) {
+    case kContiguous: return Launch<128, kContiguous>(a, stream);
+    case kPaged64: return Launch<128, kPaged64>(a, stream);
+    default: return Launch<128, kPagedAny>(a, stream);
+  }
 }
 
 }  // namespace attn_detail

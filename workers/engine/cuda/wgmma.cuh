@@ -75,3 +75,4 @@ __device__ __forceinline__ void WgmmaRS_N64(float (&d)[32], const uint32_t (&a)[
 }
 
 }  // namespace sqa::cuda::attn_detail
+
