@@ -47,14 +47,16 @@ out = [
     "(runs without per-rank fields: since the engine was made, warm-up included; waits for peers included;",
     "in sequence mode the ring transfers run on their own thread beside the attention, so part of",
     "that time is hidden). The last column compares the last position's logits with the",
-    "single-GPU run (bf16 arithmetic, ~1e-2 expected).",
+    "single-GPU run (bf16 arithmetic, ~1e-2 expected). Each run file is one device call; efficiency",
+    "compares a group with the single-GPU row of the same file (same kernels), so rows from files of",
+    "different dates are not comparable with each other (`run` column).",
     "",
-    "| GPUs | mode | tokens | seconds | tokens/s | efficiency | rank-0 collective s | rank-0 collective GB | logits rel. diff |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| run | GPUs | mode | tokens | seconds | tokens/s | efficiency | rank-0 collective s | rank-0 collective GB | logits rel. diff |",
+    "|---|---|---|---|---|---|---|---|---|---|",
 ]
 for r in sorted(scaling, key=lambda r: (r["tokens"], r["gpus"], r["mode"])):
-    out.append("| {gpus} | {mode} | {tokens} | {seconds:.3f} | {tps:.0f} | {eff} | {cs} | {cb} | {rd} |".format(
-        gpus=r["gpus"], mode=r["mode"], tokens=r["tokens"], seconds=r["seconds"], tps=r["tokens_per_s"],
+    out.append("| {src} | {gpus} | {mode} | {tokens} | {seconds:.3f} | {tps:.0f} | {eff} | {cs} | {cb} | {rd} |".format(
+        src=r["source"].removesuffix(".jsonl"), gpus=r["gpus"], mode=r["mode"], tokens=r["tokens"], seconds=r["seconds"], tps=r["tokens_per_s"],
         eff=f'{r["efficiency"]:.1%}' if "efficiency" in r else "-",
         cs=f'{r["rank0_collective_seconds"]:.3f}' if "rank0_collective_seconds" in r else "-",
         cb=f'{r["rank0_collective_bytes"] / 1e9:.2f}' if "rank0_collective_bytes" in r else "-",
