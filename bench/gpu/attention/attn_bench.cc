@@ -7,7 +7,7 @@
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
 //                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
-//                       [--kernels wgmma,mma]   (prefill kernels to time, side by side)
+//                       [--kernels wgmma,lockstep,mma]   (prefill kernels to time, side by side)
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -124,7 +124,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> layout_filter;
   std::vector<std::string> decode_layouts = {"MHA", "GQA", "MQA", "SQA", "xSQA"};
   bool paged = true;
-  std::vector<std::string> kernels = {"wgmma", "mma"};
+  std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -146,8 +146,8 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "wgmma" && t != "mma") {
-          std::fprintf(stderr, "--kernels takes wgmma and/or mma, not %s\n", t.c_str());
+        if (t != "wgmma" && t != "lockstep" && t != "mma") {
+          std::fprintf(stderr, "--kernels takes wgmma, lockstep and/or mma, not %s\n", t.c_str());
           return 2;
         }
         kernels.push_back(t);
@@ -243,7 +243,9 @@ int main(int argc, char** argv) {
         p.out = o;
         p.lse = lse;
         for (const std::string& kname : kernels) {
-          p.kernel = kname == "mma" ? sqa::cuda::PrefillKernel::kMmaSync : sqa::cuda::PrefillKernel::kWgmma;
+          p.kernel = kname == "mma"        ? sqa::cuda::PrefillKernel::kMmaSync
+                     : kname == "lockstep" ? sqa::cuda::PrefillKernel::kWgmmaLockstep
+                                           : sqa::cuda::PrefillKernel::kWgmma;
           const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
           CK(cudaGetLastError());
           const double tf = flops / (ms * 1e-3) / 1e12;

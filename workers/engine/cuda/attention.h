@@ -47,9 +47,11 @@ struct KvView {
   int block_size = 64;
 };
 
-// Which prefill kernel runs. kAuto is the wgmma kernel (sm_90a warpgroup MMA); kMmaSync is the
-// earlier mma.sync kernel, kept for comparison in tests and benchmarks.
-enum class PrefillKernel { kAuto, kWgmma, kMmaSync };
+// Which prefill kernel runs. kAuto is the wgmma kernel (sm_90a warpgroup MMA, a producer warpgroup
+// and two consumer warpgroups taking turns on the tensor cores); kWgmmaLockstep is its simpler
+// form without the producer and the turns, kMmaSync the earlier mma.sync kernel; both are kept
+// for comparison in tests and benchmarks.
+enum class PrefillKernel { kAuto, kWgmma, kWgmmaLockstep, kMmaSync };
 
 struct PrefillParams {
   const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1

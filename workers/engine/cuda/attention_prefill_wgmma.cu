@@ -5,15 +5,19 @@
 // kvh * g + m % g), so each K/V tile is read once per group; CTAs walk key tiles from the causal
 // diagonal down, and are numbered longest-first.
 //
-// A CTA is two warpgroups (256 threads) over 128 packed rows (64 per warpgroup) and 128-key
-// tiles. Q, K and V live in shared memory as 128-byte-swizzled tiles (wgmma.cuh). Per tile, each
-// warpgroup computes S = Q K^T with m64n128k16 (both operands from shared memory), the online
-// softmax in registers, and O += P V with P packed from the S accumulators into bf16 A fragments
-// in registers and V read N-major (transposed) from shared memory. P V is issued in two halves so
-// that the first 64 keys' GEMM runs while the second half is exponentiated. K/V tiles are
-// double-buffered with cp.async issued by all 256 threads one tile ahead (behind the S GEMM, with
-// the block-table entries read a further tile ahead). bench/gpu/attention/NOTES.md has the
-// versions that were measured and why this one stayed.
+// Two consumer warpgroups work on 128 packed rows (64 each) and 128-key tiles. Q, K and V live in
+// shared memory as 128-byte-swizzled tiles (wgmma.cuh). Per tile, each warpgroup computes
+// S = Q K^T with m64n128k16 (both operands from shared memory), the online softmax in registers,
+// and O += P V with P packed from the S accumulators into bf16 A fragments in registers and V
+// read N-major (transposed) from shared memory.
+//
+// Two kernels share these pieces. The default (PrefillWgmmaPingPongKernel) adds a producer
+// warpgroup that copies K/V through a 3-stage ring and has the consumers take turns on the tensor
+// cores, so that one warpgroup's softmax runs during the other's GEMMs. The lockstep kernel
+// (PrefillWgmmaKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile ahead
+// and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the first
+// half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
+// versions that were measured.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -87,11 +91,6 @@ __device__ __forceinline__ void LoadQ(const Args& a, uint32_t sQ, int64_t row0, 
   }
 }
 
-// Issues the cp.async copies of key tile [k0, k0 + kBlockN) of KV head kvh into (dk, dv), by
-// kLoaders threads (t = 0 .. kLoaders-1); keys at or past kv_end are zero-filled. Thread t copies
-// chunk t % kChunks of rows t / kChunks + j * kRowsPerStep, so its shared-memory offsets (the
-// swizzle term depends on the row only mod 8) and, for contiguous or 64-aligned paged KV, its
-// global offsets advance by constants per step.
 // Block ids of the two 64-key halves of the tile at k0 (kPaged64; 0 past kv_end). Read ahead of
 // LoadKvTile so that the table's latency is not on the copy's path.
 struct TileBlocks {
@@ -107,6 +106,11 @@ __device__ __forceinline__ TileBlocks ReadTileBlocks(const Args& a, int k0, int6
   return b;
 }
 
+// Issues the cp.async copies of key tile [k0, k0 + kBlockN) of KV head kvh into (dk, dv), by
+// kLoaders threads (t = 0 .. kLoaders-1); keys at or past kv_end are zero-filled. Thread t copies
+// chunk t % kChunks of rows t / kChunks + j * kRowsPerStep, so its shared-memory offsets (the
+// swizzle term depends on the row only mod 8) and, for contiguous or 64-aligned paged KV, its
+// global offsets advance by constants per step.
 template <int D, int kLoaders, int kMode>
 __device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t dv, int k0, int64_t kv_end, int kvh,
                                            int t, TileBlocks blocks = TileBlocks{}) {
@@ -370,15 +374,130 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const Args a) 
   Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
 }
 
+// The default kernel (v10): warp-specialized ping-pong. Warps 0-7 are two consumer warpgroups, warps
+// 8-11 a producer warpgroup that copies K/V tiles into a 3-stage ring (cp.async; mbarriers full
+// and empty) and gives its registers to the consumers (setmaxnreg). The consumers take turns on
+// the tensor cores (named barriers 1 and 2): in its turn a warpgroup issues P V of tile j and
+// S = Q K^T of tile j + 1; the other warpgroup meanwhile does its softmax. The consumer path has
+// no data-dependent branch around a wgmma (arrives and waits are predicated or parity-selected),
+// so ptxas keeps the wgmmas asynchronous.
+constexpr int kPpStages = 3;
+constexpr int kPpThreads = kThreads + 128;
+
+template <int D>
+constexpr int PingPongSmemBytes() {
+  return (kBlockM * D + 2 * kPpStages * kBlockN * D) * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kPpStages * 8;
+}
+
 template <int D, int kMode>
-absl::Status Launch(const Args& a, cudaStream_t stream) {
-  constexpr int smem = SmemBytes<D>();
-  auto kernel = PrefillWgmmaKernel<D, kMode>;
+__global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(const Args a) {
+  extern __shared__ unsigned char smem_raw[];
+  constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
+  const uint32_t sQ = (SmemAddr(smem_raw) + 1023u) & ~1023u;
+  const uint32_t sK = sQ + kBlockM * D * sizeof(bf16);   // kPpStages stages
+  const uint32_t sV = sK + kPpStages * kTileBytes;        // kPpStages stages
+  const uint32_t bar_full = sV + kPpStages * kTileBytes;  // kPpStages mbarriers
+  const uint32_t bar_empty = bar_full + kPpStages * 8;    // kPpStages mbarriers
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const CtaTiles ct = CtaGeometry(a);
+  const int T = ct.num_tiles;
+  auto key0 = [&](int x) { return (T - 1 - x) * kBlockN; };
+
+  if (tid == 0) {
+    for (int i = 0; i < kPpStages; ++i) {
+      MbarInit(bar_full + 8 * i, 128);  // the producer warpgroup's threads
+      MbarInit(bar_empty + 8 * i, 8);   // one arrival per consumer warp
+    }
+  }
+  if (tid < kThreads) LoadQ<D>(a, sQ, ct.row0, ct.kvh, tid);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  FenceProxyAsync();
+  __syncthreads();
+
+  if (warp >= 8) {  // producer warpgroup
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+    const int t = tid - kThreads;
+    TileBlocks next;
+    if (T > 0) next = ReadTileBlocks<kMode>(a, key0(0), ct.kv_end);
+    for (int x = 0; x < T; ++x) {
+      const int st = x % kPpStages;
+      const TileBlocks cur = next;
+      if (x + 1 < T) next = ReadTileBlocks<kMode>(a, key0(x + 1), ct.kv_end);
+      if (x >= kPpStages) MbarWait(bar_empty + 8 * st, ((x / kPpStages) - 1) & 1);
+      LoadKvTile<D, 128, kMode>(a, sK + st * kTileBytes, sV + st * kTileBytes, key0(x), ct.kv_end, ct.kvh, t, cur);
+      CpAsyncMbarArrive(bar_full + 8 * st);
+    }
+    CpAsyncWait<0>();
+  } else {  // consumer warpgroups
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int wg = warp / 4, wl = warp % 4;
+    const int r_in = wg * 64 + wl * 16 + lane / 4;
+    int row_limit[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int64_t t = (ct.row0 + r_in + 8 * i) / a.g;
+      row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
+    }
+    float o[D / 2], s[kBlockN / 2];
+#pragma unroll
+    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
+    float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
+    uint32_t pa[kBlockN / 16][4];
+    const uint32_t q_base = sQ + wg * 64 * 128;
+    const int my_turn = 1 + wg, other_turn = 2 - wg;
+
+    // With no tile (T == 0) the S GEMMs below read stale shared memory and their result is
+    // dropped; the waits select a parity that is already complete instead of branching.
+    NamedBarArriveIf(1, 256, wg == 1);  // warpgroup 0 goes first
+    MbarWait(bar_full, T > 0 ? 0 : 1);
+    FenceProxyAsync();
+    NamedBarSync(my_turn, 256);
+    WgmmaFence();
+    IssueQK<D>(s, q_base, sK);
+    WgmmaCommit();
+    NamedBarArriveIf(other_turn, 256, !(wg == 1 && T == 0));
+    WgmmaWait<0>();
+    FenceRegs(s);
+    for (int j = 0; j < T; ++j) {
+      const int k0 = key0(j);
+      float m_use[2];
+      SoftmaxRescale<D>(s, o, m_i, l_i, m_use, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
+      ExpPackHalf<0>(s, m_use, a.scale_log2, l_i, pa);
+      ExpPackHalf<1>(s, m_use, a.scale_log2, l_i, pa);
+      const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
+      // The last tile's S GEMM for "tile T" reads a stale stage (result unused): no wait.
+      MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
+      FenceProxyAsync();
+      NamedBarSync(my_turn, 256);
+      WgmmaFence();
+      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
+      WgmmaCommit();
+      IssueQK<D>(s, q_base, sK + sn * kTileBytes);
+      WgmmaCommit();
+      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
+      WgmmaWait<1>();
+      FenceRegs(o);
+      MbarArriveIf(bar_empty + 8 * sj, lane == 0);
+      WgmmaWait<0>();
+      FenceRegs(s);
+    }
+    Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
+  }
+}
+
+template <int D, int kMode>
+absl::Status Launch(const Args& a, bool pingpong, cudaStream_t stream) {
+  const int smem = pingpong ? PingPongSmemBytes<D>() : SmemBytes<D>();
+  const int threads = pingpong ? kPpThreads : kThreads;
+  auto kernel = pingpong ? PrefillWgmmaPingPongKernel<D, kMode> : PrefillWgmmaKernel<D, kMode>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
   const int64_t blocks = a.row_tiles * a.hkv;
   if (blocks > 0x7fffffff) return absl::InvalidArgumentError("attention prefill: too many query rows for one launch");
-  kernel<<<static_cast<unsigned>(blocks), kThreads, smem, stream>>>(a);
+  kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(a);
   return LaunchStatus("attention prefill (wgmma)");
 }
 
@@ -409,17 +528,18 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
+  const bool pingpong = p.kernel != PrefillKernel::kWgmmaLockstep;
   if (p.head_dim == 64) {
     switch (a.paged_mode) {
-      case kContiguous: return Launch<64, kContiguous>(a, stream);
-      case kPaged64: return Launch<64, kPaged64>(a, stream);
-      default: return Launch<64, kPagedAny>(a, stream);
+      case kContiguous: return Launch<64, kContiguous>(a, pingpong, stream);
+      case kPaged64: return Launch<64, kPaged64>(a, pingpong, stream);
+      default: return Launch<64, kPagedAny>(a, pingpong, stream);
     }
   }
   switch (a.paged_mode) {
-    case kContiguous: return Launch<128, kContiguous>(a, stream);
-    case kPaged64: return Launch<128, kPaged64>(a, stream);
-    default: return Launch<128, kPagedAny>(a, stream);
+    case kContiguous: return Launch<128, kContiguous>(a, pingpong, stream);
+    case kPaged64: return Launch<128, kPaged64>(a, pingpong, stream);
+    default: return Launch<128, kPagedAny>(a, pingpong, stream);
   }
 }
 

@@ -76,3 +76,43 @@ __device__ __forceinline__ void WgmmaRS_N64(float (&d)[32], const uint32_t (&a)[
 
 }  // namespace sqa::cuda::attn_detail
 
+
+namespace sqa::cuda::attn_detail {
+
+// mbarrier (shared::cta) helpers. Waits spin on try_wait (which itself suspends for a while).
+__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// Arrives on `bar` when `pred` (a predicated instruction, no branch: callers use it where a
+// branch would put the compiler's warpgroup arrives on a divergent path).
+__device__ __forceinline__ void MbarArriveIf(uint32_t bar, bool pred) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+      "r"(static_cast<int>(pred))
+      : "memory");
+}
+// Arrives on `bar` once all of this thread's earlier cp.async copies have landed (counts against
+// the arrival count given at init).
+__device__ __forceinline__ void CpAsyncMbarArrive(uint32_t bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\n"
+      "WAIT_LOOP:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_LOOP;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+// Named barriers (id 0 is __syncthreads): sync waits until `count` threads arrived in all.
+__device__ __forceinline__ void NamedBarSync(int id, int count) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
+}
+__device__ __forceinline__ void NamedBarArriveIf(int id, int count, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %2, 0;\n@p bar.arrive %0, %1;\n}\n" ::"r"(id), "r"(count),
+               "r"(static_cast<int>(pred))
+               : "memory");
+}
+
+}  // namespace sqa::cuda::attn_detail

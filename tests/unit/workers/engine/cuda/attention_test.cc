@@ -224,6 +224,8 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       // starts, and a chunk longer than one 128-row tile per KV head.
       {128, 600, 0, 600, true, true, 192},    {64, 513, 100, 613, true, true, 64},
       {128, 260, 389, 649, true, false, 0},   {128, 130, 0, 700, false, true, 16},
+      // No keys at all (non-causal, kv_len 0): out 0, lse -inf.
+      {128, 7, 0, 0, false, false, 0},
   };
   for (const Layout& L : kLayouts) {
     for (const PrefillCase& c : cases) {
@@ -261,8 +263,10 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       std::vector<double> ref, ref_lse;
       ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, c.causal, 1.0 / std::sqrt(double(c.dh)), &ref,
                          &ref_lse);
-      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kMmaSync}) {
-        SCOPED_TRACE(kernel == PrefillKernel::kAuto ? "wgmma kernel" : "mma.sync kernel");
+      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaLockstep, PrefillKernel::kMmaSync}) {
+        SCOPED_TRACE(kernel == PrefillKernel::kAuto             ? "wgmma kernel"
+                     : kernel == PrefillKernel::kWgmmaLockstep ? "wgmma lockstep kernel"
+                                                                : "mma.sync kernel");
         dout.Poison();
         dlse.Poison();
         PrefillParams p;
