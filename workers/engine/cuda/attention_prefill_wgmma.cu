@@ -14,9 +14,9 @@
 // Two kernels share these pieces. The default (PrefillWgmmaPingPongKernel) adds a producer
 // warpgroup that copies K/V through a 3-stage ring and has the consumers take turns on the tensor
 // cores, so that one warpgroup's softmax runs during the other's GEMMs. The lockstep kernel
-// (PrefillWgmmaKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile ahead
-// and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the first
-// half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
+// (PrefillWgmmaLockstepKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile
+// ahead and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the
+// first half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
 // versions that were measured.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -309,7 +309,7 @@ __device__ __forceinline__ void Epilogue(const Args& a, const float (&o)[D / 2],
 }
 
 template <int D, int kMode>
-__global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaKernel(const Args a) {
+__global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaLockstepKernel(const Args a) {
   extern __shared__ unsigned char smem_raw[];
   constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
   const uint32_t sQ = (SmemAddr(smem_raw) + 1023u) & ~1023u;
@@ -492,7 +492,7 @@ template <int D, int kMode>
 absl::Status Launch(const Args& a, bool pingpong, cudaStream_t stream) {
   const int smem = pingpong ? PingPongSmemBytes<D>() : SmemBytes<D>();
   const int threads = pingpong ? kPpThreads : kThreads;
-  auto kernel = pingpong ? PrefillWgmmaPingPongKernel<D, kMode> : PrefillWgmmaKernel<D, kMode>;
+  auto kernel = pingpong ? PrefillWgmmaPingPongKernel<D, kMode> : PrefillWgmmaLockstepKernel<D, kMode>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
   const int64_t blocks = a.row_tiles * a.hkv;
