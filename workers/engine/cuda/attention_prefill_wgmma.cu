@@ -284,6 +284,25 @@ __device__ __forceinline__ CtaTiles CtaGeometry(const Args& a) {
   return c;
 }
 
+// A consumer thread's starting state: the last key each of its two rows (r_in, r_in + 8 of the
+// CTA tile) may see, zero accumulators, and empty softmax statistics.
+template <int D>
+__device__ __forceinline__ void InitConsumer(const Args& a, const CtaTiles& ct, int r_in, int (&row_limit)[2],
+                                             float (&o)[D / 2], float (&s)[kBlockN / 2], float (&m_i)[2],
+                                             float (&l_i)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int64_t t = (ct.row0 + r_in + 8 * i) / a.g;
+    row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
+    m_i[i] = -INFINITY;
+    l_i[i] = 0.f;
+  }
+#pragma unroll
+  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
+#pragma unroll
+  for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
+}
+
 // Normalizes O and writes it and the LSE for this thread's two rows.
 template <int D>
 __device__ __forceinline__ void Epilogue(const Args& a, const float (&o)[D / 2], const float (&m_i)[2],
@@ -334,17 +353,8 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaLockstepKernel(const 
   // This thread's two rows inside the CTA tile: wg*64 + wl*16 + lane/4 (+ 8).
   const int r_in = wg * 64 + wl * 16 + lane / 4;
   int row_limit[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t t = (ct.row0 + r_in + 8 * i) / a.g;
-    row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
-  }
-  float o[D / 2], s[kBlockN / 2];
-#pragma unroll
-  for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-  for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
-  float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
+  float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
+  InitConsumer<D>(a, ct, r_in, row_limit, o, s, m_i, l_i);
   uint32_t pa[kBlockN / 16][4];
   const uint32_t q_base = sQ + wg * 64 * 128;
 
@@ -434,17 +444,8 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
     const int wg = warp / 4, wl = warp % 4;
     const int r_in = wg * 64 + wl * 16 + lane / 4;
     int row_limit[2];
-#pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      const int64_t t = (ct.row0 + r_in + 8 * i) / a.g;
-      row_limit[i] = static_cast<int>(a.causal ? min(a.q_pos0 + t, a.kv_len - 1) : a.kv_len - 1);
-    }
-    float o[D / 2], s[kBlockN / 2];
-#pragma unroll
-    for (int i = 0; i < D / 2; ++i) o[i] = 0.f;
-#pragma unroll
-    for (int i = 0; i < kBlockN / 2; ++i) s[i] = 0.f;
-    float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
+    float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
+    InitConsumer<D>(a, ct, r_in, row_limit, o, s, m_i, l_i);
     uint32_t pa[kBlockN / 16][4];
     const uint32_t q_base = sQ + wg * 64 * 128;
     const int my_turn = 1 + wg, other_turn = 2 - wg;
