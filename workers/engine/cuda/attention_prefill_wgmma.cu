@@ -3,7 +3,7 @@
 // Same work decomposition as the mma.sync kernel (attention_prefill.cu): the query heads that
 // share one KV head are packed into M (packed row m of KV head kvh is token m / g, attention head
 // kvh * g + m % g), so each K/V tile is read once per group; CTAs walk key tiles from the causal
-// diagonal down, and are numbered longest-first.
+// diagonal down. CTAs are numbered KV head by KV head, longest row tiles first within a head.
 //
 // Two consumer warpgroups work on 128 packed rows (64 each) and 128-key tiles. Q, K and V live in
 // shared memory as 128-byte-swizzled tiles (wgmma.cuh). Per tile, each warpgroup computes
@@ -274,8 +274,10 @@ struct CtaTiles {
 __device__ __forceinline__ CtaTiles CtaGeometry(const Args& a) {
   CtaTiles c;
   const int64_t linear = blockIdx.x;
-  c.kvh = static_cast<int>(linear % a.hkv);
-  c.row0 = (a.row_tiles - 1 - linear / a.hkv) * kBlockM;  // longest tiles first
+  // KV-head-major: the CTAs resident at one time are row tiles of the same KV head, so they
+  // stream the same K/V (a window of ~132 tiles) through L2; longest tiles first within a head.
+  c.kvh = static_cast<int>(linear / a.row_tiles);
+  c.row0 = (a.row_tiles - 1 - linear % a.row_tiles) * kBlockM;
   const int64_t row_end = min(c.row0 + kBlockM, a.rows);
   const int64_t t_first = c.row0 / a.g, t_last = (row_end - 1) / a.g;
   c.kv_end = a.causal ? min(a.kv_len, a.q_pos0 + t_last + 1) : a.kv_len;
