@@ -386,9 +386,9 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaLockstepKernel(const 
   Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
 }
 
-// The default kernel (v10): warp-specialized ping-pong. Warps 0-7 are two consumer warpgroups, warps
-// 8-11 a producer warpgroup that copies K/V tiles into a 3-stage ring (cp.async; mbarriers full
-// and empty) and gives its registers to the consumers (setmaxnreg). The consumers take turns on
+// The default kernel (NOTES.md v10/v11): warp-specialized ping-pong. Warps 0-7 are two consumer
+// warpgroups, warps 8-11 a producer warpgroup that copies K/V tiles into a 3-stage ring
+// (cp.async; mbarriers full and empty) and gives its registers to the consumers (setmaxnreg). The consumers take turns on
 // the tensor cores (named barriers 1 and 2): in its turn a warpgroup issues P V of tile j and
 // S = Q K^T of tile j + 1; the other warpgroup meanwhile does its softmax. The consumer path has
 // no data-dependent branch around a wgmma (arrives and waits are predicated or parity-selected),
