@@ -7,10 +7,17 @@
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
 //                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
-//                       [--kernels wgmma,lockstep,mma]   (prefill kernels to time, side by side)
+//                       [--kernels wgmma,lockstep,mma]   (prefill kernels to time, side by side;
+//                        wgmma-hgN / wgmma-hgall = the wgmma kernel with CTAs numbered N / all KV
+//                        heads at a time)
+//                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
+// Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
+// comes from DRAM, not L2), replayed; the per-launch time of a lone launch timed with events
+// (host launch cost included) is reported beside it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -126,6 +133,7 @@ int main(int argc, char** argv) {
   bool paged = true;
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
+  std::vector<std::string> decode_kernels = {"v4", "v3"};
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -141,13 +149,25 @@ int main(int argc, char** argv) {
     else if (a == "--decode-batch") decode_batch = ParseList(next());
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--no-paged") paged = false;
+    else if (a == "--decode-kernels") {
+      decode_kernels.clear();
+      std::stringstream ss(next());
+      std::string t;
+      while (std::getline(ss, t, ',')) {
+        if (t != "v4" && t != "v3") {
+          std::fprintf(stderr, "--decode-kernels takes v4 and/or v3, not %s\n", t.c_str());
+          return 2;
+        }
+        decode_kernels.push_back(t);
+      }
+    }
     else if (a == "--kernels") {
       kernels.clear();
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "wgmma" && t != "lockstep" && t != "mma") {
-          std::fprintf(stderr, "--kernels takes wgmma, lockstep and/or mma, not %s\n", t.c_str());
+        if (t != "wgmma" && t.rfind("wgmma-hg", 0) != 0 && t != "lockstep" && t != "mma") {
+          std::fprintf(stderr, "--kernels takes wgmma, wgmma-hgN, wgmma-hgall, lockstep and/or mma, not %s\n", t.c_str());
           return 2;
         }
         kernels.push_back(t);
@@ -246,6 +266,10 @@ int main(int argc, char** argv) {
           p.kernel = kname == "mma"        ? sqa::cuda::PrefillKernel::kMmaSync
                      : kname == "lockstep" ? sqa::cuda::PrefillKernel::kWgmmaLockstep
                                            : sqa::cuda::PrefillKernel::kWgmma;
+          // wgmma-hgN: CTAs numbered N KV heads at a time (hg1: v11's order; hgall: v10's).
+          p.cta_head_group = kname.rfind("wgmma-hg", 0) != 0 ? 0
+                             : kname == "wgmma-hgall"        ? L.hkv
+                                                             : std::max(1, std::atoi(kname.c_str() + 8));
           const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
           CK(cudaGetLastError());
           const double tf = flops / (ms * 1e-3) / 1e12;
@@ -271,7 +295,8 @@ int main(int argc, char** argv) {
   }
 
   // Decode: one pool big enough for the largest combination under decode_max_gb.
-  std::printf("\n%-6s %8s %5s %7s %10s %9s %7s\n", "layout", "ctx", "batch", "splits", "us", "GB/s", "%ceil");
+  std::printf("\n%-6s %8s %5s %-7s %7s %10s %10s %9s %7s\n", "layout", "ctx", "batch", "kernel", "splits", "us",
+              "us(1 call)", "GB/s", "%ceil");
   const double ceiling = 4.08e12;
   const int bs = 64;
   for (const std::string& lname : decode_layouts) {
@@ -286,59 +311,86 @@ int main(int argc, char** argv) {
         if (kv_bytes > decode_max_gb * 1e9) continue;
         const int64_t per_seq = (ctx + bs - 1) / bs;
         const int64_t nb = per_seq * batch;
+        // Copies of the cache (own blocks, own table) so that successive launches read K/V that
+        // is not in L2 (50 MB), as in a decode step where every layer has its own cache.
+        const int copies = static_cast<int>(std::clamp<double>(std::ceil(512e6 / kv_bytes), 1.0, 32.0));
         void *pk, *pv, *q, *o, *ws = nullptr;
         int32_t *tables, *lens;
-        CK(cudaMalloc(&pk, nb * block_bytes));
-        CK(cudaMalloc(&pv, nb * block_bytes));
-        Fill(pk, nb * block_bytes, 6);
-        Fill(pv, nb * block_bytes, 7);
-        std::vector<int32_t> t(nb);
+        CK(cudaMalloc(&pk, nb * copies * block_bytes));
+        CK(cudaMalloc(&pv, nb * copies * block_bytes));
+        Fill(pk, nb * copies * block_bytes, 6);
+        Fill(pv, nb * copies * block_bytes, 7);
+        std::vector<int32_t> t(nb * copies);
         std::iota(t.begin(), t.end(), 0);
         std::shuffle(t.begin(), t.end(), std::mt19937(9));
-        CK(cudaMalloc(&tables, nb * 4));
-        CK(cudaMemcpy(tables, t.data(), nb * 4, cudaMemcpyHostToDevice));
+        CK(cudaMalloc(&tables, nb * copies * 4));
+        CK(cudaMemcpy(tables, t.data(), nb * copies * 4, cudaMemcpyHostToDevice));
         std::vector<int32_t> l(batch, static_cast<int32_t>(ctx));
         CK(cudaMalloc(&lens, batch * 4));
         CK(cudaMemcpy(lens, l.data(), batch * 4, cudaMemcpyHostToDevice));
         CK(cudaMalloc(&q, batch * L.hq * dh * 2));
         Fill(q, batch * L.hq * dh * 2, 8);
         CK(cudaMalloc(&o, batch * ha * dh * 2));
-        const size_t wsb = sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx);
-        if (wsb > 0) CK(cudaMalloc(&ws, wsb));
-        sqa::cuda::DecodeParams p;
-        p.q = q;
-        p.batch = static_cast<int>(batch);
-        p.k_cache = pk;
-        p.v_cache = pv;
-        p.block_size = bs;
-        p.block_tables = tables;
-        p.block_table_stride = per_seq;
-        p.kv_lens = lens;
-        p.max_kv_len = ctx;
-        p.num_q_heads = L.hq;
-        p.num_kv_heads = L.hkv;
-        p.head_dim = dh;
-        p.out = o;
-        p.workspace = ws;
-        p.workspace_bytes = wsb;
-        const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionDecode(p, s)); }, 3, 20, s);
-        const double bw = kv_bytes / (ms * 1e-3);
-        // splits actually used: recover from the workspace size
-        const int splits = wsb == 0 ? 1 : int(wsb / (size_t(batch) * ha * (dh + 1) * 4));
-        std::printf("%-6s %8lld %5lld %7d %10.1f %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx, (long long)batch,
-                    splits, ms * 1e3, bw / 1e9, 100.0 * bw / ceiling);
-        std::fflush(stdout);
-        out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
-                                 {"splits", splits}, {"ms", ms}, {"kv_bytes", kv_bytes}, {"bytes_per_s", bw},
-                                 {"fraction_of_copy_ceiling", bw / ceiling}});
-        save();
+        for (const std::string& dname : decode_kernels) {
+          const sqa::cuda::DecodeKernel dk = dname == "v3" ? sqa::cuda::DecodeKernel::kV3 : sqa::cuda::DecodeKernel::kV4;
+          const size_t wsb = sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, 0, dk);
+          ws = nullptr;
+          if (wsb > 0) {
+            CK(cudaMalloc(&ws, wsb));
+          }
+          sqa::cuda::DecodeParams p;
+          p.q = q;
+          p.batch = static_cast<int>(batch);
+          p.k_cache = pk;
+          p.v_cache = pv;
+          p.block_size = bs;
+          p.block_table_stride = per_seq;
+          p.kv_lens = lens;
+          p.max_kv_len = ctx;
+          p.num_q_heads = L.hq;
+          p.num_kv_heads = L.hkv;
+          p.head_dim = dh;
+          p.out = o;
+          p.workspace = ws;
+          p.workspace_bytes = wsb;
+          p.kernel = dk;
+          // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
+          // replays per decode step): time per launch without host launch cost, with cold L2.
+          constexpr int kGraphLaunches = 32;
+          cudaGraph_t graph;
+          cudaGraphExec_t exec;
+          CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+          for (int i = 0; i < kGraphLaunches; ++i) {
+            p.block_tables = tables + (i % copies) * nb;
+            Check(sqa::cuda::LaunchAttentionDecode(p, s));
+          }
+          CK(cudaStreamEndCapture(s, &graph));
+          CK(cudaGraphInstantiate(&exec, graph, 0));
+          const double ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kGraphLaunches;
+          CK(cudaGraphExecDestroy(exec));
+          CK(cudaGraphDestroy(graph));
+          // The same launch timed alone with events (host launch cost included), for reference.
+          p.block_tables = tables;
+          const double ms_single = MedianMs([&] { Check(sqa::cuda::LaunchAttentionDecode(p, s)); }, 3, 20, s);
+          const double bw = kv_bytes / (ms * 1e-3);
+          const int splits = sqa::cuda::DecodeSplits(p);
+          std::printf("%-6s %8lld %5lld %-7s %7d %10.1f %10.1f %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx,
+                      (long long)batch, dname.c_str(), splits, ms * 1e3, ms_single * 1e3, bw / 1e9,
+                      100.0 * bw / ceiling);
+          std::fflush(stdout);
+          out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
+                                   {"kernel", dname}, {"splits", splits}, {"ms", ms}, {"ms_single_launch", ms_single},
+                                   {"kv_bytes", kv_bytes}, {"bytes_per_s", bw}, {"fraction_of_copy_ceiling", bw / ceiling},
+                                   {"timing", "graph of 32 launches over rotating cache copies (cold L2)"}});
+          save();
+          if (ws) cudaFree(ws);
+        }
         cudaFree(pk);
         cudaFree(pv);
         cudaFree(tables);
         cudaFree(lens);
         cudaFree(q);
         cudaFree(o);
-        if (ws) cudaFree(ws);
       }
     }
   }

@@ -67,10 +67,20 @@ struct PrefillParams {
   void* out = nullptr;      // bf16 [n, Ha, dh]
   float* lse = nullptr;     // optional f32 [n, Ha]
   PrefillKernel kernel = PrefillKernel::kAuto;
+  // wgmma kernels: CTAs are numbered in groups of this many KV heads, longest row tiles first
+  // across the group (so the resident CTAs share few heads' K/V in L2 and the last wave holds
+  // short tiles). 0 = automatic (enough heads that a group's tiles fill the GPU once).
+  int cta_head_group = 0;
 };
 
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.
 absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
+
+// Which decode kernel runs. kAuto is kV4: up to 16 heads per KV head run two CTAs per SM,
+// wider groups eight warps per CTA (two per K/V stream); the splits are merged by a second
+// kernel launched as a programmatic dependent. kV3 is the earlier kernel (four warps, one CTA
+// per SM, a serial combine), kept for comparison in tests and benchmarks.
+enum class DecodeKernel { kAuto, kV4, kV3 };
 
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
@@ -96,12 +106,16 @@ struct DecodeParams {
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int num_splits = 0;                  // 0 = automatic (from max_kv_len and the SM count)
+  DecodeKernel kernel = DecodeKernel::kAuto;
 };
 
 // Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only
 // on host values, so a backend can size it once for its largest batch / context.
 size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
-                            int num_splits = 0);
+                            int num_splits = 0, DecodeKernel kernel = DecodeKernel::kAuto);
+
+// The number of KV splits LaunchAttentionDecode uses for these params (1 = no split).
+int DecodeSplits(const DecodeParams& p);
 
 // Flash-decoding over the paged cache: one CTA per (sequence, KV head, split) reads each K/V
 // block once for all query heads that share it (up to 32 per KV head; wider groups read it once

@@ -61,7 +61,7 @@ struct DecodeKernelArgs {
 };
 
 template <int D, int MT>
-__global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelArgs a) {
+__global__ void __launch_bounds__(kThreads, 1) DecodeKernelV3(const DecodeKernelArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
   constexpr int kChunks = D / 8;
   constexpr int kRows = 16 * MT;
@@ -303,7 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernel(const DecodeKernelAr
 
 // Merges the splits of each (sequence, head): one warp per (b, h), lanes over D.
 template <int D>
-__global__ void DecodeCombineKernel(const DecodeKernelArgs a) {
+__global__ void DecodeCombineKernelV3(const DecodeKernelArgs a) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const int64_t total = static_cast<int64_t>(a.batch) * a.ha;
@@ -334,16 +334,7 @@ __global__ void DecodeCombineKernel(const DecodeKernelArgs a) {
   if (lane == 0 && a.lse != nullptr) a.lse[idx] = sum > 0.f ? mx + logf(sum) : -INFINITY;
 }
 
-int NumSms() {
-  static int sms = [] {
-    int dev = 0, n = 132;
-    if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev);
-    return n > 0 ? n : 132;
-  }();
-  return sms;
-}
-
-int ChooseSplits(int batch, int hkv, int row_groups, int64_t max_kv_len, int requested) {
+int ChooseSplitsV3(int batch, int hkv, int row_groups, int64_t max_kv_len, int requested) {
   if (requested > 0) return std::min(requested, kMaxSplits);
   const int64_t ctas = static_cast<int64_t>(batch) * hkv * row_groups;
   // One CTA per SM fits (shared memory); fill about two waves without a ragged last one.
@@ -352,36 +343,467 @@ int ChooseSplits(int batch, int hkv, int row_groups, int64_t max_kv_len, int req
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMaxSplits})));
 }
 
-int RowGroups(int g) { return (g + kRowsPerGroupMax - 1) / kRowsPerGroupMax; }
+int RowGroupsV3(int g) { return (g + kRowsPerGroupMax - 1) / kRowsPerGroupMax; }
 
 template <int D, int MT>
-absl::Status LaunchDecodeT(const DecodeKernelArgs& a, cudaStream_t stream) {
+absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
   constexpr int smem = DecodeSmemBytes<D>();
-  cudaError_t e = cudaFuncSetAttribute(DecodeKernel<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV3<D, MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaFuncSetAttribute");
   dim3 grid(a.num_splits, a.hkv * a.row_groups, a.batch);
-  DecodeKernel<D, MT><<<grid, kThreads, smem, stream>>>(a);
+  DecodeKernelV3<D, MT><<<grid, kThreads, smem, stream>>>(a);
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
   if (a.num_splits > 1) {
     const int64_t total = static_cast<int64_t>(a.batch) * a.ha;
     const int warps_per_block = 4;
-    DecodeCombineKernel<D><<<static_cast<unsigned>((total + warps_per_block - 1) / warps_per_block), 32 * warps_per_block,
+    DecodeCombineKernelV3<D><<<static_cast<unsigned>((total + warps_per_block - 1) / warps_per_block), 32 * warps_per_block,
                              0, stream>>>(a);
     return LaunchStatus("attention decode combine");
   }
   return absl::OkStatus();
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// v4 (default). Two changes from v3, from its profile (one warp per scheduler, ~3 cycles between
+// issued instructions, dependency-bound rather than bandwidth-bound; and a combine kernel that
+// walked the splits one dependent load at a time):
+//  - more warps per SM: groups of up to 16 heads run 2 CTAs per SM with 16-key tiles; wider
+//    groups (17-32 heads) run 8 warps per CTA, two warps per K/V stream, each on 16 of the rows;
+//    each warp keeps its Q fragments in registers;
+//  - the combine reads all splits of a (sequence, head) at once (4 warps, vector loads) and is
+//    launched as a programmatic dependent of the split kernel, so its launch overlaps the tail.
+namespace v4 {
+
+constexpr int kStreams = 4;  // K/V tile streams per CTA
+constexpr int kStages = 3;   // cp.async stages per stream (two tiles in flight)
+
+template <int D, int RW>
+struct Cfg {
+  static constexpr int kTN = RW == 1 ? 16 : 32;          // keys per stream tile
+  static constexpr int kRows = 16 * RW;                  // query heads of one CTA
+  static constexpr int kThreads = kStreams * 32 * RW;
+  static constexpr int kChunks = D / 8;                  // 16-byte chunks per K/V row
+  static constexpr int kTileElems = kTN * D;             // K (or V) of one tile
+  static constexpr int kStreamElems = kStages * 2 * kTileElems;
+  static constexpr int kKvBytes = kStreams * kStreamElems * 2;
+  static constexpr int kMergeBytes = kStreams * kRows * (D + 2) * 4;
+  static constexpr int kQOffset = kKvBytes > kMergeBytes ? kKvBytes : kMergeBytes;
+  static constexpr int kSmem = kQOffset + kRows * D * 2;
+  static constexpr int kMinBlocks = RW == 1 ? 2 : 1;
+  static constexpr int kLoaders = 32 * RW;               // threads filling one stream
+  static constexpr int kPerLoader = kTN * kChunks / kLoaders;
+  static constexpr int kRowStep = kLoaders / kChunks;
+  static_assert(kLoaders % kChunks == 0 && (kTN * kChunks) % kLoaders == 0, "loader mapping");
+  static_assert(kMinBlocks * (kSmem + 1024) <= 232448, "shared memory per SM");
+};
+
+// Barrier of the warps that share one stream (one warp: a warp barrier).
+template <int RW>
+__device__ __forceinline__ void StreamSync(int stream) {
+  if constexpr (RW == 1) {
+    __syncwarp();
+  } else {
+    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + stream), "n"(32 * RW) : "memory");
+  }
+}
+
+template <int D, int RW>
+__global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
+  using C = Cfg<D, RW>;
+  constexpr int kTN = C::kTN;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
+  bf16* sQ = reinterpret_cast<bf16*>(smem_raw + C::kQOffset);
+
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int stream = warp % kStreams, rw = warp / kStreams;
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y / a.row_groups;
+  const int rg = blockIdx.y % a.row_groups;
+  const int b = blockIdx.z;
+  const int head0 = kvh * a.g + rg * C::kRows;
+  const int rows = min(C::kRows, a.g - rg * C::kRows);
+  const int kv_len = a.kv_lens[b];
+  const int split_len = static_cast<int>(a.split_len);
+  const int ks0 = split * split_len;
+  const int ks1 = min(kv_len, ks0 + split_len);
+  const int32_t* table = a.block_tables + b * a.table_stride;
+
+  for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
+    const int r = i / C::kChunks, c = i % C::kChunks;
+    const bool valid = r < rows;
+    const bf16* src = a.q;
+    if (valid) src = a.q + (static_cast<int64_t>(b) * a.hq + (head0 + r) % a.hq) * D + c * 8;
+    CpAsync16(SmemAddr(sQ + Swz<D>(r, c)), src, valid);
+  }
+  CpAsyncCommit();
+
+  bf16* wK = sKV + stream * C::kStreamElems;  // [stage][K|V][kTN][D]
+  const int li = rw * 32 + lane;              // this thread's place among the stream's loaders
+  const int lc = li % C::kChunks;             // its chunk column; rows lr, lr + kRowStep, ...
+  const int lr = li / C::kChunks;
+  auto load_tile = [&](int k0, int st) {
+    bf16* dk = wK + st * 2 * C::kTileElems;
+    bf16* dv = dk + C::kTileElems;
+    if (a.tile_in_block && k0 + kTN <= ks1) {
+      // The whole tile lies in one block: [kTN][D] contiguous in K and in V.
+      const int bi = k0 / a.block_size;
+      const int64_t base =
+          ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (k0 - bi * a.block_size) + lr) * D + lc * 8;
+      const bf16* gk = a.k + base;
+      const bf16* gv = a.v + base;
+#pragma unroll
+      for (int k = 0; k < C::kPerLoader; ++k) {
+        const int so = Swz<D>(lr + k * C::kRowStep, lc);
+        CpAsync16(SmemAddr(dk + so), gk + k * C::kRowStep * D, true);
+        CpAsync16(SmemAddr(dv + so), gv + k * C::kRowStep * D, true);
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < C::kPerLoader; ++k) {
+        const int r = lr + k * C::kRowStep;
+        const int p = k0 + r;
+        const bool valid = p < ks1;
+        int64_t off = 0;
+        if (valid) {
+          const int bi = p / a.block_size;
+          off = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D + lc * 8;
+        }
+        const int so = Swz<D>(r, lc);
+        CpAsync16(SmemAddr(dk + so), a.k + off, valid);
+        CpAsync16(SmemAddr(dv + so), a.v + off, valid);
+      }
+    }
+  };
+
+  const int n_keys = ks1 > ks0 ? ks1 - ks0 : 0;
+  const int n_tiles = (n_keys + kTN - 1) / kTN;
+  // Stream s takes tiles s, s + kStreams, ...
+  const int my_tiles = n_tiles > stream ? (n_tiles - stream + kStreams - 1) / kStreams : 0;
+#pragma unroll
+  for (int st = 0; st < kStages - 1; ++st) {
+    if (st < my_tiles) load_tile(ks0 + (stream + st * kStreams) * kTN, st);
+    CpAsyncCommit();
+  }
+  // Let the combine kernel (a programmatic dependent) launch; it waits for this grid to finish.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+
+  CpAsyncWait<kStages - 1>();  // Q has landed
+  __syncthreads();
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const int r = rw * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+    Ldsm4(qf[ks], SmemAddr(sQ + Swz<D>(r, ks * 2 + lane / 16)));
+  }
+
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
+
+  for (int it = 0; it < my_tiles; ++it) {
+    CpAsyncWait<kStages - 2>();  // this thread's part of tile `it` has landed
+    StreamSync<RW>(stream);      // ... everyone's, and the stage of tile it - 1 is free
+    if (it + kStages - 1 < my_tiles) {
+      load_tile(ks0 + (stream + (it + kStages - 1) * kStreams) * kTN, (it + kStages - 1) % kStages);
+    }
+    CpAsyncCommit();  // possibly empty: keeps the group count fixed
+    const int k0 = ks0 + (stream + it * kStreams) * kTN;
+    const bf16* tK = wK + (it % kStages) * 2 * C::kTileElems;
+    const bf16* tV = tK + C::kTileElems;
+
+    float s[kTN / 8][4];
+#pragma unroll
+    for (int i = 0; i < kTN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+      for (int nb2 = 0; nb2 < kTN / 16; ++nb2) {
+        uint32_t bb[4];
+        const int r = nb2 * 16 + (lane % 8) + (lane / 16) * 8;
+        Ldsm4(bb, SmemAddr(tK + Swz<D>(r, ks * 2 + (lane / 8) % 2)));
+        Mma(s[2 * nb2], qf[ks], bb[0], bb[1]);
+        Mma(s[2 * nb2 + 1], qf[ks], bb[2], bb[3]);
+      }
+    }
+    const bool need_mask = k0 + kTN > ks1;
+#pragma unroll
+    for (int nb = 0; nb < kTN / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float x = s[nb][e] * a.scale_log2;
+        if (need_mask && k0 + nb * 8 + (lane % 4) * 2 + (e & 1) >= ks1) x = -INFINITY;
+        s[nb][e] = x;
+      }
+    float alpha[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < kTN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+      mx = QuadMax(mx);
+      const float m_new = fmaxf(m_i[i], mx);
+      const float m_use = m_new == -INFINITY ? 0.f : m_new;
+      alpha[i] = Exp2(m_i[i] - m_use);
+      float sum = 0.f;
+#pragma unroll
+      for (int nb = 0; nb < kTN / 8; ++nb) {
+        const float p0 = Exp2(s[nb][2 * i] - m_use);
+        const float p1 = Exp2(s[nb][2 * i + 1] - m_use);
+        s[nb][2 * i] = p0;
+        s[nb][2 * i + 1] = p1;
+        sum += p0 + p1;
+      }
+      l_i[i] = l_i[i] * alpha[i] + sum;
+      m_i[i] = m_new;
+    }
+    // Once the running maxima settle, alpha is exactly 1: skip the rescale (warp-uniform).
+    if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) {
+#pragma unroll
+      for (int nd = 0; nd < D / 8; ++nd) {
+        o[nd][0] *= alpha[0];
+        o[nd][1] *= alpha[0];
+        o[nd][2] *= alpha[1];
+        o[nd][3] *= alpha[1];
+      }
+    }
+#pragma unroll
+    for (int ks = 0; ks < kTN / 16; ++ks) {
+      uint32_t pa[4];
+      pa[0] = PackBf16(s[2 * ks][0], s[2 * ks][1]);
+      pa[1] = PackBf16(s[2 * ks][2], s[2 * ks][3]);
+      pa[2] = PackBf16(s[2 * ks + 1][0], s[2 * ks + 1][1]);
+      pa[3] = PackBf16(s[2 * ks + 1][2], s[2 * ks + 1][3]);
+#pragma unroll
+      for (int nd2 = 0; nd2 < D / 16; ++nd2) {
+        uint32_t bb[4];
+        const int r = ks * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+        Ldsm4T(bb, SmemAddr(tV + Swz<D>(r, nd2 * 2 + lane / 16)));
+        Mma(o[2 * nd2], pa, bb[0], bb[1]);
+        Mma(o[2 * nd2 + 1], pa, bb[2], bb[3]);
+      }
+    }
+  }
+  CpAsyncWait<0>();
+  __syncthreads();  // all streams are done with their stages: reuse them for the merge
+
+  // Stream partials -> shared: sO [stream][row][D] f32, sM/sL [stream][row].
+  float* sO = reinterpret_cast<float*>(smem_raw);
+  float* sM = sO + kStreams * C::kRows * D;
+  float* sL = sM + kStreams * C::kRows;
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const int r = rw * 16 + lane / 4 + i * 8;
+    const float l = QuadSum(l_i[i]);
+    float* dst = sO + (stream * C::kRows + r) * D + (lane % 4) * 2;
+#pragma unroll
+    for (int nd = 0; nd < D / 8; ++nd) *reinterpret_cast<float2*>(dst + nd * 8) = make_float2(o[nd][2 * i], o[nd][2 * i + 1]);
+    if (lane % 4 == 0) {
+      sM[stream * C::kRows + r] = m_i[i];
+      sL[stream * C::kRows + r] = l;
+    }
+  }
+  __syncthreads();
+
+  const bool partial = a.num_splits > 1;
+  for (int i = tid; i < rows * D; i += C::kThreads) {
+    const int r = i / D, d = i % D;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kStreams; ++w) mx = fmaxf(mx, sM[w * C::kRows + r]);
+    const float m_use = mx == -INFINITY ? 0.f : mx;
+    float l = 0.f, acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kStreams; ++w) {
+      const float f = Exp2(sM[w * C::kRows + r] - m_use);
+      l += sL[w * C::kRows + r] * f;
+      acc += sO[(w * C::kRows + r) * D + d] * f;
+    }
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + r;
+    const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
+    if (partial) {
+      const int64_t sidx = static_cast<int64_t>(split) * a.batch * a.ha + oidx;
+      a.part_o[sidx * D + d] = acc * inv;
+      if (d == 0) a.part_lse[sidx] = lse;
+    } else {
+      a.out[oidx * D + d] = __float2bfloat16(acc * inv);
+      if (d == 0 && a.lse != nullptr) a.lse[oidx] = lse;
+    }
+  }
+}
+
+// Merges the splits of one (sequence, head) per CTA: warp 0 turns the split LSEs into weights,
+// then 4 warps each sum a quarter of the splits with vector loads (all independent), and the
+// four sums are added in shared memory.
+constexpr int kCombineThreads = 128;
+
+template <int D>
+__global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel has finished
+  constexpr int kPer = D / 32;  // output columns per lane
+  __shared__ float sW[kMaxSplits];
+  __shared__ float sAcc[kCombineThreads / 32][D];
+  __shared__ float sStat[2];
+  const int64_t idx = blockIdx.x;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int64_t stride = static_cast<int64_t>(a.batch) * a.ha;
+  const int S = a.num_splits;
+  if (warp == 0) {
+    float v[kMaxSplits / 32];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const int s = lane + 32 * j;
+      v[j] = s < S ? a.part_lse[s * stride + idx] : -INFINITY;
+      mx = fmaxf(mx, v[j]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const float w = (v[j] == -INFINITY) ? 0.f : __expf(v[j] - mx);
+      if (lane + 32 * j < S) sW[lane + 32 * j] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) {
+      sStat[0] = mx;
+      sStat[1] = sum;
+    }
+  }
+  __syncthreads();
+  float acc[kPer];
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) acc[j] = 0.f;
+#pragma unroll 4
+  for (int s = warp; s < S; s += kCombineThreads / 32) {
+    const float w = sW[s];  // 0 for a split without keys (its partial o is 0)
+    const float* po = a.part_o + (s * stride + idx) * D + lane * kPer;
+    if constexpr (kPer == 4) {
+      const float4 x = *reinterpret_cast<const float4*>(po);
+      acc[0] += w * x.x;
+      acc[1] += w * x.y;
+      acc[2] += w * x.z;
+      acc[3] += w * x.w;
+    } else {
+      const float2 x = *reinterpret_cast<const float2*>(po);
+      acc[0] += w * x.x;
+      acc[1] += w * x.y;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) sAcc[warp][lane * kPer + j] = acc[j];
+  __syncthreads();
+  const float sum = sStat[1];
+  const float inv = sum > 0.f ? 1.f / sum : 0.f;
+  for (int d = tid; d < D; d += kCombineThreads) {
+    float t = 0.f;
+#pragma unroll
+    for (int w = 0; w < kCombineThreads / 32; ++w) t += sAcc[w][d];
+    a.out[idx * D + d] = __float2bfloat16(t * inv);
+  }
+  if (tid == 0 && a.lse != nullptr) a.lse[idx] = sum > 0.f ? sStat[0] + logf(sum) : -INFINITY;
+}
+
+// Splits for `ctas0` CTAs without a split on `slots` resident CTAs: the count that fills the
+// waves best (up to three waves, a small charge per extra wave), each split >= min_keys keys.
+int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
+  if (ctas0 >= slots) return 1;
+  const int64_t max_s = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, max_kv_len / min_keys));
+  int best = 1;
+  double best_score = -1.0;
+  for (int64_t s = 1; s <= max_s; ++s) {
+    const int64_t ctas = ctas0 * s;
+    const int64_t waves = (ctas + slots - 1) / slots;
+    if (waves > 3) break;
+    const double score = static_cast<double>(ctas) / static_cast<double>(waves * slots) - 0.03 * static_cast<double>(waves - 1);
+    if (score > best_score + 1e-9) {
+      best_score = score;
+      best = static_cast<int>(s);
+    }
+  }
+  return best;
+}
+
+template <int D, int RW>
+absl::Status Launch(const DecodeKernelArgs& a, cudaStream_t stream) {
+  using C = Cfg<D, RW>;
+  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaFuncSetAttribute");
+  dim3 grid(a.num_splits, a.hkv * a.row_groups, a.batch);
+  DecodeKernelV4<D, RW><<<grid, C::kThreads, C::kSmem, stream>>>(a);
+  if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
+  if (a.num_splits <= 1) return absl::OkStatus();
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(static_cast<int64_t>(a.batch) * a.ha));
+  cfg.blockDim = dim3(kCombineThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  e = cudaLaunchKernelEx(&cfg, DecodeCombineKernelV4<D>, a);
+  if (e != cudaSuccess) return CudaStatus(e, "attention decode combine: cudaLaunchKernelEx");
+  return LaunchStatus("attention decode combine");
+}
+
+}  // namespace v4
+
+// The shape of one decode launch: rows per CTA, row groups, splits and keys per split.
+struct DecodePlan {
+  bool v4 = true;
+  int rows_per_cta = 32;
+  int row_groups = 1;
+  int splits = 1;
+  int64_t split_len = 0;
+  int tile = kTileN;
+};
+
+DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requested, DecodeKernel kernel) {
+  DecodePlan pl;
+  const int ha = std::max(hq, hkv);
+  const int g = ha / hkv;
+  pl.v4 = kernel != DecodeKernel::kV3;
+  if (pl.v4) {
+    pl.rows_per_cta = g <= 16 ? 16 : 32;
+    pl.tile = g <= 16 ? 16 : 32;
+    pl.row_groups = (g + pl.rows_per_cta - 1) / pl.rows_per_cta;
+    const int slots = NumSms() * (g <= 16 ? 2 : 1);
+    const int64_t ctas0 = static_cast<int64_t>(batch) * hkv * pl.row_groups;
+    pl.splits = requested > 0 ? std::min(requested, kMaxSplits)
+                              : v4::ChooseSplits(ctas0, slots, max_kv_len, v4::kStreams * 2 * pl.tile);
+  } else {
+    pl.rows_per_cta = kRowsPerGroupMax;
+    pl.tile = kTileN;
+    pl.row_groups = RowGroupsV3(g);
+    pl.splits = ChooseSplitsV3(batch, hkv, pl.row_groups, max_kv_len, requested);
+  }
+  int64_t split_len = (max_kv_len + pl.splits - 1) / pl.splits;
+  pl.split_len = std::max<int64_t>(pl.tile, (split_len + pl.tile - 1) / pl.tile * pl.tile);
+  return pl;
+}
+
 }  // namespace
 
 size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
-                            int num_splits) {
+                            int num_splits, DecodeKernel kernel) {
   if (batch <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) return 0;
   const int ha = std::max(num_q_heads, num_kv_heads);
-  const int g = ha / num_kv_heads;
-  const int splits = ChooseSplits(batch, num_kv_heads, RowGroups(g), max_kv_len, num_splits);
-  if (splits <= 1) return 0;
-  return static_cast<size_t>(splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+  const DecodePlan pl = MakePlan(batch, num_q_heads, num_kv_heads, max_kv_len, num_splits, kernel);
+  if (pl.splits <= 1) return 0;
+  return static_cast<size_t>(pl.splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+}
+
+int DecodeSplits(const DecodeParams& p) {
+  if (p.num_q_heads <= 0 || p.num_kv_heads <= 0) return 1;
+  return MakePlan(p.batch, p.num_q_heads, p.num_kv_heads, p.max_kv_len, p.num_splits, p.kernel).splits;
 }
 
 absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
@@ -397,7 +819,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("attention decode: negative batch/max_kv_len or non-positive block_size");
   }
   if (p.batch == 0) return absl::OkStatus();
-  if (p.max_kv_len >= (int64_t{1} << 31) - kTileN) {
+  if (p.max_kv_len >= (int64_t{1} << 31) - 2 * kTileN) {
     return absl::InvalidArgumentError("attention decode: kv lengths must stay below 2^31");
   }
   if (p.batch > 65535) return absl::InvalidArgumentError("attention decode: batch above 65535");
@@ -405,6 +827,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
       p.block_tables == nullptr || p.kv_lens == nullptr) {
     return absl::InvalidArgumentError("attention decode: null pointer");
   }
+  const DecodePlan pl = MakePlan(p.batch, hq, hkv, p.max_kv_len, p.num_splits, p.kernel);
   DecodeKernelArgs a{};
   a.q = static_cast<const bf16*>(p.q);
   a.k = static_cast<const bf16*>(p.k_cache);
@@ -413,17 +836,15 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.table_stride = p.block_table_stride;
   a.kv_lens = p.kv_lens;
   a.block_size = p.block_size;
-  a.tile_in_block = p.block_size % kTileN == 0;
+  a.tile_in_block = p.block_size % pl.tile == 0;
   a.hq = hq;
   a.hkv = hkv;
   a.ha = std::max(hq, hkv);
   a.g = a.ha / hkv;
-  a.row_groups = RowGroups(a.g);
+  a.row_groups = pl.row_groups;
   a.batch = p.batch;
-  a.num_splits = ChooseSplits(p.batch, hkv, a.row_groups, p.max_kv_len, p.num_splits);
-  int64_t split_len = (p.max_kv_len + a.num_splits - 1) / a.num_splits;
-  split_len = std::max<int64_t>(kTileN, (split_len + kTileN - 1) / kTileN * kTileN);
-  a.split_len = split_len;
+  a.num_splits = pl.splits;
+  a.split_len = pl.split_len;
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * kLog2e;
   a.out = static_cast<bf16*>(p.out);
@@ -437,9 +858,14 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
     a.part_o = static_cast<float*>(p.workspace);
     a.part_lse = a.part_o + static_cast<size_t>(a.num_splits) * p.batch * a.ha * p.head_dim;
   }
+  if (pl.v4) {
+    const bool wide = pl.rows_per_cta == 32;
+    if (p.head_dim == 64) return wide ? v4::Launch<64, 2>(a, stream) : v4::Launch<64, 1>(a, stream);
+    return wide ? v4::Launch<128, 2>(a, stream) : v4::Launch<128, 1>(a, stream);
+  }
   const bool wide = a.g > 16;
-  if (p.head_dim == 64) return wide ? LaunchDecodeT<64, 2>(a, stream) : LaunchDecodeT<64, 1>(a, stream);
-  return wide ? LaunchDecodeT<128, 2>(a, stream) : LaunchDecodeT<128, 1>(a, stream);
+  if (p.head_dim == 64) return wide ? LaunchDecodeV3<64, 2>(a, stream) : LaunchDecodeV3<64, 1>(a, stream);
+  return wide ? LaunchDecodeV3<128, 2>(a, stream) : LaunchDecodeV3<128, 1>(a, stream);
 }
 
 }  // namespace sqa::cuda

@@ -31,6 +31,18 @@ inline absl::Status LaunchStatus(const char* what) {
   return absl::OkStatus();
 }
 
+// SMs of the current device (queried once; 132 if the query fails).
+inline int NumSms() {
+  static const int sms = [] {
+    int dev = 0, n = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
+      return 132;
+    }
+    return n > 0 ? n : 132;
+  }();
+  return sms;
+}
+
 inline absl::Status CudaStatus(cudaError_t e, const char* what) {
   if (e != cudaSuccess) {
     return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));

@@ -3,7 +3,8 @@
 // Same work decomposition as the mma.sync kernel (attention_prefill.cu): the query heads that
 // share one KV head are packed into M (packed row m of KV head kvh is token m / g, attention head
 // kvh * g + m % g), so each K/V tile is read once per group; CTAs walk key tiles from the causal
-// diagonal down. CTAs are numbered KV head by KV head, longest row tiles first within a head.
+// diagonal down. CTAs are numbered in groups of KV heads (as many as fill the GPU and keep their
+// K/V within L2), longest row tiles first across each group.
 //
 // Two consumer warpgroups work on 128 packed rows (64 each) and 128-key tiles. Q, K and V live in
 // shared memory as 128-byte-swizzled tiles (wgmma.cuh). Per tile, each warpgroup computes
@@ -21,6 +22,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -56,6 +58,7 @@ struct Args {
   int64_t n, q_pos0, kv_len;
   int64_t rows;       // n * g packed rows per KV head
   int64_t row_tiles;  // ceil(rows / kBlockM)
+  int head_group;     // CTA numbering: KV heads per group (PrefillParams::cta_head_group)
   float scale_log2;
   bool causal;
   bf16* out;
@@ -274,10 +277,15 @@ struct CtaTiles {
 __device__ __forceinline__ CtaTiles CtaGeometry(const Args& a) {
   CtaTiles c;
   const int64_t linear = blockIdx.x;
-  // KV-head-major: the CTAs resident at one time are row tiles of the same KV head, so they
-  // stream the same K/V (a window of ~132 tiles) through L2; longest tiles first within a head.
-  c.kvh = static_cast<int>(linear / a.row_tiles);
-  c.row0 = (a.row_tiles - 1 - linear % a.row_tiles) * kBlockM;
+  // Groups of head_group KV heads, one after the other; within a group, longest row tiles first
+  // and the group's heads side by side. The CTAs resident at one time then read the K/V of few
+  // heads (shared in L2), and each group ends on its shortest tiles.
+  const int64_t span = static_cast<int64_t>(a.head_group) * a.row_tiles;
+  const int grp = static_cast<int>(linear / span);
+  const int64_t within = linear - grp * span;
+  const int heads_here = min(a.head_group, a.hkv - grp * a.head_group);
+  c.kvh = grp * a.head_group + static_cast<int>(within % heads_here);
+  c.row0 = (a.row_tiles - 1 - within / heads_here) * kBlockM;
   const int64_t row_end = min(c.row0 + kBlockM, a.rows);
   const int64_t t_first = c.row0 / a.g, t_last = (row_end - 1) / a.g;
   c.kv_end = a.causal ? min(a.kv_len, a.q_pos0 + t_last + 1) : a.kv_len;
@@ -526,6 +534,16 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.kv_len = p.kv_len;
   a.rows = p.n * a.g;
   a.row_tiles = (a.rows + kBlockM - 1) / kBlockM;
+  if (p.cta_head_group > 0) {
+    a.head_group = std::min(p.cta_head_group, a.hkv);
+  } else {
+    // At least enough heads that one group's tiles fill every SM once (one CTA per SM fits),
+    // and as many as keep the group's K/V within ~32 MB of L2.
+    const int64_t fill = (NumSms() + a.row_tiles - 1) / std::max<int64_t>(a.row_tiles, 1);
+    const int64_t kv_per_head = std::max<int64_t>(a.kv_len, 1) * p.head_dim * 2 * 2;
+    const int64_t by_l2 = std::max<int64_t>(1, (int64_t{32} << 20) / kv_per_head);
+    a.head_group = static_cast<int>(std::clamp<int64_t>(std::max(fill, by_l2), 1, a.hkv));
+  }
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * kLog2e;
   a.causal = p.causal;

@@ -301,11 +301,19 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
 
 TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   const std::vector<int64_t> lens = {1, 17, 300, 0, 1000, 4099, 64, 2500};
-  for (const Layout& L : kLayouts) {
+  // The prefill layouts plus groups that need two row warps with idle rows (24 heads on one KV
+  // head) and two row groups (64).
+  std::vector<Layout> layouts(std::begin(kLayouts), std::end(kLayouts));
+  layouts.push_back({24, 1, "MQA24"});
+  layouts.push_back({64, 1, "MQA64"});
+  for (DecodeKernel kernel : {DecodeKernel::kV4, DecodeKernel::kV3})
+  for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
       for (int splits : {1, 3, 0}) {
-        const int bs = dh == 64 ? 16 : 64;
-        SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits);
+        // Block 48 is not a multiple of either kernel's key tile (the per-key table path).
+        const int bs = splits == 3 ? 48 : (dh == 64 ? 16 : 64);
+        SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits << " bs=" << bs << " kernel="
+                                        << (kernel == DecodeKernel::kV4 ? "v4" : "v3"));
         const int ha = std::max(L.hq, L.hkv);
         const int B = static_cast<int>(lens.size());
         PagedPool pool(L.hkv, dh, bs, lens, rng_);
@@ -330,7 +338,7 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         dlens.Upload(kv_lens);
         dout.Poison();
         dlse.Poison();
-        const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits);
+        const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits, kernel);
         DevBuf<unsigned char> ws(ws_bytes);
         DecodeParams p;
         p.q = dq.p;
@@ -350,6 +358,8 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         p.workspace = ws_bytes > 0 ? ws.p : nullptr;
         p.workspace_bytes = ws_bytes;
         p.num_splits = splits;
+        p.kernel = kernel;
+        ASSERT_EQ(DecodeSplits(p) > 1, ws_bytes > 0);
         absl::Status st = LaunchAttentionDecode(p, stream_);
         ASSERT_TRUE(st.ok()) << st;
         ASSERT_CUDA(cudaStreamSynchronize(stream_));
