@@ -636,9 +636,9 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
 }
 
 // Merges the splits of one (sequence, head) per CTA: warp 0 turns the split LSEs into weights,
-// then 4 warps each sum a quarter of the splits with vector loads (all independent), and the
-// four sums are added in shared memory.
-constexpr int kCombineThreads = 128;
+// then 8 warps each sum an eighth of the splits with vector loads (all independent), and the
+// eight sums are added in shared memory.
+constexpr int kCombineThreads = 256;
 
 template <int D>
 __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
@@ -680,7 +680,7 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const D
   float acc[kPer];
 #pragma unroll
   for (int j = 0; j < kPer; ++j) acc[j] = 0.f;
-#pragma unroll 4
+#pragma unroll 8
   for (int s = warp; s < S; s += kCombineThreads / 32) {
     const float w = sW[s];  // 0 for a split without keys (its partial o is 0)
     const float* po = a.part_o + (s * stride + idx) * D + lane * kPer;
@@ -711,7 +711,9 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const D
 }
 
 // Splits for `ctas0` CTAs without a split on `slots` resident CTAs: the count that fills the
-// waves best (up to three waves, a small charge per extra wave), each split >= min_keys keys.
+// waves best (up to three waves; an extra wave must fill 10% better to be worth its CTAs' fixed
+// cost), each split >= min_keys keys.
+constexpr double kWavePenalty = 0.1;
 int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
   if (ctas0 >= slots) return 1;
   const int64_t max_s = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, max_kv_len / min_keys));
@@ -721,7 +723,7 @@ int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
     const int64_t ctas = ctas0 * s;
     const int64_t waves = (ctas + slots - 1) / slots;
     if (waves > 3) break;
-    const double score = static_cast<double>(ctas) / static_cast<double>(waves * slots) - 0.03 * static_cast<double>(waves - 1);
+    const double score = static_cast<double>(ctas) / static_cast<double>(waves * slots) - kWavePenalty * static_cast<double>(waves - 1);
     if (score > best_score + 1e-9) {
       best_score = score;
       best = static_cast<int>(s);
@@ -777,8 +779,10 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
     pl.row_groups = (g + pl.rows_per_cta - 1) / pl.rows_per_cta;
     const int slots = NumSms() * (g <= 16 ? 2 : 1);
     const int64_t ctas0 = static_cast<int64_t>(batch) * hkv * pl.row_groups;
-    pl.splits = requested > 0 ? std::min(requested, kMaxSplits)
-                              : v4::ChooseSplits(ctas0, slots, max_kv_len, v4::kStreams * 2 * pl.tile);
+    // At least two tiles per stream and split; four for wide groups, whose partials (32 heads'
+    // outputs per split) would otherwise add more traffic than they save (H200, MQA batch 1).
+    const int min_keys = v4::kStreams * (g <= 16 ? 2 : 4) * pl.tile;
+    pl.splits = requested > 0 ? std::min(requested, kMaxSplits) : v4::ChooseSplits(ctas0, slots, max_kv_len, min_keys);
   } else {
     pl.rows_per_cta = kRowsPerGroupMax;
     pl.tile = kTileN;
