@@ -11,6 +11,7 @@
 //                        wgmma-hgN / wgmma-hgall = the wgmma kernel with CTAs numbered N / all KV
 //                        heads at a time)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
+//                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
 // comes from DRAM, not L2), replayed; the per-launch time of a lone launch timed with events
 // (host launch cost included) is reported beside it.
@@ -134,6 +135,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   std::vector<std::string> decode_kernels = {"v4", "v3"};
+  std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -148,6 +150,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-ctx") decode_ctx = ParseList(next());
     else if (a == "--decode-batch") decode_batch = ParseList(next());
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
+    else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--no-paged") paged = false;
     else if (a == "--decode-kernels") {
       decode_kernels.clear();
@@ -331,9 +334,11 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&q, batch * L.hq * dh * 2));
         Fill(q, batch * L.hq * dh * 2, 8);
         CK(cudaMalloc(&o, batch * ha * dh * 2));
-        for (const std::string& dname : decode_kernels) {
+        for (const std::string& dname : decode_kernels)
+        for (int64_t want_splits : decode_splits) {
           const sqa::cuda::DecodeKernel dk = dname == "v3" ? sqa::cuda::DecodeKernel::kV3 : sqa::cuda::DecodeKernel::kV4;
-          const size_t wsb = sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, 0, dk);
+          const size_t wsb =
+              sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, static_cast<int>(want_splits), dk);
           ws = nullptr;
           if (wsb > 0) {
             CK(cudaMalloc(&ws, wsb));
@@ -354,6 +359,7 @@ int main(int argc, char** argv) {
           p.workspace = ws;
           p.workspace_bytes = wsb;
           p.kernel = dk;
+          p.num_splits = static_cast<int>(want_splits);
           // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
           // replays per decode step): time per launch without host launch cost, with cold L2.
           constexpr int kGraphLaunches = 32;
@@ -379,7 +385,7 @@ int main(int argc, char** argv) {
                       100.0 * bw / ceiling);
           std::fflush(stdout);
           out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
-                                   {"kernel", dname}, {"splits", splits}, {"ms", ms}, {"ms_single_launch", ms_single},
+                                   {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"ms", ms}, {"ms_single_launch", ms_single},
                                    {"kv_bytes", kv_bytes}, {"bytes_per_s", bw}, {"fraction_of_copy_ceiling", bw / ceiling},
                                    {"timing", "graph of 32 launches over rotating cache copies (cold L2)"}});
           save();
