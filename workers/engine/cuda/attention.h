@@ -51,7 +51,9 @@ struct KvView {
 // and two consumer warpgroups taking turns on the tensor cores); kWgmmaLockstep is its simpler
 // form without the producer and the turns, kMmaSync the earlier mma.sync kernel; both are kept
 // for comparison in tests and benchmarks.
-enum class PrefillKernel { kAuto, kWgmma, kWgmmaLockstep, kMmaSync };
+// kWgmmaOverlap is the wgmma kernel whose warpgroups also run their softmax while their own
+// previous P V is on the tensor cores (FA3's intra-warpgroup overlap).
+enum class PrefillKernel { kAuto, kWgmma, kWgmmaLockstep, kMmaSync, kWgmmaOverlap };
 
 struct PrefillParams {
   const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1

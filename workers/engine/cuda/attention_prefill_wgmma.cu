@@ -257,6 +257,62 @@ __device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)
   WgmmaCommit();
 }
 
+// The overlapped schedule's softmax (kernel with kOverlap): it runs while the previous tile's
+// P V is still on the tensor cores, so it may not write S or O (both are wgmma accumulators;
+// ptxas would serialize the wgmmas): the mask is applied as S is read, the new row maxima and
+// the rescale factors come back, and P goes into the bf16 fragments `pa` (not the buffer that
+// the running P V reads). O and l are rescaled by the caller once that P V has finished.
+template <int D>
+__device__ __forceinline__ void OverlapSoftmax(const float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
+                                               float (&sum)[2], uint32_t (&pa)[kBlockN / 16][4],
+                                               const int (&row_limit)[2], int k0, bool need_mask, bool tile_valid,
+                                               float sl2, int lane) {
+  // Keys of this thread's S entries: k0 + 8 nb + 2 (lane % 4) + (e & 1); a dummy tile (past the
+  // last one) is masked whole.
+  auto masked = [&](int nb, int e) {
+    return !tile_valid || (need_mask && k0 + nb * 8 + (lane % 4) * 2 + (e & 1) > row_limit[e >> 1]);
+  };
+  float m_use[2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = -INFINITY;
+    if (need_mask || !tile_valid) {
+#pragma unroll
+      for (int nb = 0; nb < kBlockN / 8; ++nb) {
+        mx = fmaxf(mx, masked(nb, 2 * i) ? -INFINITY : s[4 * nb + 2 * i]);
+        mx = fmaxf(mx, masked(nb, 2 * i + 1) ? -INFINITY : s[4 * nb + 2 * i + 1]);
+      }
+    } else {
+#pragma unroll
+      for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
+    }
+    mx = QuadMax(mx) * sl2;
+    const float m_new = fmaxf(m_i[i], mx);
+    m_use[i] = m_new == -INFINITY ? 0.f : m_new;
+    alpha[i] = Exp2(m_i[i] - m_use[i]);
+    m_i[i] = m_new;
+    sum[i] = 0.f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {  // q: (n8 block 2kk + q/2, row half q%2)
+      const int i = q & 1;
+      const int nb = 2 * kk + (q >> 1);
+      const int idx = 4 * nb + 2 * i;
+      float x0 = s[idx], x1 = s[idx + 1];
+      if (need_mask || !tile_valid) {
+        if (masked(nb, 2 * i)) x0 = -INFINITY;
+        if (masked(nb, 2 * i + 1)) x1 = -INFINITY;
+      }
+      const float p0 = Exp2(fmaf(x0, sl2, -m_use[i]));
+      const float p1 = Exp2(fmaf(x1, sl2, -m_use[i]));
+      sum[i] += p0 + p1;
+      pa[kk][q] = PackBf16(p0, p1);
+    }
+  }
+}
+
 // S = Q K^T for this warpgroup's 64 rows (issue only; the caller commits and waits).
 template <int D>
 __device__ __forceinline__ void IssueQK(float (&s)[kBlockN / 2], uint32_t q_base, uint32_t k_base) {
@@ -409,7 +465,7 @@ constexpr int PingPongSmemBytes() {
   return (kBlockM * D + 2 * kPpStages * kBlockN * D) * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kPpStages * 8;
 }
 
-template <int D, int kMode>
+template <int D, int kMode, bool kOverlap>
 __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(const Args a) {
   extern __shared__ unsigned char smem_raw[];
   constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
@@ -449,7 +505,7 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
       CpAsyncMbarArrive(bar_full + 8 * st);
     }
     CpAsyncWait<0>();
-  } else {  // consumer warpgroups
+  } else if constexpr (!kOverlap) {  // consumer warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int wg = warp / 4, wl = warp % 4;
     const int r_in = wg * 64 + wl * 16 + lane / 4;
@@ -496,14 +552,85 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
       FenceRegs(s);
     }
     Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
+  } else if constexpr (kOverlap) {  // consumer warpgroups, softmax overlapping the own P V
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int wg = warp / 4, wl = warp % 4;
+    const int r_in = wg * 64 + wl * 16 + lane / 4;
+    int row_limit[2];
+    float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
+    InitConsumer<D>(a, ct, r_in, row_limit, o, s, m_i, l_i);
+    uint32_t pa0[kBlockN / 16][4], pa1[kBlockN / 16][4];  // P of even / odd tiles
+    const uint32_t q_base = sQ + wg * 64 * 128;
+    const int my_turn = 1 + wg, other_turn = 2 - wg;
+    // Tiles are taken two at a time (P alternates between pa0 and pa1 without a register index);
+    // an odd count gets a dummy tile, masked whole, whose P V over the last real V stage adds 0.
+    const int T2 = (T + 1) & ~1;
+
+    NamedBarArriveIf(1, 256, wg == 1);  // warpgroup 0 goes first
+    MbarWait(bar_full, T > 0 ? 0 : 1);
+    FenceProxyAsync();
+    NamedBarSync(my_turn, 256);
+    WgmmaFence();
+    IssueQK<D>(s, q_base, sK);
+    WgmmaCommit();
+    NamedBarArriveIf(other_turn, 256, !(wg == 1 && T2 == 0));
+    WgmmaWait<0>();
+    FenceRegs(s);
+    // One tile: softmax of S(j) while P V of tile j - 1 runs; then, in this warpgroup's turn,
+    // S(j + 1) and P V of tile j are issued, and S(j + 1) is waited for.
+    auto step = [&](int j, uint32_t (&pa)[kBlockN / 16][4]) {
+      const int k0 = key0(j);
+      const bool valid = j < T;
+      float alpha[2], sum[2];
+      OverlapSoftmax<D>(s, m_i, alpha, sum, pa, row_limit, k0, valid && k0 + kBlockN > ct.unmasked_end, valid,
+                        a.scale_log2, lane);
+      WgmmaWait<0>();  // P V of tile j - 1 has finished: O may be rescaled, its V stage reused
+      FenceRegs(o);
+      MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0 && j <= T);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) l_i[i] = l_i[i] * alpha[i] + sum[i];
+      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+#pragma unroll
+        for (int nd = 0; nd < D / 8; ++nd) {
+          o[4 * nd] *= alpha[0];
+          o[4 * nd + 1] *= alpha[0];
+          o[4 * nd + 2] *= alpha[1];
+          o[4 * nd + 3] *= alpha[1];
+        }
+      }
+      const int sv = (j < T ? j : T - 1) % kPpStages, sn = (j + 1) % kPpStages;
+      // S of "tile j + 1" past the last real tile reads a stale stage (result unused): no wait.
+      MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
+      FenceProxyAsync();
+      NamedBarSync(my_turn, 256);
+      WgmmaFence();
+      IssueQK<D>(s, q_base, sK + sn * kTileBytes);
+      WgmmaCommit();
+      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sv * kTileBytes);
+      WgmmaCommit();
+      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T2 - 1));
+      WgmmaWait<1>();  // S(j + 1) is ready; P V of tile j may still run
+      FenceRegs(s);
+    };
+    for (int j = 0; j < T2; j += 2) {
+      step(j, pa0);
+      step(j + 1, pa1);
+    }
+    WgmmaWait<0>();
+    FenceRegs(o);
+    Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
   }
 }
 
+// kind: 0 lockstep, 1 ping-pong, 2 ping-pong with the softmax overlapping the own P V.
 template <int D, int kMode>
-absl::Status Launch(const Args& a, bool pingpong, cudaStream_t stream) {
+absl::Status Launch(const Args& a, int kind, cudaStream_t stream) {
+  const bool pingpong = kind != 0;
   const int smem = pingpong ? PingPongSmemBytes<D>() : SmemBytes<D>();
   const int threads = pingpong ? kPpThreads : kThreads;
-  auto kernel = pingpong ? PrefillWgmmaPingPongKernel<D, kMode> : PrefillWgmmaLockstepKernel<D, kMode>;
+  auto kernel = kind == 2   ? PrefillWgmmaPingPongKernel<D, kMode, true>
+                : kind == 1 ? PrefillWgmmaPingPongKernel<D, kMode, false>
+                            : PrefillWgmmaLockstepKernel<D, kMode>;
   cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
   const int64_t blocks = a.row_tiles * a.hkv;
@@ -549,18 +676,18 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
-  const bool pingpong = p.kernel != PrefillKernel::kWgmmaLockstep;
+  const int kind = p.kernel == PrefillKernel::kWgmmaLockstep ? 0 : p.kernel == PrefillKernel::kWgmmaOverlap ? 2 : 1;
   if (p.head_dim == 64) {
     switch (a.paged_mode) {
-      case kContiguous: return Launch<64, kContiguous>(a, pingpong, stream);
-      case kPaged64: return Launch<64, kPaged64>(a, pingpong, stream);
-      default: return Launch<64, kPagedAny>(a, pingpong, stream);
+      case kContiguous: return Launch<64, kContiguous>(a, kind, stream);
+      case kPaged64: return Launch<64, kPaged64>(a, kind, stream);
+      default: return Launch<64, kPagedAny>(a, kind, stream);
     }
   }
   switch (a.paged_mode) {
-    case kContiguous: return Launch<128, kContiguous>(a, pingpong, stream);
-    case kPaged64: return Launch<128, kPaged64>(a, pingpong, stream);
-    default: return Launch<128, kPagedAny>(a, pingpong, stream);
+    case kContiguous: return Launch<128, kContiguous>(a, kind, stream);
+    case kPaged64: return Launch<128, kPaged64>(a, kind, stream);
+    default: return Launch<128, kPagedAny>(a, kind, stream);
   }
 }
 
