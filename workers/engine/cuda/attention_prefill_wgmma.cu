@@ -313,6 +313,44 @@ __device__ __forceinline__ void OverlapSoftmax(const float (&s)[kBlockN / 2], fl
   }
 }
 
+// In-place variant: S becomes P (fp32) while the previous P V runs; the caller packs it into
+// the bf16 fragments after that P V has finished (FA3's order).
+template <int D>
+__device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
+                                                      float (&sum)[2], const int (&row_limit)[2], int k0,
+                                                      bool need_mask, float sl2, int lane) {
+  if (need_mask) {
+#pragma unroll
+    for (int nb = 0; nb < kBlockN / 8; ++nb)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
+        if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
+      }
+  }
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
+    mx = QuadMax(mx) * sl2;
+    const float m_new = fmaxf(m_i[i], mx);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;
+    alpha[i] = Exp2(m_i[i] - m_use);
+    m_i[i] = m_new;
+    float acc = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < kBlockN / 8; ++nb) {
+      const float p0 = Exp2(fmaf(s[4 * nb + 2 * i], sl2, -m_use));
+      const float p1 = Exp2(fmaf(s[4 * nb + 2 * i + 1], sl2, -m_use));
+      s[4 * nb + 2 * i] = p0;
+      s[4 * nb + 2 * i + 1] = p1;
+      acc += p0 + p1;
+    }
+    sum[i] = acc;
+  }
+}
+
 // S = Q K^T for this warpgroup's 64 rows (issue only; the caller commits and waits).
 template <int D>
 __device__ __forceinline__ void IssueQK(float (&s)[kBlockN / 2], uint32_t q_base, uint32_t k_base) {
@@ -559,12 +597,9 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
     int row_limit[2];
     float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
     InitConsumer<D>(a, ct, r_in, row_limit, o, s, m_i, l_i);
-    uint32_t pa0[kBlockN / 16][4], pa1[kBlockN / 16][4];  // P of even / odd tiles
+    uint32_t pa[kBlockN / 16][4];
     const uint32_t q_base = sQ + wg * 64 * 128;
     const int my_turn = 1 + wg, other_turn = 2 - wg;
-    // Tiles are taken two at a time (P alternates between pa0 and pa1 without a register index);
-    // an odd count gets a dummy tile, masked whole, whose P V over the last real V stage adds 0.
-    const int T2 = (T + 1) & ~1;
 
     NamedBarArriveIf(1, 256, wg == 1);  // warpgroup 0 goes first
     MbarWait(bar_full, T > 0 ? 0 : 1);
@@ -573,20 +608,16 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
     WgmmaFence();
     IssueQK<D>(s, q_base, sK);
     WgmmaCommit();
-    NamedBarArriveIf(other_turn, 256, !(wg == 1 && T2 == 0));
+    NamedBarArriveIf(other_turn, 256, !(wg == 1 && T == 0));
     WgmmaWait<0>();
     FenceRegs(s);
-    // One tile: softmax of S(j) while P V of tile j - 1 runs; then, in this warpgroup's turn,
-    // S(j + 1) and P V of tile j are issued, and S(j + 1) is waited for.
-    auto step = [&](int j, uint32_t (&pa)[kBlockN / 16][4]) {
+    for (int j = 0; j < T; ++j) {
       const int k0 = key0(j);
-      const bool valid = j < T;
       float alpha[2], sum[2];
-      OverlapSoftmax<D>(s, m_i, alpha, sum, pa, row_limit, k0, valid && k0 + kBlockN > ct.unmasked_end, valid,
-                        a.scale_log2, lane);
-      WgmmaWait<0>();  // P V of tile j - 1 has finished: O may be rescaled, its V stage reused
+      OverlapSoftmaxInPlace<D>(s, m_i, alpha, sum, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
+      WgmmaWait<0>();  // P V of tile j - 1 has finished
       FenceRegs(o);
-      MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0 && j <= T);
+      MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0);
 #pragma unroll
       for (int i = 0; i < 2; ++i) l_i[i] = l_i[i] * alpha[i] + sum[i];
       if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
@@ -598,23 +629,25 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
           o[4 * nd + 3] *= alpha[1];
         }
       }
-      const int sv = (j < T ? j : T - 1) % kPpStages, sn = (j + 1) % kPpStages;
-      // S of "tile j + 1" past the last real tile reads a stale stage (result unused): no wait.
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk) {
+        pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
+        pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
+        pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
+        pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+      }
+      const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
       MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
       FenceProxyAsync();
       NamedBarSync(my_turn, 256);
       WgmmaFence();
       IssueQK<D>(s, q_base, sK + sn * kTileBytes);
       WgmmaCommit();
-      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sv * kTileBytes);
+      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
       WgmmaCommit();
-      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T2 - 1));
+      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
       WgmmaWait<1>();  // S(j + 1) is ready; P V of tile j may still run
       FenceRegs(s);
-    };
-    for (int j = 0; j < T2; j += 2) {
-      step(j, pa0);
-      step(j + 1, pa1);
     }
     WgmmaWait<0>();
     FenceRegs(o);
