@@ -7,7 +7,7 @@
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
 //                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
-//                       [--kernels wgmma,overlap,lockstep,mma]   (prefill kernels to time, side by side;
+//                       [--kernels wgmma,pingpong,lockstep,mma]   (prefill kernels to time, side by side;
 //                        wgmma-hgN / wgmma-hgall = the wgmma kernel with CTAs numbered N / all KV
 //                        heads at a time)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
@@ -169,8 +169,9 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "wgmma" && t.rfind("wgmma-hg", 0) != 0 && t != "lockstep" && t != "mma" && t != "overlap") {
-          std::fprintf(stderr, "--kernels takes wgmma, wgmma-hgN, wgmma-hgall, lockstep and/or mma, not %s\n", t.c_str());
+        if (t != "wgmma" && t.rfind("wgmma-hg", 0) != 0 && t != "lockstep" && t != "mma" && t != "pingpong") {
+          std::fprintf(stderr, "--kernels takes wgmma, wgmma-hgN, wgmma-hgall, pingpong, lockstep and/or mma, not %s\n",
+                       t.c_str());
           return 2;
         }
         kernels.push_back(t);
@@ -268,7 +269,7 @@ int main(int argc, char** argv) {
         for (const std::string& kname : kernels) {
           p.kernel = kname == "mma"        ? sqa::cuda::PrefillKernel::kMmaSync
                      : kname == "lockstep" ? sqa::cuda::PrefillKernel::kWgmmaLockstep
-                     : kname == "overlap"  ? sqa::cuda::PrefillKernel::kWgmmaOverlap
+                     : kname == "pingpong" ? sqa::cuda::PrefillKernel::kWgmmaPingPong
                                            : sqa::cuda::PrefillKernel::kWgmma;
           // wgmma-hgN: CTAs numbered N KV heads at a time (hg1: v11's order; hgall: v10's).
           p.cta_head_group = kname.rfind("wgmma-hg", 0) != 0 ? 0

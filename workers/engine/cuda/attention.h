@@ -47,13 +47,12 @@ struct KvView {
   int block_size = 64;
 };
 
-// Which prefill kernel runs. kAuto is the wgmma kernel (sm_90a warpgroup MMA, a producer warpgroup
-// and two consumer warpgroups taking turns on the tensor cores); kWgmmaLockstep is its simpler
-// form without the producer and the turns, kMmaSync the earlier mma.sync kernel; both are kept
-// for comparison in tests and benchmarks.
-// kWgmmaOverlap is the wgmma kernel whose warpgroups also run their softmax while their own
-// previous P V is on the tensor cores (FA3's intra-warpgroup overlap).
-enum class PrefillKernel { kAuto, kWgmma, kWgmmaLockstep, kMmaSync, kWgmmaOverlap };
+// Which prefill kernel runs. kAuto is kWgmma: sm_90a warpgroup MMA with a producer warpgroup and
+// two consumer warpgroups that take turns on the tensor cores, each running the softmax of a tile
+// while its own previous P V is still on them (FA3's order). kWgmmaPingPong is the same without
+// that overlap, kWgmmaLockstep the simpler form without producer and turns, kMmaSync the earlier
+// mma.sync kernel; they are kept for comparison in tests and benchmarks.
+enum class PrefillKernel { kAuto, kWgmma, kWgmmaPingPong, kWgmmaLockstep, kMmaSync };
 
 struct PrefillParams {
   const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1

@@ -14,7 +14,8 @@
 //
 // Two kernels share these pieces. The default (PrefillWgmmaPingPongKernel) adds a producer
 // warpgroup that copies K/V through a 3-stage ring and has the consumers take turns on the tensor
-// cores, so that one warpgroup's softmax runs during the other's GEMMs. The lockstep kernel
+// cores, so that one warpgroup's softmax runs during the other's GEMMs; with kOverlap (the
+// default, NOTES.md v13b) each warpgroup's softmax also runs during its own previous P V. The lockstep kernel
 // (PrefillWgmmaLockstepKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile
 // ahead and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the
 // first half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
@@ -257,64 +258,9 @@ __device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)
   WgmmaCommit();
 }
 
-// The overlapped schedule's softmax (kernel with kOverlap): it runs while the previous tile's
-// P V is still on the tensor cores, so it may not write S or O (both are wgmma accumulators;
-// ptxas would serialize the wgmmas): the mask is applied as S is read, the new row maxima and
-// the rescale factors come back, and P goes into the bf16 fragments `pa` (not the buffer that
-// the running P V reads). O and l are rescaled by the caller once that P V has finished.
-template <int D>
-__device__ __forceinline__ void OverlapSoftmax(const float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
-                                               float (&sum)[2], uint32_t (&pa)[kBlockN / 16][4],
-                                               const int (&row_limit)[2], int k0, bool need_mask, bool tile_valid,
-                                               float sl2, int lane) {
-  // Keys of this thread's S entries: k0 + 8 nb + 2 (lane % 4) + (e & 1); a dummy tile (past the
-  // last one) is masked whole.
-  auto masked = [&](int nb, int e) {
-    return !tile_valid || (need_mask && k0 + nb * 8 + (lane % 4) * 2 + (e & 1) > row_limit[e >> 1]);
-  };
-  float m_use[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float mx = -INFINITY;
-    if (need_mask || !tile_valid) {
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) {
-        mx = fmaxf(mx, masked(nb, 2 * i) ? -INFINITY : s[4 * nb + 2 * i]);
-        mx = fmaxf(mx, masked(nb, 2 * i + 1) ? -INFINITY : s[4 * nb + 2 * i + 1]);
-      }
-    } else {
-#pragma unroll
-      for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
-    }
-    mx = QuadMax(mx) * sl2;
-    const float m_new = fmaxf(m_i[i], mx);
-    m_use[i] = m_new == -INFINITY ? 0.f : m_new;
-    alpha[i] = Exp2(m_i[i] - m_use[i]);
-    m_i[i] = m_new;
-    sum[i] = 0.f;
-  }
-#pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {  // q: (n8 block 2kk + q/2, row half q%2)
-      const int i = q & 1;
-      const int nb = 2 * kk + (q >> 1);
-      const int idx = 4 * nb + 2 * i;
-      float x0 = s[idx], x1 = s[idx + 1];
-      if (need_mask || !tile_valid) {
-        if (masked(nb, 2 * i)) x0 = -INFINITY;
-        if (masked(nb, 2 * i + 1)) x1 = -INFINITY;
-      }
-      const float p0 = Exp2(fmaf(x0, sl2, -m_use[i]));
-      const float p1 = Exp2(fmaf(x1, sl2, -m_use[i]));
-      sum[i] += p0 + p1;
-      pa[kk][q] = PackBf16(p0, p1);
-    }
-  }
-}
-
-// In-place variant: S becomes P (fp32) while the previous P V runs; the caller packs it into
-// the bf16 fragments after that P V has finished (FA3's order).
+// The overlapped schedule's softmax (kOverlap): S becomes P in place (fp32) while the previous
+// tile's P V runs on the tensor cores (it neither reads S nor writes what that P V reads); the
+// caller rescales O and l and packs P into the bf16 fragments once that P V has finished.
 template <int D>
 __device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
                                                       float (&sum)[2], const int (&row_limit)[2], int k0,
@@ -488,11 +434,13 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaLockstepKernel(const 
   Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
 }
 
-// The default kernel (NOTES.md v10/v11): warp-specialized ping-pong. Warps 0-7 are two consumer
+// The default kernel (NOTES.md v10-v13b): warp-specialized ping-pong. Warps 0-7 are two consumer
 // warpgroups, warps 8-11 a producer warpgroup that copies K/V tiles into a 3-stage ring
 // (cp.async; mbarriers full and empty) and gives its registers to the consumers (setmaxnreg). The consumers take turns on
 // the tensor cores (named barriers 1 and 2): in its turn a warpgroup issues P V of tile j and
-// S = Q K^T of tile j + 1; the other warpgroup meanwhile does its softmax. The consumer path has
+// S = Q K^T of tile j + 1; the other warpgroup meanwhile does its softmax. With kOverlap the turn
+// issues S(j + 1) first and only S(j + 1) is waited for, so the softmax of tile j + 1 runs while
+// P V(j) is still on the tensor cores (PrefillKernel::kWgmma; without: kWgmmaPingPong). The consumer path has
 // no data-dependent branch around a wgmma (arrives and waits are predicated or parity-selected),
 // so ptxas keeps the wgmmas asynchronous.
 constexpr int kPpStages = 3;
@@ -709,7 +657,7 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
-  const int kind = p.kernel == PrefillKernel::kWgmmaLockstep ? 0 : p.kernel == PrefillKernel::kWgmmaOverlap ? 2 : 1;
+  const int kind = p.kernel == PrefillKernel::kWgmmaLockstep ? 0 : p.kernel == PrefillKernel::kWgmmaPingPong ? 1 : 2;
   if (p.head_dim == 64) {
     switch (a.paged_mode) {
       case kContiguous: return Launch<64, kContiguous>(a, kind, stream);

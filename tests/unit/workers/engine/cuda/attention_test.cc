@@ -263,11 +263,11 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       std::vector<double> ref, ref_lse;
       ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, c.causal, 1.0 / std::sqrt(double(c.dh)), &ref,
                          &ref_lse);
-      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaOverlap, PrefillKernel::kWgmmaLockstep,
+      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaPingPong, PrefillKernel::kWgmmaLockstep,
                                    PrefillKernel::kMmaSync}) {
         SCOPED_TRACE(kernel == PrefillKernel::kAuto             ? "wgmma kernel"
                      : kernel == PrefillKernel::kWgmmaLockstep ? "wgmma lockstep kernel"
-                     : kernel == PrefillKernel::kWgmmaOverlap  ? "wgmma overlap kernel"
+                     : kernel == PrefillKernel::kWgmmaPingPong ? "wgmma ping-pong kernel"
                                                                 : "mma.sync kernel");
         dout.Poison();
         dlse.Poison();
