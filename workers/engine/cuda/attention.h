@@ -70,7 +70,8 @@ struct PrefillParams {
   PrefillKernel kernel = PrefillKernel::kAuto;
   // wgmma kernels: CTAs are numbered in groups of this many KV heads, longest row tiles first
   // across the group (so the resident CTAs share few heads' K/V in L2 and the last wave holds
-  // short tiles). 0 = automatic (enough heads that a group's tiles fill the GPU once).
+  // short tiles). 0 = automatic: at least enough heads that a group's tiles fill the GPU once,
+  // and as many as keep the group's K/V within ~32 MB.
   int cta_head_group = 0;
 };
 

@@ -427,7 +427,8 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   const int kv_len = a.kv_lens[b];
   const int split_len = static_cast<int>(a.split_len);
   const int ks0 = split * split_len;
-  const int ks1 = min(kv_len, ks0 + split_len);
+  // ks0 + split_len can pass 2^31 for the last split of a near-2^31 context: add in 64 bits.
+  const int ks1 = static_cast<int>(min(static_cast<int64_t>(kv_len), static_cast<int64_t>(ks0) + split_len));
   const int32_t* table = a.block_tables + b * a.table_stride;
 
   for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
