@@ -60,6 +60,23 @@ struct DecodeKernelArgs {
   int batch;
 };
 
+// Writes element d of (sequence, head) row oidx after the CTA's merge: acc / l, and the LSE from
+// the log2-domain max mx, to the split's partial (f32) or, without splits, to out (bf16) and lse.
+template <int D>
+__device__ __forceinline__ void StoreRow(const DecodeKernelArgs& a, bool partial, int split, int64_t oidx, int d,
+                                         float acc, float l, float mx) {
+  const float inv = l > 0.f ? 1.f / l : 0.f;
+  const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
+  if (partial) {
+    const int64_t sidx = static_cast<int64_t>(split) * a.batch * a.ha + oidx;
+    a.part_o[sidx * D + d] = acc * inv;
+    if (d == 0) a.part_lse[sidx] = lse;
+  } else {
+    a.out[oidx * D + d] = __float2bfloat16(acc * inv);
+    if (d == 0 && a.lse != nullptr) a.lse[oidx] = lse;
+  }
+}
+
 template <int D, int MT>
 __global__ void __launch_bounds__(kThreads, 1) DecodeKernelV3(const DecodeKernelArgs a) {
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -286,18 +303,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernelV3(const DecodeKernel
       l += sL[w * kRowsPerGroupMax + r] * f;
       acc += sO[(w * kRowsPerGroupMax + r) * D + d] * f;
     }
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int h = head0 + r;
-    const int64_t oidx = (static_cast<int64_t>(b) * a.ha + h);
-    const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
-    if (partial) {
-      const int64_t sidx = static_cast<int64_t>(split) * a.batch * a.ha + oidx;
-      a.part_o[sidx * D + d] = acc * inv;
-      if (d == 0) a.part_lse[sidx] = lse;
-    } else {
-      a.out[oidx * D + d] = __float2bfloat16(acc * inv);
-      if (d == 0 && a.lse != nullptr) a.lse[oidx] = lse;
-    }
+    StoreRow<D>(a, partial, split, static_cast<int64_t>(b) * a.ha + head0 + r, d, acc, l, mx);
   }
 }
 
@@ -622,17 +628,7 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
       l += sL[w * C::kRows + r] * f;
       acc += sO[(w * C::kRows + r) * D + d] * f;
     }
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + r;
-    const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
-    if (partial) {
-      const int64_t sidx = static_cast<int64_t>(split) * a.batch * a.ha + oidx;
-      a.part_o[sidx * D + d] = acc * inv;
-      if (d == 0) a.part_lse[sidx] = lse;
-    } else {
-      a.out[oidx * D + d] = __float2bfloat16(acc * inv);
-      if (d == 0 && a.lse != nullptr) a.lse[oidx] = lse;
-    }
+    StoreRow<D>(a, partial, split, static_cast<int64_t>(b) * a.ha + head0 + r, d, acc, l, mx);
   }
 }
 

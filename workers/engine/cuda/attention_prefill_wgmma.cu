@@ -169,6 +169,17 @@ __device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t 
   }
 }
 
+// Sets S to -inf for the keys past each of this thread's two rows' causal limit (diagonal tiles).
+__device__ __forceinline__ void MaskTile(float (&s)[kBlockN / 2], const int (&row_limit)[2], int k0, int lane) {
+#pragma unroll
+  for (int nb = 0; nb < kBlockN / 8; ++nb)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
+      if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
+    }
+}
+
 // The online softmax in two parts, so that P V of the first 64 keys runs on the tensor cores
 // while the second half is exponentiated. SoftmaxRescale masks, takes the new row max over the
 // whole tile, rescales O and l, and returns the max used for the exponent; ExpPackHalf<h>
@@ -177,15 +188,7 @@ template <int D>
 __device__ __forceinline__ void SoftmaxRescale(float (&s)[kBlockN / 2], float (&o)[D / 2], float (&m_i)[2],
                                                float (&l_i)[2], float (&m_use)[2], const int (&row_limit)[2], int k0,
                                                bool need_mask, float sl2, int lane) {
-  if (need_mask) {
-#pragma unroll
-    for (int nb = 0; nb < kBlockN / 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
-        if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
-      }
-  }
+  if (need_mask) MaskTile(s, row_limit, k0, lane);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float mx = -INFINITY;
@@ -265,15 +268,7 @@ template <int D>
 __device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
                                                       float (&sum)[2], const int (&row_limit)[2], int k0,
                                                       bool need_mask, float sl2, int lane) {
-  if (need_mask) {
-#pragma unroll
-    for (int nb = 0; nb < kBlockN / 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int key = k0 + nb * 8 + (lane % 4) * 2 + (e & 1);
-        if (key > row_limit[e >> 1]) s[4 * nb + e] = -INFINITY;
-      }
-  }
+  if (need_mask) MaskTile(s, row_limit, k0, lane);
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     float mx = -INFINITY;
@@ -491,7 +486,7 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
       CpAsyncMbarArrive(bar_full + 8 * st);
     }
     CpAsyncWait<0>();
-  } else if constexpr (!kOverlap) {  // consumer warpgroups
+  } else {  // consumer warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int wg = warp / 4, wl = warp % 4;
     const int r_in = wg * 64 + wl * 16 + lane / 4;
@@ -514,91 +509,72 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
     NamedBarArriveIf(other_turn, 256, !(wg == 1 && T == 0));
     WgmmaWait<0>();
     FenceRegs(s);
-    for (int j = 0; j < T; ++j) {
-      const int k0 = key0(j);
-      float m_use[2];
-      SoftmaxRescale<D>(s, o, m_i, l_i, m_use, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
-      ExpPackHalf<0>(s, m_use, a.scale_log2, l_i, pa);
-      ExpPackHalf<1>(s, m_use, a.scale_log2, l_i, pa);
-      const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
-      // The last tile's S GEMM for "tile T" reads a stale stage (result unused): no wait.
-      MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
-      FenceProxyAsync();
-      NamedBarSync(my_turn, 256);
-      WgmmaFence();
-      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
-      WgmmaCommit();
-      IssueQK<D>(s, q_base, sK + sn * kTileBytes);
-      WgmmaCommit();
-      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
-      WgmmaWait<1>();
-      FenceRegs(o);
-      MbarArriveIf(bar_empty + 8 * sj, lane == 0);
-      WgmmaWait<0>();
-      FenceRegs(s);
-    }
-    Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
-  } else if constexpr (kOverlap) {  // consumer warpgroups, softmax overlapping the own P V
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    const int wg = warp / 4, wl = warp % 4;
-    const int r_in = wg * 64 + wl * 16 + lane / 4;
-    int row_limit[2];
-    float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
-    InitConsumer<D>(a, ct, r_in, row_limit, o, s, m_i, l_i);
-    uint32_t pa[kBlockN / 16][4];
-    const uint32_t q_base = sQ + wg * 64 * 128;
-    const int my_turn = 1 + wg, other_turn = 2 - wg;
-
-    NamedBarArriveIf(1, 256, wg == 1);  // warpgroup 0 goes first
-    MbarWait(bar_full, T > 0 ? 0 : 1);
-    FenceProxyAsync();
-    NamedBarSync(my_turn, 256);
-    WgmmaFence();
-    IssueQK<D>(s, q_base, sK);
-    WgmmaCommit();
-    NamedBarArriveIf(other_turn, 256, !(wg == 1 && T == 0));
-    WgmmaWait<0>();
-    FenceRegs(s);
-    for (int j = 0; j < T; ++j) {
-      const int k0 = key0(j);
-      float alpha[2], sum[2];
-      OverlapSoftmaxInPlace<D>(s, m_i, alpha, sum, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
-      WgmmaWait<0>();  // P V of tile j - 1 has finished
-      FenceRegs(o);
-      MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0);
+    if constexpr (!kOverlap) {
+      for (int j = 0; j < T; ++j) {
+        const int k0 = key0(j);
+        float m_use[2];
+        SoftmaxRescale<D>(s, o, m_i, l_i, m_use, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
+        ExpPackHalf<0>(s, m_use, a.scale_log2, l_i, pa);
+        ExpPackHalf<1>(s, m_use, a.scale_log2, l_i, pa);
+        const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
+        // The last tile's S GEMM for "tile T" reads a stale stage (result unused): no wait.
+        MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
+        FenceProxyAsync();
+        NamedBarSync(my_turn, 256);
+        WgmmaFence();
+        IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
+        WgmmaCommit();
+        IssueQK<D>(s, q_base, sK + sn * kTileBytes);
+        WgmmaCommit();
+        NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
+        WgmmaWait<1>();
+        FenceRegs(o);
+        MbarArriveIf(bar_empty + 8 * sj, lane == 0);
+        WgmmaWait<0>();
+        FenceRegs(s);
+      }
+    } else {  // the softmax of tile j overlaps the warpgroup's own P V of tile j - 1
+      for (int j = 0; j < T; ++j) {
+        const int k0 = key0(j);
+        float alpha[2], sum[2];
+        OverlapSoftmaxInPlace<D>(s, m_i, alpha, sum, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
+        WgmmaWait<0>();  // P V of tile j - 1 has finished
+        FenceRegs(o);
+        MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0);
 #pragma unroll
-      for (int i = 0; i < 2; ++i) l_i[i] = l_i[i] * alpha[i] + sum[i];
-      if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
+        for (int i = 0; i < 2; ++i) l_i[i] = l_i[i] * alpha[i] + sum[i];
+        if (__any_sync(0xffffffffu, alpha[0] != 1.f || alpha[1] != 1.f)) {
 #pragma unroll
-        for (int nd = 0; nd < D / 8; ++nd) {
-          o[4 * nd] *= alpha[0];
-          o[4 * nd + 1] *= alpha[0];
-          o[4 * nd + 2] *= alpha[1];
-          o[4 * nd + 3] *= alpha[1];
+          for (int nd = 0; nd < D / 8; ++nd) {
+            o[4 * nd] *= alpha[0];
+            o[4 * nd + 1] *= alpha[0];
+            o[4 * nd + 2] *= alpha[1];
+            o[4 * nd + 3] *= alpha[1];
+          }
         }
-      }
 #pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk) {
-        pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
-        pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
-        pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
-        pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+        for (int kk = 0; kk < kBlockN / 16; ++kk) {
+          pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
+          pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
+          pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
+          pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
+        }
+        const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
+        MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
+        FenceProxyAsync();
+        NamedBarSync(my_turn, 256);
+        WgmmaFence();
+        IssueQK<D>(s, q_base, sK + sn * kTileBytes);
+        WgmmaCommit();
+        IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
+        WgmmaCommit();
+        NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
+        WgmmaWait<1>();  // S(j + 1) is ready; P V of tile j may still run
+        FenceRegs(s);
       }
-      const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
-      MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
-      FenceProxyAsync();
-      NamedBarSync(my_turn, 256);
-      WgmmaFence();
-      IssueQK<D>(s, q_base, sK + sn * kTileBytes);
-      WgmmaCommit();
-      IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
-      WgmmaCommit();
-      NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
-      WgmmaWait<1>();  // S(j + 1) is ready; P V of tile j may still run
-      FenceRegs(s);
+      WgmmaWait<0>();
+      FenceRegs(o);
     }
-    WgmmaWait<0>();
-    FenceRegs(o);
     Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
   }
 }
