@@ -712,7 +712,7 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const D
 // cost), each split >= min_keys keys.
 constexpr double kWavePenalty = 0.1;
 int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
-  if (ctas0 >= slots) return 1;
+  if (ctas0 <= 0 || ctas0 >= slots) return 1;
   const int64_t max_s = std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, max_kv_len / min_keys));
   int best = 1;
   double best_score = -1.0;
