@@ -2,14 +2,18 @@
 //   prefill: causal, one sequence of N tokens, every layout of REFERENCE.md (H=32, dh 128), K/V
 //            contiguous [N, Hkv, dh] and paged (block_size 64, shuffled block table);
 //   decode:  batch B of sequences of C tokens each over the paged cache, bytes of K+V read / time.
-// Timing: CUDA events around each launch, warm-up first, median of the repeats. Inputs are random
+// Timing: CUDA events around each launch, warm-up first, median of the repeats; prefill kernels
+// listed together are timed round-robin (one launch of each per round). Inputs are random
 // (a hash kernel), never zeros. Output: a table on stdout and JSON (--json FILE).
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
 //                       [--decode-batch 1,8,...] [--layouts MHA,GQA,...] [--no-paged] [--quick]
-//                       [--kernels wgmma,pingpong,lockstep,mma]   (prefill kernels to time, side by side;
-//                        wgmma-hgN / wgmma-hgall = the wgmma kernel with CTAs numbered N / all KV
-//                        heads at a time)
+//                       [--kernels wgmma,cpasync,pingpong,lockstep,mma]   (prefill kernels to time,
+//                        side by side; wgmma-hgN / wgmma-hgall = the wgmma kernel with CTAs numbered
+//                        N / all KV heads at a time; cpasync = the wgmma kernel with its cp.async
+//                        producer instead of TMA)
+//                       [--paged-first] (paged variant before contiguous)
+//                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
@@ -24,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -115,6 +120,39 @@ double MedianMs(F&& launch, int warmup, int reps, cudaStream_t s) {
   return t[t.size() / 2];
 }
 
+// Median per launcher when they are timed round-robin (warm-up of each, then rep i of every
+// launcher before rep i + 1 of any), so that clock and temperature drift over the run and the
+// position in the list weigh on each of them alike.
+std::vector<double> MedianMsRoundRobin(const std::vector<std::function<void()>>& launches, int warmup, int reps,
+                                       cudaStream_t s) {
+  for (const auto& f : launches)
+    for (int i = 0; i < warmup; ++i) f();
+  CK(cudaStreamSynchronize(s));
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  std::vector<std::vector<double>> t(launches.size());
+  for (int i = 0; i < reps; ++i) {
+    for (size_t k = 0; k < launches.size(); ++k) {
+      CK(cudaEventRecord(a, s));
+      launches[k]();
+      CK(cudaEventRecord(b, s));
+      CK(cudaEventSynchronize(b));
+      float ms = 0;
+      CK(cudaEventElapsedTime(&ms, a, b));
+      t[k].push_back(ms);
+    }
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::vector<double> med;
+  for (auto& v : t) {
+    std::sort(v.begin(), v.end());
+    med.push_back(v[v.size() / 2]);
+  }
+  return med;
+}
+
 void Check(const absl::Status& st) {
   if (!st.ok()) {
     std::fprintf(stderr, "launch failed: %s\n", st.ToString().c_str());
@@ -132,6 +170,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> layout_filter;
   std::vector<std::string> decode_layouts = {"MHA", "GQA", "MQA", "SQA", "xSQA"};
   bool paged = true;
+  bool paged_first = false;   // time the paged variant before the contiguous one
+  bool shuffle_table = true;  // paged: shuffled block table (false: identity)
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   std::vector<std::string> decode_kernels = {"v4", "v3"};
@@ -152,6 +192,15 @@ int main(int argc, char** argv) {
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--no-paged") paged = false;
+    else if (a == "--paged-first") paged_first = true;
+    else if (a == "--paged-table") {
+      const std::string t = next();
+      if (t != "shuffled" && t != "identity") {
+        std::fprintf(stderr, "--paged-table takes shuffled or identity, not %s\n", t.c_str());
+        return 2;
+      }
+      shuffle_table = t == "shuffled";
+    }
     else if (a == "--decode-kernels") {
       decode_kernels.clear();
       std::stringstream ss(next());
@@ -169,8 +218,10 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "wgmma" && t.rfind("wgmma-hg", 0) != 0 && t != "lockstep" && t != "mma" && t != "pingpong") {
-          std::fprintf(stderr, "--kernels takes wgmma, wgmma-hgN, wgmma-hgall, pingpong, lockstep and/or mma, not %s\n",
+        if (t != "wgmma" && t.rfind("wgmma-hg", 0) != 0 && t != "lockstep" && t != "mma" && t != "pingpong" &&
+            t != "cpasync") {
+          std::fprintf(stderr,
+                       "--kernels takes wgmma, wgmma-hgN, wgmma-hgall, pingpong, lockstep, mma and/or cpasync, not %s\n",
                        t.c_str());
           return 2;
         }
@@ -233,7 +284,8 @@ int main(int argc, char** argv) {
       Fill(v, kvb, 3);
       const double flops = 4.0 * ha * double(n) * double(n) * dh / 2.0;
       const int warm = n <= 32768 ? 3 : 1, reps = n <= 32768 ? 10 : 3;
-      for (int variant = 0; variant < (paged ? 2 : 1); ++variant) {
+      for (int vi = 0; vi < (paged ? 2 : 1); ++vi) {
+        const int variant = paged && paged_first ? 1 - vi : vi;
         const int bs = 64;
         int32_t* table = nullptr;
         void *pk = k, *pv = v;
@@ -242,7 +294,7 @@ int main(int argc, char** argv) {
           const int64_t nb = (n + bs - 1) / bs;
           std::vector<int32_t> t(nb);
           std::iota(t.begin(), t.end(), 0);
-          std::shuffle(t.begin(), t.end(), std::mt19937(5));
+          if (shuffle_table) std::shuffle(t.begin(), t.end(), std::mt19937(5));
           CK(cudaMalloc(&table, nb * 4));
           CK(cudaMemcpy(table, t.data(), nb * 4, cudaMemcpyHostToDevice));
           const size_t pb = size_t(nb) * bs * L.hkv * dh * 2;
@@ -259,6 +311,7 @@ int main(int argc, char** argv) {
         p.kv.v = pv;
         p.kv.block_table = table;
         p.kv.block_size = bs;
+        p.kv.num_blocks = table != nullptr ? (n + bs - 1) / bs : 0;
         p.kv_len = n;
         p.num_q_heads = L.hq;
         p.num_kv_heads = L.hkv;
@@ -266,19 +319,30 @@ int main(int argc, char** argv) {
         p.causal = true;
         p.out = o;
         p.lse = lse;
+        std::vector<sqa::cuda::PrefillParams> per_kernel;
+        std::vector<std::function<void()>> launches;
         for (const std::string& kname : kernels) {
           p.kernel = kname == "mma"        ? sqa::cuda::PrefillKernel::kMmaSync
                      : kname == "lockstep" ? sqa::cuda::PrefillKernel::kWgmmaLockstep
                      : kname == "pingpong" ? sqa::cuda::PrefillKernel::kWgmmaPingPong
+                     : kname == "cpasync"  ? sqa::cuda::PrefillKernel::kWgmmaCpAsync
                                            : sqa::cuda::PrefillKernel::kWgmma;
           // wgmma-hgN: CTAs numbered N KV heads at a time (hg1: v11's order; hgall: v10's).
           p.cta_head_group = kname.rfind("wgmma-hg", 0) != 0 ? 0
                              : kname == "wgmma-hgall"        ? L.hkv
                                                              : std::max(1, std::atoi(kname.c_str() + 8));
-          const double ms = MedianMs([&] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); }, warm, reps, s);
-          CK(cudaGetLastError());
+          per_kernel.push_back(p);
+        }
+        for (const auto& pk_params : per_kernel) {
+          launches.push_back([&s, pk_params] { Check(sqa::cuda::LaunchAttentionPrefill(pk_params, s)); });
+        }
+        const std::vector<double> med = MedianMsRoundRobin(launches, warm, reps, s);
+        CK(cudaGetLastError());
+        for (size_t ki = 0; ki < kernels.size(); ++ki) {
+          const std::string& kname = kernels[ki];
+          const double ms = med[ki];
           const double tf = flops / (ms * 1e-3) / 1e12;
-          const char* vname = variant == 0 ? "contiguous" : "paged64";
+          const char* vname = variant == 0 ? "contiguous" : shuffle_table ? "paged64" : "paged64-identity";
           std::printf("%-6s %8lld %-10s %-6s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname, kname.c_str(), ms, tf);
           std::fflush(stdout);
           out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},

@@ -24,7 +24,8 @@ def main():
     args = ap.parse_args()
     attn = json.load(open(args.attn))
     sdpa = json.load(open(args.sdpa))
-    ours = {}   # the default (wgmma ping-pong) kernel
+    ours = {}   # the default (wgmma ping-pong, TMA producer) kernel
+    cpa = {}    # the same kernel with its cp.async producer (--kernels cpasync)
     lock = {}   # the wgmma lockstep kernel, when the run timed it (--kernels lockstep)
     prev = {}   # the earlier mma.sync kernel, when the run timed it (--kernels mma)
     ping = {}   # the wgmma ping-pong kernel without the intra-warpgroup overlap (--kernels pingpong)
@@ -32,7 +33,7 @@ def main():
         k = r.get("kernel", "wgmma")
         if k.startswith("wgmma-hg"):
             continue  # CTA-order sweeps, not this table
-        {"mma": prev, "lockstep": lock, "pingpong": ping}.get(k, ours)[(r["layout"], r["n"], r["variant"])] = r
+        {"mma": prev, "lockstep": lock, "pingpong": ping, "cpasync": cpa}.get(k, ours)[(r["layout"], r["n"], r["variant"])] = r
     theirs = {}
     for r in sdpa["rows"]:
         theirs[(r["layout"], r["n"], r["backend"])] = r
@@ -60,17 +61,18 @@ def main():
     lines.append("")
     lines.append("Causal prefill, one sequence of N tokens, bf16, head_dim 128, H=32 layouts. "
                  "TFLOP/s counts 2*2*Ha*N^2*dh/2 (Ha = max(Hq, Hkv)). Median of repeats after warm-up "
-                 "(CUDA events). `ours` = the default wgmma kernel (producer warpgroup + two consumer "
-                 "warpgroups taking turns, each warpgroup's softmax overlapping its own previous P V) over paged "
-                 "KV (block 64, shuffled table: what the engine runs); `ours contig` = same kernel, K/V "
-                 "[N, Hkv, dh]; `ping-pong`, `lockstep` and `mma.sync` = the earlier wgmma kernels (without "
-                 "the overlap; without producer and turns) and the mma.sync kernel on the same paged KV in the "
-                 "same run (n/a: not timed in this run). Ratios are SDPA time / our paged time (> 1: ours "
-                 "faster).")
+                 "(CUDA events); the kernels of one row are timed round-robin. `ours` = the default wgmma kernel "
+                 "(a producer whose one thread issues TMA copies + two consumer warpgroups taking turns, each "
+                 "warpgroup's softmax overlapping its own previous P V) over paged KV (block 64, shuffled table: "
+                 "what the engine runs); `ours contig` = same kernel, K/V [N, Hkv, dh]; `cp.async` = the same "
+                 "kernel with the producer warpgroup copying through cp.async (the previous default); "
+                 "`ping-pong`, `lockstep` and `mma.sync` = the earlier wgmma kernels (without the overlap; "
+                 "without producer and turns) and the mma.sync kernel on the same paged KV in the same run "
+                 "(n/a: not timed in this run). Ratios are SDPA time / our paged time (> 1: ours faster).")
     lines.append("")
-    lines.append("| layout | Hq/Hkv | N | ours ms | TF/s | ours contig ms | TF/s | ping-pong TF/s | lockstep TF/s "
-                 "| mma.sync TF/s | cuDNN ms | TF/s | flash ms | TF/s | vs cuDNN | vs flash |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    lines.append("| layout | Hq/Hkv | N | ours ms | TF/s | ours contig ms | TF/s | cp.async TF/s | ping-pong TF/s "
+                 "| lockstep TF/s | mma.sync TF/s | cuDNN ms | TF/s | flash ms | TF/s | vs cuDNN | vs flash |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows_out = []
     for layout, n in order:
         p = ours.get((layout, n, "paged64"))
@@ -84,11 +86,12 @@ def main():
         mp = prev.get((layout, n, "paged64"))
         lp = lock.get((layout, n, "paged64"))
         pp = ping.get((layout, n, "paged64"))
+        cp = cpa.get((layout, n, "paged64"))
         lines.append(f"| {layout} | {hq}/{hkv} | {n} | {fmt(p)[0]} | {fmt(p)[1]} | {fmt(c)[0]} | {fmt(c)[1]} | "
-                     f"{fmt(pp)[1]} | {fmt(lp)[1]} | {fmt(mp)[1]} | {fmt(cu)[0]} | {fmt(cu)[1]} | {fmt(fl)[0]} | {fmt(fl)[1]} | "
+                     f"{fmt(cp)[1]} | {fmt(pp)[1]} | {fmt(lp)[1]} | {fmt(mp)[1]} | {fmt(cu)[0]} | {fmt(cu)[1]} | {fmt(fl)[0]} | {fmt(fl)[1]} | "
                      f"{r_cu} | {r_fl} |")
         rows_out.append({"layout": layout, "hq": hq, "hkv": hkv, "n": n, "ours_paged": p, "ours_contiguous": c,
-                         "pingpong_paged": pp, "lockstep_paged": lp, "mma_sync_paged": mp, "cudnn": cu, "flash": fl})
+                         "cpasync_paged": cp, "pingpong_paged": pp, "lockstep_paged": lp, "mma_sync_paged": mp, "cudnn": cu, "flash": fl})
     # Summary ratios over N >= 32768 (the long-context range), computed from the rows above.
     long_rows = [r for r in rows_out if r["n"] >= 32768 and r["ours_paged"] and "ms" in r["ours_paged"]]
     def ratio_range(key):
@@ -102,15 +105,17 @@ def main():
                      + (f", {min(tfc):.0f}-{max(tfc):.0f} contiguous" if tfc else "") + "; "
                      + "; ".join(f"{name} time / ours {lo:.2f}-{hi:.2f}x" for name, rr in
                                  (("flash", ratio_range("flash")), ("cuDNN", ratio_range("cudnn")),
+                                  ("cp.async", ratio_range("cpasync_paged")),
                                   ("ping-pong", ratio_range("pingpong_paged")),
                                   ("lockstep", ratio_range("lockstep_paged")),
                                   ("mma.sync", ratio_range("mma_sync_paged"))) if rr for lo, hi in [rr]) + ".")
     lines.append("")
     lines.append(f"Limit: prefill is compute-bound (bytes per run are < 2 GB, under 1 ms at copy speed); "
                  f"ceiling {GEMM_CEILING:.0f} TFLOP/s (bf16 GEMM measured here). One warpgroup's softmax runs "
-                 "during the other's GEMMs and its own previous P V; ncu on the ping-pong kernel (xSQA, 32k, "
-                 "paged) has the tensor pipe active 59% of the time, the MUFU pipe 33%, and warps mostly "
-                 "stalled on fixed-latency waits (bench/gpu/attention/NOTES.md).")
+                 "during the other's GEMMs and its own previous P V; the tensor pipe is busy about two thirds "
+                 "of the time, the rest goes to the turn waits and the softmax (MUFU, row maxima), and the GPU "
+                 "runs these kernels at its power cap: the ncu profiles and the clock trace are in "
+                 "bench/gpu/attention/NOTES.md (v13b, v14).")
     lines.append("")
     lines.append("## Decode over the paged cache (block 64), bytes of K+V read per second")
     lines.append("")

@@ -4,7 +4,7 @@
 #   profile.sh prefill BENCH [KERNEL] [LAYOUT]   one paged launch of KERNEL (default wgmma) at 32k:
 #                                                tensor/MUFU pipes, issue slots, stall reasons
 #   profile.sh decode BENCH LAYOUT CTX BATCH [v4|v3]   the split kernel and the combine of one call
-# BENCH is an sqa-attn-bench binary. KERNEL: wgmma (v13b, the default), pingpong (v12); for the
+# BENCH is an sqa-attn-bench binary. KERNEL: wgmma (v14, the default), cpasync (v13b), pingpong (v12); for the
 # reverted v13 build commit 0956e32 and pass overlap.
 set -uo pipefail
 NCU=${NCU:-/usr/local/cuda/bin/ncu}

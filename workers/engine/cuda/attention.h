@@ -45,14 +45,18 @@ struct KvView {
   const void* v = nullptr;            // bf16
   const int32_t* block_table = nullptr;  // device int32, ceil(kv_len / block_size) entries
   int block_size = 64;
+  int64_t num_blocks = 0;  // blocks in the pool (paged); 0 = unknown, which rules out TMA copies
 };
 
 // Which prefill kernel runs. kAuto is kWgmma: sm_90a warpgroup MMA with a producer warpgroup and
 // two consumer warpgroups that take turns on the tensor cores, each running the softmax of a tile
-// while its own previous P V is still on them (FA3's order). kWgmmaPingPong is the same without
-// that overlap, kWgmmaLockstep the simpler form without producer and turns, kMmaSync the earlier
-// mma.sync kernel; they are kept for comparison in tests and benchmarks.
-enum class PrefillKernel { kAuto, kWgmma, kWgmmaPingPong, kWgmmaLockstep, kMmaSync };
+// while its own previous P V is still on them (FA3's order); the producer copies K/V tiles with
+// TMA (one thread, 128-byte swizzle) when the KV allows it (contiguous, or paged with a block size
+// that is a multiple of 64 and KvView::num_blocks set), else with cp.async. kWgmmaCpAsync is the
+// same kernel always copying with cp.async, kWgmmaPingPong that one without the softmax overlap,
+// kWgmmaLockstep the simpler form without producer and turns, kMmaSync the earlier mma.sync
+// kernel; they are kept for comparison in tests and benchmarks.
+enum class PrefillKernel { kAuto, kWgmma, kWgmmaCpAsync, kWgmmaPingPong, kWgmmaLockstep, kMmaSync };
 
 struct PrefillParams {
   const void* q = nullptr;  // bf16 [n, Hq, dh], queries at positions q_pos0 .. q_pos0 + n - 1

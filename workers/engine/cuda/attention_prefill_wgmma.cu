@@ -15,13 +15,17 @@
 // Two kernels share these pieces. The default (PrefillWgmmaPingPongKernel) adds a producer
 // warpgroup that copies K/V through a 3-stage ring and has the consumers take turns on the tensor
 // cores, so that one warpgroup's softmax runs during the other's GEMMs; with kOverlap (the
-// default, NOTES.md v13b) each warpgroup's softmax also runs during its own previous P V. The lockstep kernel
+// default, NOTES.md v13b) each warpgroup's softmax also runs during its own previous P V, and with
+// kTma (the default where the KV allows it, NOTES.md v14) one producer thread issues the copies as
+// TMA boxes instead of the warpgroup's cp.async. The lockstep kernel
 // (PrefillWgmmaLockstepKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile
 // ahead and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the
 // first half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
 // versions that were measured.
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 
 #include <algorithm>
 #include <cmath>
@@ -54,6 +58,7 @@ struct Args {
   const bf16* v;
   const int32_t* block_table;
   int block_size;
+  int64_t num_blocks;  // in the pool (paged; 0 = unknown)
   int paged_mode;  // PagedMode
   int hq, hkv, ha, g;
   int64_t n, q_pos0, kv_len;
@@ -64,6 +69,14 @@ struct Args {
   bool causal;
   bf16* out;
   float* lse;
+};
+
+// TMA descriptors of K and V (the kTma producer): 3-d views whose boxes are one 64-key, 64-column
+// panel of a tile. Paged64: {D, Hkv * block_size, blocks} (a block's rows of one head are
+// contiguous); contiguous: {D, Hkv, kv_len}.
+struct TmaMaps {
+  CUtensorMap k;
+  CUtensorMap v;
 };
 
 template <int D>
@@ -429,9 +442,10 @@ __global__ void __launch_bounds__(kThreads, 1) PrefillWgmmaLockstepKernel(const 
   Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
 }
 
-// The default kernel (NOTES.md v10-v13b): warp-specialized ping-pong. Warps 0-7 are two consumer
+// The default kernel (NOTES.md v10-v14): warp-specialized ping-pong. Warps 0-7 are two consumer
 // warpgroups, warps 8-11 a producer warpgroup that copies K/V tiles into a 3-stage ring
-// (cp.async; mbarriers full and empty) and gives its registers to the consumers (setmaxnreg). The consumers take turns on
+// (mbarriers full and empty; cp.async by the warpgroup, or with kTma TMA boxes from one thread)
+// and gives its registers to the consumers (setmaxnreg). The consumers take turns on
 // the tensor cores (named barriers 1 and 2): in its turn a warpgroup issues P V of tile j and
 // S = Q K^T of tile j + 1; the other warpgroup meanwhile does its softmax. With kOverlap the turn
 // issues S(j + 1) first and only S(j + 1) is waited for, so the softmax of tile j + 1 runs while
@@ -446,8 +460,9 @@ constexpr int PingPongSmemBytes() {
   return (kBlockM * D + 2 * kPpStages * kBlockN * D) * static_cast<int>(sizeof(bf16)) + 1024 + 2 * kPpStages * 8;
 }
 
-template <int D, int kMode, bool kOverlap>
-__global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(const Args a) {
+template <int D, int kMode, bool kOverlap, bool kTma = false>
+__global__ void __launch_bounds__(kPpThreads, 1)
+    PrefillWgmmaPingPongKernel(const __grid_constant__ Args a, const __grid_constant__ TmaMaps tm) {
   extern __shared__ unsigned char smem_raw[];
   constexpr uint32_t kTileBytes = kBlockN * D * sizeof(bf16);
   const uint32_t sQ = (SmemAddr(smem_raw) + 1023u) & ~1023u;
@@ -462,7 +477,7 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
 
   if (tid == 0) {
     for (int i = 0; i < kPpStages; ++i) {
-      MbarInit(bar_full + 8 * i, 128);  // the producer warpgroup's threads
+      MbarInit(bar_full + 8 * i, kTma ? 1 : 128);  // the TMA issuer, or the producer warpgroup's threads
       MbarInit(bar_empty + 8 * i, 8);   // one arrival per consumer warp
     }
   }
@@ -475,17 +490,64 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
   if (warp >= 8) {  // producer warpgroup
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     const int t = tid - kThreads;
-    TileBlocks next;
-    if (T > 0) next = ReadTileBlocks<kMode>(a, key0(0), ct.kv_end);
-    for (int x = 0; x < T; ++x) {
-      const int st = x % kPpStages;
-      const TileBlocks cur = next;
-      if (x + 1 < T) next = ReadTileBlocks<kMode>(a, key0(x + 1), ct.kv_end);
-      if (x >= kPpStages) MbarWait(bar_empty + 8 * st, ((x / kPpStages) - 1) & 1);
-      LoadKvTile<D, 128, kMode>(a, sK + st * kTileBytes, sV + st * kTileBytes, key0(x), ct.kv_end, ct.kvh, t, cur);
-      CpAsyncMbarArrive(bar_full + 8 * st);
+    if constexpr (kTma) {
+      // The diagonal tile, when it ends past kv_end, is copied by the whole warpgroup with
+      // cp.async and zero fill (keys past kv_end must be finite: P V multiplies them by 0);
+      // every full tile is 2 x 2 x D/64 TMA boxes issued by one thread.
+      int x0 = 0;
+      if (T > 0 && key0(0) + kBlockN > ct.kv_end) {
+        LoadKvTile<D, 128, kMode>(a, sK, sV, key0(0), ct.kv_end, ct.kvh, t,
+                                  ReadTileBlocks<kMode>(a, key0(0), ct.kv_end));
+        CpAsyncCommit();  // wait_group waits for committed groups only
+        CpAsyncWait<0>();
+        FenceProxyAsync();
+        NamedBarSync(3, 128);
+        MbarArriveIf(bar_full, t == 0);
+        x0 = 1;
+      }
+      if (t == 0) {
+        TileBlocks next;
+        if (x0 < T) next = ReadTileBlocks<kMode>(a, key0(x0), ct.kv_end);
+        for (int x = x0; x < T; ++x) {
+          const int st = x % kPpStages;
+          const TileBlocks cur = next;
+          if (x + 1 < T) next = ReadTileBlocks<kMode>(a, key0(x + 1), ct.kv_end);
+          if (x >= kPpStages) MbarWait(bar_empty + 8 * st, ((x / kPpStages) - 1) & 1);
+          const uint32_t full = bar_full + 8 * st;
+          MbarArriveExpectTx(full, 2 * kTileBytes);
+          const int k0 = key0(x);
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            int c1, c2;
+            if constexpr (kMode == kPaged64) {
+              c1 = ((h == 0 ? cur.lo : cur.hi) * a.hkv + ct.kvh) * a.block_size + (k0 + 64 * h) % a.block_size;
+              c2 = 0;
+            } else {
+              c1 = ct.kvh;
+              c2 = k0 + 64 * h;
+            }
+#pragma unroll
+            for (int pnl = 0; pnl < D / 64; ++pnl) {
+              const uint32_t off = st * kTileBytes + pnl * kBlockN * 128 + h * 64 * 128;
+              TmaLoad3d(sK + off, &tm.k, 64 * pnl, c1, c2, full);
+              TmaLoad3d(sV + off, &tm.v, 64 * pnl, c1, c2, full);
+            }
+          }
+        }
+      }
+    } else {
+      TileBlocks next;
+      if (T > 0) next = ReadTileBlocks<kMode>(a, key0(0), ct.kv_end);
+      for (int x = 0; x < T; ++x) {
+        const int st = x % kPpStages;
+        const TileBlocks cur = next;
+        if (x + 1 < T) next = ReadTileBlocks<kMode>(a, key0(x + 1), ct.kv_end);
+        if (x >= kPpStages) MbarWait(bar_empty + 8 * st, ((x / kPpStages) - 1) & 1);
+        LoadKvTile<D, 128, kMode>(a, sK + st * kTileBytes, sV + st * kTileBytes, key0(x), ct.kv_end, ct.kvh, t, cur);
+        CpAsyncMbarArrive(bar_full + 8 * st);
+      }
+      CpAsyncWait<0>();
     }
-    CpAsyncWait<0>();
   } else {  // consumer warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int wg = warp / 4, wl = warp % 4;
@@ -579,20 +641,89 @@ __global__ void __launch_bounds__(kPpThreads, 1) PrefillWgmmaPingPongKernel(cons
   }
 }
 
-// kind: 0 lockstep, 1 ping-pong, 2 ping-pong with the softmax overlapping the own P V.
+// Encodes the TMA descriptors of K and V for kPaged64 or kContiguous (see TmaMaps).
+absl::Status MakeTmaMaps(const Args& a, int head_dim, TmaMaps* tm) {
+  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess) {
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (encode == nullptr) return absl::InternalError("attention prefill: the driver has no cuTensorMapEncodeTiled");
+  const uint64_t row_bytes = static_cast<uint64_t>(head_dim) * sizeof(bf16);
+  cuuint64_t dims[3], strides[2];
+  cuuint32_t box[3];
+  const cuuint32_t elem_strides[3] = {1, 1, 1};
+  if (a.paged_mode == kPaged64) {
+    // The pool as rows of D: row (block * Hkv + kvh) * block_size + offset.
+    dims[0] = head_dim;
+    dims[1] = static_cast<cuuint64_t>(a.num_blocks) * a.hkv * a.block_size;
+    dims[2] = 1;
+    strides[0] = row_bytes;
+    strides[1] = row_bytes * dims[1];
+    box[0] = 64;
+    box[1] = 64;
+    box[2] = 1;
+  } else {
+    dims[0] = head_dim;
+    dims[1] = a.hkv;
+    dims[2] = static_cast<cuuint64_t>(std::max<int64_t>(a.kv_len, 1));
+    strides[0] = row_bytes;
+    strides[1] = row_bytes * a.hkv;
+    box[0] = 64;
+    box[1] = 1;
+    box[2] = 64;
+  }
+  for (int i = 0; i < 2; ++i) {
+    CUtensorMap* m = i == 0 ? &tm->k : &tm->v;
+    void* base = const_cast<bf16*>(i == 0 ? a.k : a.v);
+    const CUresult r = encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, base, dims, strides, box, elem_strides,
+                              CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                              CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS) {
+      return absl::InternalError(absl::StrCat("attention prefill: cuTensorMapEncodeTiled failed (CUresult ", r, ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// kind: 0 lockstep, 1 ping-pong, 2 ping-pong with the softmax overlapping the own P V (cp.async
+// producer), 3 = 2 with the TMA producer where the KV allows it (else 2).
 template <int D, int kMode>
 absl::Status Launch(const Args& a, int kind, cudaStream_t stream) {
   const bool pingpong = kind != 0;
   const int smem = pingpong ? PingPongSmemBytes<D>() : SmemBytes<D>();
   const int threads = pingpong ? kPpThreads : kThreads;
-  auto kernel = kind == 2   ? PrefillWgmmaPingPongKernel<D, kMode, true>
-                : kind == 1 ? PrefillWgmmaPingPongKernel<D, kMode, false>
-                            : PrefillWgmmaLockstepKernel<D, kMode>;
-  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-  if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
+  TmaMaps tm{};
+  // TMA needs every box inside its tensor map: for paged KV, the pool's block count, and rows
+  // that an int32 coordinate reaches.
+  const bool tma = kind == 3 && kMode != kPagedAny &&
+                   (kMode == kContiguous ||
+                    (a.num_blocks > 0 && a.num_blocks * a.hkv * a.block_size <= int64_t{0x7fffffff}));
+  if (tma) {
+    absl::Status st = MakeTmaMaps(a, D, &tm);
+    if (!st.ok()) return st;
+  }
+  constexpr bool kCanTma = kMode != kPagedAny;
+  auto kernel = tma                     ? PrefillWgmmaPingPongKernel<D, kMode, true, kCanTma>
+                : kind == 2 || kind == 3 ? PrefillWgmmaPingPongKernel<D, kMode, true>
+                : kind == 1              ? PrefillWgmmaPingPongKernel<D, kMode, false>
+                                         : nullptr;
   const int64_t blocks = a.row_tiles * a.hkv;
   if (blocks > 0x7fffffff) return absl::InvalidArgumentError("attention prefill: too many query rows for one launch");
-  kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(a);
+  if (kernel == nullptr) {
+    auto lockstep = PrefillWgmmaLockstepKernel<D, kMode>;
+    cudaError_t e = cudaFuncSetAttribute(lockstep, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
+    lockstep<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(a);
+    return LaunchStatus("attention prefill (wgmma)");
+  }
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (e != cudaSuccess) return CudaStatus(e, "attention prefill (wgmma): cudaFuncSetAttribute");
+  kernel<<<static_cast<unsigned>(blocks), threads, smem, stream>>>(a, tm);
   return LaunchStatus("attention prefill (wgmma)");
 }
 
@@ -608,6 +739,7 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.v = static_cast<const bf16*>(p.kv.v);
   a.block_table = p.kv.block_table;
   a.block_size = p.kv.block_size;
+  a.num_blocks = p.kv.num_blocks;
   a.paged_mode = p.kv.block_table == nullptr ? kContiguous : (p.kv.block_size % 64 == 0 ? kPaged64 : kPagedAny);
   a.hq = p.num_q_heads;
   a.hkv = p.num_kv_heads;
@@ -633,7 +765,10 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.causal = p.causal;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
-  const int kind = p.kernel == PrefillKernel::kWgmmaLockstep ? 0 : p.kernel == PrefillKernel::kWgmmaPingPong ? 1 : 2;
+  const int kind = p.kernel == PrefillKernel::kWgmmaLockstep  ? 0
+                   : p.kernel == PrefillKernel::kWgmmaPingPong ? 1
+                   : p.kernel == PrefillKernel::kWgmmaCpAsync  ? 2
+                                                               : 3;
   if (p.head_dim == 64) {
     switch (a.paged_mode) {
       case kContiguous: return Launch<64, kContiguous>(a, kind, stream);

@@ -674,6 +674,7 @@ class CudaBackend final : public Backend {
     p.kv.v = kc->v(a.layer);
     p.kv.block_table = static_cast<const int32_t*>(dev_table);
     p.kv.block_size = static_cast<int>(s.block_size);
+    p.kv.num_blocks = s.num_blocks;
     p.kv_len = a.kv.kv_len;
     p.num_q_heads = static_cast<int>(hq);
     p.num_kv_heads = static_cast<int>(hkv);
