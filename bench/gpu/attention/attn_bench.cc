@@ -14,6 +14,7 @@
 //                        producer instead of TMA)
 //                       [--paged-first] (paged variant before contiguous)
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
+//                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
@@ -172,6 +173,7 @@ int main(int argc, char** argv) {
   bool paged = true;
   bool paged_first = false;   // time the paged variant before the contiguous one
   bool shuffle_table = true;  // paged: shuffled block table (false: identity)
+  int paged_block = 64;       // prefill's paged block size; -1 = one block per sequence (bs = N)
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   std::vector<std::string> decode_kernels = {"v4", "v3"};
@@ -193,6 +195,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--no-paged") paged = false;
     else if (a == "--paged-first") paged_first = true;
+    else if (a == "--paged-block") paged_block = std::stoi(next());
     else if (a == "--paged-table") {
       const std::string t = next();
       if (t != "shuffled" && t != "identity") {
@@ -286,7 +289,7 @@ int main(int argc, char** argv) {
       const int warm = n <= 32768 ? 3 : 1, reps = n <= 32768 ? 10 : 3;
       for (int vi = 0; vi < (paged ? 2 : 1); ++vi) {
         const int variant = paged && paged_first ? 1 - vi : vi;
-        const int bs = 64;
+        const int bs = paged_block > 0 ? paged_block : static_cast<int>(n);
         int32_t* table = nullptr;
         void *pk = k, *pv = v;
         if (variant == 1) {
@@ -342,8 +345,11 @@ int main(int argc, char** argv) {
           const std::string& kname = kernels[ki];
           const double ms = med[ki];
           const double tf = flops / (ms * 1e-3) / 1e12;
-          const char* vname = variant == 0 ? "contiguous" : shuffle_table ? "paged64" : "paged64-identity";
-          std::printf("%-6s %8lld %-10s %-6s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname, kname.c_str(), ms, tf);
+          const std::string vname = variant == 0 ? "contiguous"
+                                    : paged_block == 64 ? (shuffle_table ? "paged64" : "paged64-identity")
+                                                        : "paged-bs" + std::to_string(bs);
+          std::printf("%-6s %8lld %-10s %-6s %10.3f %9.1f\n", L.name.c_str(), (long long)n, vname.c_str(), kname.c_str(), ms,
+                      tf);
           std::fflush(stdout);
           out["prefill"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"n", n}, {"head_dim", dh},
                                     {"variant", vname}, {"kernel", kname}, {"ms", ms}, {"tflops", tf}, {"reps", reps}});

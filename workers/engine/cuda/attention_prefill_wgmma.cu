@@ -550,7 +550,9 @@ __global__ void __launch_bounds__(kPpThreads, 1)
     }
   } else {  // consumer warpgroups
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    const int wg = warp / 4, wl = warp % 4;
+    // Warp-uniform (a shuffle from lane 0): the compiler then forms the wgmma descriptors, which
+    // depend on wg, in uniform registers instead of moving them there before each wgmma.
+    const int wg = __shfl_sync(0xffffffffu, warp / 4, 0), wl = warp % 4;
     const int r_in = wg * 64 + wl * 16 + lane / 4;
     int row_limit[2];
     float o[D / 2], s[kBlockN / 2], m_i[2], l_i[2];
