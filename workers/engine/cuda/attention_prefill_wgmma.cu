@@ -71,9 +71,9 @@ struct Args {
   float* lse;
 };
 
-// TMA descriptors of K and V (the kTma producer): 3-d views whose boxes are one 64-key, 64-column
-// panel of a tile. Paged64: {D, Hkv * block_size, blocks} (a block's rows of one head are
-// contiguous); contiguous: {D, Hkv, kv_len}.
+// TMA descriptors of K and V (the kTma producer), whose boxes are one 64-key, 64-column panel of
+// a tile. Paged64: the pool as {D, blocks * Hkv * block_size} rows (a block's rows of one head
+// are contiguous); contiguous: {D, Hkv, kv_len}.
 struct TmaMaps {
   CUtensorMap k;
   CUtensorMap v;
@@ -702,13 +702,12 @@ absl::Status Launch(const Args& a, int kind, cudaStream_t stream) {
   TmaMaps tm{};
   // TMA needs every box inside its tensor map: for paged KV, the pool's block count, and rows
   // that an int32 coordinate reaches.
+  // When the maps cannot be made (no driver entry point, an unaligned pointer) the cp.async
+  // producer runs instead.
   const bool tma = kind == 3 && kMode != kPagedAny &&
                    (kMode == kContiguous ||
-                    (a.num_blocks > 0 && a.num_blocks * a.hkv * a.block_size <= int64_t{0x7fffffff}));
-  if (tma) {
-    absl::Status st = MakeTmaMaps(a, D, &tm);
-    if (!st.ok()) return st;
-  }
+                    (a.num_blocks > 0 && a.num_blocks * a.hkv * a.block_size <= int64_t{0x7fffffff})) &&
+                   MakeTmaMaps(a, D, &tm).ok();
   constexpr bool kCanTma = kMode != kPagedAny;
   auto kernel = tma                     ? PrefillWgmmaPingPongKernel<D, kMode, true, kCanTma>
                 : kind == 2 || kind == 3 ? PrefillWgmmaPingPongKernel<D, kMode, true>

@@ -641,14 +641,8 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status AttentionPrefill(const PrefillAttentionArgs& a) override {
-    SQA_RETURN_IF_ERROR(Enter());
-    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(a.cache, "AttentionPrefill"));
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, AttentionCache(a.cache, a.layer, a.q, a.out, "AttentionPrefill"));
     const KvCacheShape& s = kc->shape();
-    SQA_RETURN_IF_ERROR(CheckLayer(s, a.layer, "AttentionPrefill"));
-    SQA_RETURN_IF_ERROR(ExpectDevice(a.q, "AttentionPrefill", "q"));
-    SQA_RETURN_IF_ERROR(ExpectDevice(a.out, "AttentionPrefill", "out"));
-    SQA_RETURN_IF_ERROR(ExpectDType(a.q, DType::kBF16, "AttentionPrefill", "q"));
-    SQA_RETURN_IF_ERROR(ExpectDType(a.out, DType::kBF16, "AttentionPrefill", "out"));
     if (a.q.shape.size() != 3 || a.q.dim(2) != s.head_dim) {
       return absl::InvalidArgumentError(absl::StrCat("AttentionPrefill: q ", ShapeString(a.q.shape),
                                                      " must be [n, Hq, ", s.head_dim, "]"));
@@ -687,14 +681,8 @@ class CudaBackend final : public Backend {
   }
 
   absl::Status AttentionDecode(const DecodeAttentionArgs& a) override {
-    SQA_RETURN_IF_ERROR(Enter());
-    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(a.cache, "AttentionDecode"));
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, AttentionCache(a.cache, a.layer, a.q, a.out, "AttentionDecode"));
     const KvCacheShape& s = kc->shape();
-    SQA_RETURN_IF_ERROR(CheckLayer(s, a.layer, "AttentionDecode"));
-    SQA_RETURN_IF_ERROR(ExpectDevice(a.q, "AttentionDecode", "q"));
-    SQA_RETURN_IF_ERROR(ExpectDevice(a.out, "AttentionDecode", "out"));
-    SQA_RETURN_IF_ERROR(ExpectDType(a.q, DType::kBF16, "AttentionDecode", "q"));
-    SQA_RETURN_IF_ERROR(ExpectDType(a.out, DType::kBF16, "AttentionDecode", "out"));
     if (a.kv_lens != nullptr) return AttentionDecodePadded(a, kc);
     const int64_t batch = static_cast<int64_t>(a.seqs.size());
     if (a.q.shape.size() != 3 || a.q.dim(0) != batch || a.q.dim(2) != s.head_dim) {
@@ -729,14 +717,33 @@ class CudaBackend final : public Backend {
                                        {lens_.data(), sizeof(int32_t) * lens_.size(), &dev_lens}}));
     const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
                                                  static_cast<int>(s.head_dim), max_len);
-    if (ws > decode_ws_bytes_) {
-      const size_t want = std::max(ws, decode_ws_bytes_ * 2);
-      if (decode_ws_) SQA_GPU_RETURN_IF_ERROR(cudaFreeAsync(decode_ws_, stream()));
-      decode_ws_ = nullptr;
-      decode_ws_bytes_ = 0;
-      SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(&decode_ws_, want, stream()));
-      decode_ws_bytes_ = want;
-    }
+    SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&decode_ws_, &decode_ws_bytes_, ws));
+    cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, stride, dev_lens, max_len);
+    p.workspace = decode_ws_;
+    p.workspace_bytes = decode_ws_bytes_;
+    return cuda::LaunchAttentionDecode(p, stream());
+  }
+
+  // The checks every attention op starts with: the backend is usable, the cache is this backend's
+  // and has `layer`, and q and out are bf16 tensors on the device.
+  absl::StatusOr<const CudaKvCache*> AttentionCache(const KvCacheStorage* cache, int64_t layer, const TensorView& q,
+                                                    const TensorView& out, const char* op) {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(cache, op));
+    SQA_RETURN_IF_ERROR(CheckLayer(kc->shape(), layer, op));
+    SQA_RETURN_IF_ERROR(ExpectDevice(q, op, "q"));
+    SQA_RETURN_IF_ERROR(ExpectDevice(out, op, "out"));
+    SQA_RETURN_IF_ERROR(ExpectDType(q, DType::kBF16, op, "q"));
+    SQA_RETURN_IF_ERROR(ExpectDType(out, DType::kBF16, op, "out"));
+    return kc;
+  }
+
+  // Decode parameters of both decode forms, less the workspace: tables and lengths already on the
+  // device, `stride` entries per row.
+  static cuda::DecodeParams DecodeParamsFor(const DecodeAttentionArgs& a, const CudaKvCache* kc, int64_t batch,
+                                            int64_t hq, const void* dev_tables, int64_t stride, const void* dev_lens,
+                                            int64_t max_len) {
+    const KvCacheShape& s = kc->shape();
     cuda::DecodeParams p;
     p.q = a.q.data;
     p.batch = static_cast<int>(batch);
@@ -748,14 +755,12 @@ class CudaBackend final : public Backend {
     p.kv_lens = static_cast<const int32_t*>(dev_lens);
     p.max_kv_len = max_len;
     p.num_q_heads = static_cast<int>(hq);
-    p.num_kv_heads = static_cast<int>(hkv);
+    p.num_kv_heads = static_cast<int>(s.num_kv_heads);
     p.head_dim = static_cast<int>(s.head_dim);
     p.scale = a.scale;
     p.out = a.out.data;
     p.lse = a.lse;
-    p.workspace = decode_ws_;
-    p.workspace_bytes = decode_ws_bytes_;
-    return cuda::LaunchAttentionDecode(p, stream());
+    return p;
   }
 
   absl::Status MergeAttention(absl::Span<const TensorView> outs, absl::Span<const float* const> lses,
@@ -952,7 +957,7 @@ class CudaBackend final : public Backend {
         &in_block));
     const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
                                                  static_cast<int>(s.head_dim), a.max_kv_len);
-    cuda::DecodeParams p;
+    cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, a.table_stride, dev_lens, a.max_kv_len);
     if (in_block) {
       SQA_RETURN_IF_ERROR(EnsureStepWorkspace(step_decode_ws_, ws));
       p.workspace = step_decode_ws_.get();
@@ -962,21 +967,6 @@ class CudaBackend final : public Backend {
       p.workspace = decode_ws_;
       p.workspace_bytes = decode_ws_bytes_;
     }
-    p.q = a.q.data;
-    p.batch = static_cast<int>(batch);
-    p.k_cache = kc->k(a.layer);
-    p.v_cache = kc->v(a.layer);
-    p.block_size = static_cast<int>(s.block_size);
-    p.block_tables = static_cast<const int32_t*>(dev_tables);
-    p.block_table_stride = a.table_stride;
-    p.kv_lens = static_cast<const int32_t*>(dev_lens);
-    p.max_kv_len = a.max_kv_len;
-    p.num_q_heads = static_cast<int>(hq);
-    p.num_kv_heads = static_cast<int>(hkv);
-    p.head_dim = static_cast<int>(s.head_dim);
-    p.scale = a.scale;
-    p.out = a.out.data;
-    p.lse = a.lse;
     return cuda::LaunchAttentionDecode(p, stream());
   }
 

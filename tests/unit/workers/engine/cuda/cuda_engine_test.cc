@@ -5,22 +5,19 @@
 // prefill chunk with decode tokens. Tolerance: bf16 activations through every layer, so
 // max |diff| <= 2e-2 * max |logit| per row set. Skips without a GPU.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
-#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tests/unit/workers/engine/cuda/cuda_model_fixture.h"
 #include "workers/engine/backend.h"
 #include "workers/engine/cpu/cpu_backend.h"
 #include "workers/engine/cuda/cuda_backend.h"
 #include "workers/engine/engine.h"
-#include "workers/engine/model/mkmodel.h"
 #include "workers/engine/model/model.h"
 
 namespace sqa {
@@ -28,42 +25,11 @@ namespace {
 
 constexpr double kTol = 2e-2;
 
-struct Case {
-  std::string layout;
-  int64_t head_dim;
-};
+using testing_cuda::ModelCase;
+using testing_cuda::ModelCaseName;
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.layout + "_dh" + std::to_string(info.param.head_dim);
-}
-
-class CudaEngineTest : public ::testing::TestWithParam<Case> {
+class CudaEngineTest : public testing_cuda::CudaModelTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-    static std::atomic<int> counter{0};
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ("sqa_cuda_engine_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    auto cfg = PresetConfig("medium", GetParam().layout);
-    ASSERT_TRUE(cfg.ok()) << cfg.status();
-    cfg->head_dim = GetParam().head_dim;
-    cfg->num_hidden_layers = 3;
-    cfg->vocab_size = 2048;
-    MkModelOptions mo;
-    mo.config = *cfg;
-    mo.dtype = DType::kBF16;
-    mo.seed = std::random_device{}();
-    ASSERT_TRUE(WriteRandomModel(mo, dir_.string()).ok());
-    auto m = Model::Load(dir_.string());
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::shared_ptr<const Model>(std::move(m).value());
-    rng_.seed(static_cast<unsigned>(mo.seed));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-
   std::unique_ptr<Engine> MakeEngine(DeviceKind kind, int64_t chunk, int64_t block_size) {
     BackendOptions bo;
     bo.device = kind;
@@ -104,9 +70,6 @@ class CudaEngineTest : public ::testing::TestWithParam<Case> {
     return static_cast<int32_t>(std::max_element(row, row + vocab) - row);
   }
 
-  std::filesystem::path dir_;
-  std::shared_ptr<const Model> model_;
-  std::mt19937 rng_;
 };
 
 TEST_P(CudaEngineTest, PrefillLogitsMatchCpuForAnyChunking) {
@@ -174,10 +137,11 @@ TEST_P(CudaEngineTest, BatchedDecodeAndMixedStepsMatchCpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, CudaEngineTest,
-                         ::testing::Values(Case{"MHA", 64}, Case{"GQA", 64}, Case{"MQA", 64}, Case{"SQA", 64},
-                                           Case{"sSQA", 64}, Case{"xSQA", 64}, Case{"xSMQA", 64}, Case{"rSQA", 64},
-                                           Case{"MHA", 128}, Case{"SQA", 128}, Case{"xSQA", 128}),
-                         CaseName);
+                         ::testing::Values(ModelCase{"MHA", 64}, ModelCase{"GQA", 64}, ModelCase{"MQA", 64},
+                                           ModelCase{"SQA", 64}, ModelCase{"sSQA", 64}, ModelCase{"xSQA", 64},
+                                           ModelCase{"xSMQA", 64}, ModelCase{"rSQA", 64}, ModelCase{"MHA", 128},
+                                           ModelCase{"SQA", 128}, ModelCase{"xSQA", 128}),
+                         ModelCaseName);
 
 }  // namespace
 }  // namespace sqa

@@ -11,65 +11,31 @@
 // on the returned logits with graphs on and off, as the backend's sampler test requires. Skips
 // without a GPU.
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "tests/unit/workers/engine/cuda/cuda_model_fixture.h"
 #include "workers/engine/backend.h"
 #include "workers/engine/cuda/cuda_backend.h"
 #include "workers/engine/engine.h"
-#include "workers/engine/model/mkmodel.h"
 #include "workers/engine/model/model.h"
 #include "workers/engine/sampling.h"
 
 namespace sqa {
 namespace {
 
-struct Case {
-  std::string layout;
-  int64_t head_dim;
-};
+using testing_cuda::ModelCase;
+using testing_cuda::ModelCaseName;
 
-std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
-  return info.param.layout + "_dh" + std::to_string(info.param.head_dim);
-}
-
-class CudaGraphTest : public ::testing::TestWithParam<Case> {
+class CudaGraphTest : public testing_cuda::CudaModelTest {
  protected:
-  void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device";
-    static std::atomic<int> counter{0};
-    dir_ = std::filesystem::path(::testing::TempDir()) /
-           ("sqa_cuda_graph_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    auto cfg = PresetConfig("medium", GetParam().layout);
-    ASSERT_TRUE(cfg.ok()) << cfg.status();
-    cfg->head_dim = GetParam().head_dim;
-    cfg->num_hidden_layers = 3;
-    cfg->vocab_size = 2048;
-    MkModelOptions mo;
-    mo.config = *cfg;
-    mo.dtype = DType::kBF16;
-    mo.seed = std::random_device{}();
-    ASSERT_TRUE(WriteRandomModel(mo, dir_.string()).ok());
-    auto m = Model::Load(dir_.string());
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = std::shared_ptr<const Model>(std::move(m).value());
-    rng_.seed(static_cast<unsigned>(mo.seed));
-  }
-  void TearDown() override {
-    std::error_code ec;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
-  }
-
   std::unique_ptr<Engine> MakeEngine(StepGraphMode mode, int64_t block_size = 16) {
     BackendOptions bo;
     bo.device = DeviceKind::kCuda;
@@ -92,9 +58,6 @@ class CudaGraphTest : public ::testing::TestWithParam<Case> {
     return t;
   }
 
-  std::filesystem::path dir_;
-  std::shared_ptr<const Model> model_;
-  std::mt19937 rng_;
 };
 
 // One logical sequence on every engine.
@@ -318,9 +281,9 @@ TEST_P(CudaGraphTest, GpuSamplingMatchesHostSamplerOnTheReturnedLogits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, CudaGraphTest,
-                         ::testing::Values(Case{"GQA", 64}, Case{"SQA", 128}, Case{"MQA", 64}, Case{"rSQA", 64},
-                                           Case{"MHA", 128}),
-                         CaseName);
+                         ::testing::Values(ModelCase{"GQA", 64}, ModelCase{"SQA", 128}, ModelCase{"MQA", 64},
+                                           ModelCase{"rSQA", 64}, ModelCase{"MHA", 128}),
+                         ModelCaseName);
 
 }  // namespace
 }  // namespace sqa
