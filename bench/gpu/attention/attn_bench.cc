@@ -34,6 +34,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nlohmann/json.hpp"
@@ -98,29 +99,6 @@ void Fill(void* p, size_t bytes, uint64_t seed) {
   }
 }
 
-template <typename F>
-double MedianMs(F&& launch, int warmup, int reps, cudaStream_t s) {
-  for (int i = 0; i < warmup; ++i) launch();
-  CK(cudaStreamSynchronize(s));
-  cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
-  std::vector<double> t;
-  for (int i = 0; i < reps; ++i) {
-    CK(cudaEventRecord(a, s));
-    launch();
-    CK(cudaEventRecord(b, s));
-    CK(cudaEventSynchronize(b));
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
 // Median per launcher when they are timed round-robin (warm-up of each, then rep i of every
 // launcher before rep i + 1 of any), so that clock and temperature drift over the run and the
 // position in the list weigh on each of them alike.
@@ -152,6 +130,11 @@ std::vector<double> MedianMsRoundRobin(const std::vector<std::function<void()>>&
     med.push_back(v[v.size() / 2]);
   }
   return med;
+}
+
+// Median of one launcher's repeats after its warm-up.
+double MedianMs(std::function<void()> launch, int warmup, int reps, cudaStream_t s) {
+  return MedianMsRoundRobin({std::move(launch)}, warmup, reps, s)[0];
 }
 
 void Check(const absl::Status& st) {
@@ -322,7 +305,6 @@ int main(int argc, char** argv) {
         p.causal = true;
         p.out = o;
         p.lse = lse;
-        std::vector<sqa::cuda::PrefillParams> per_kernel;
         std::vector<std::function<void()>> launches;
         for (const std::string& kname : kernels) {
           p.kernel = kname == "mma"        ? sqa::cuda::PrefillKernel::kMmaSync
@@ -334,10 +316,7 @@ int main(int argc, char** argv) {
           p.cta_head_group = kname.rfind("wgmma-hg", 0) != 0 ? 0
                              : kname == "wgmma-hgall"        ? L.hkv
                                                              : std::max(1, std::atoi(kname.c_str() + 8));
-          per_kernel.push_back(p);
-        }
-        for (const auto& pk_params : per_kernel) {
-          launches.push_back([&s, pk_params] { Check(sqa::cuda::LaunchAttentionPrefill(pk_params, s)); });
+          launches.push_back([&s, p] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); });
         }
         const std::vector<double> med = MedianMsRoundRobin(launches, warm, reps, s);
         CK(cudaGetLastError());
