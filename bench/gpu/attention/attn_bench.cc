@@ -3,7 +3,8 @@
 //            contiguous [N, Hkv, dh] and paged (block_size 64, shuffled block table);
 //   decode:  batch B of sequences of C tokens each over the paged cache, bytes of K+V read / time.
 // Timing: CUDA events around each launch, warm-up first, median of the repeats; prefill kernels
-// listed together are timed round-robin (one launch of each per round). Inputs are random
+// listed together are timed round-robin (one launch of each per round), after --sustain-ms
+// (default 1500) of sustained load by the same launches. Inputs are random
 // (a hash kernel), never zeros. Output: a table on stdout and JSON (--json FILE).
 //
 // Usage: sqa-attn-bench [--json out.json] [--prefill 8192,32768,...] [--decode-ctx 32768,...]
@@ -23,6 +24,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -102,8 +104,20 @@ void Fill(void* p, size_t bytes, uint64_t seed) {
 // Median per launcher when they are timed round-robin (warm-up of each, then rep i of every
 // launcher before rep i + 1 of any), so that clock and temperature drift over the run and the
 // position in the list weigh on each of them alike.
+// sustain_ms: before the warm-up, the launchers run round-robin for this long (wall clock), so
+// that the row is timed at the clock the GPU holds under sustained load. The H200 draws ~700 W
+// on these kernels and its power limiter lowers the SM clock about one second into a load;
+// without this, short rows (and whichever kernel runs first after an idle gap) are timed at the
+// higher boost clock.
 std::vector<double> MedianMsRoundRobin(const std::vector<std::function<void()>>& launches, int warmup, int reps,
-                                       cudaStream_t s) {
+                                       cudaStream_t s, double sustain_ms = 0) {
+  if (sustain_ms > 0) {
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() < sustain_ms) {
+      for (const auto& f : launches) f();
+      CK(cudaStreamSynchronize(s));
+    }
+  }
   for (const auto& f : launches)
     for (int i = 0; i < warmup; ++i) f();
   CK(cudaStreamSynchronize(s));
@@ -161,6 +175,7 @@ int main(int argc, char** argv) {
   double decode_max_gb = 40.0;
   std::vector<std::string> decode_kernels = {"v4", "v3"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
+  double sustain_ms = 1500;                  // prefill rows: sustained load before timing (0: off)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -177,6 +192,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--no-paged") paged = false;
+    else if (a == "--sustain-ms") sustain_ms = std::stod(next());
     else if (a == "--paged-first") paged_first = true;
     else if (a == "--paged-block") paged_block = std::stoi(next());
     else if (a == "--paged-table") {
@@ -239,6 +255,7 @@ int main(int argc, char** argv) {
   nlohmann::json out;
   out["gpu"] = prop.name;
   out["sms"] = prop.multiProcessorCount;
+  out["sustain_ms"] = sustain_ms;
   out["prefill"] = nlohmann::json::array();
   out["decode"] = nlohmann::json::array();
   const int dh = 128;
@@ -318,7 +335,7 @@ int main(int argc, char** argv) {
                                                              : std::max(1, std::atoi(kname.c_str() + 8));
           launches.push_back([&s, p] { Check(sqa::cuda::LaunchAttentionPrefill(p, s)); });
         }
-        const std::vector<double> med = MedianMsRoundRobin(launches, warm, reps, s);
+        const std::vector<double> med = MedianMsRoundRobin(launches, warm, reps, s, sustain_ms);
         CK(cudaGetLastError());
         for (size_t ki = 0; ki < kernels.size(); ++ki) {
           const std::string& kname = kernels[ki];

@@ -27,7 +27,8 @@ constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 32;         // keys per warp tile
 constexpr int kStages = 3;         // warp-private cp.async stages (two tiles in flight per warp)
-constexpr int kMaxSplits = 128;
+constexpr int kMaxSplits = 256;    // v4
+constexpr int kMaxSplitsV3 = 128;
 constexpr int kRowsPerGroupMax = 32;  // MT = 2 m16 tiles
 
 template <int D>
@@ -341,12 +342,12 @@ __global__ void DecodeCombineKernelV3(const DecodeKernelArgs a) {
 }
 
 int ChooseSplitsV3(int batch, int hkv, int row_groups, int64_t max_kv_len, int requested) {
-  if (requested > 0) return std::min(requested, kMaxSplits);
+  if (requested > 0) return std::min(requested, kMaxSplitsV3);
   const int64_t ctas = static_cast<int64_t>(batch) * hkv * row_groups;
   // One CTA per SM fits (shared memory); fill about two waves without a ragged last one.
   const int64_t want = ctas >= NumSms() ? 1 : std::max<int64_t>(1, 2 * NumSms() / ctas);
   const int64_t by_len = std::max<int64_t>(1, max_kv_len / 512);       // at least 512 keys a split
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMaxSplits})));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({want, by_len, kMaxSplitsV3})));
 }
 
 int RowGroupsV3(int g) { return (g + kRowsPerGroupMax - 1) / kRowsPerGroupMax; }
@@ -614,21 +615,64 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   }
   __syncthreads();
 
+  // One thread per row: the streams' weights exp2(m_w - max) / l, written over sM, and the row's
+  // LSE. The element loop below is then four FMAs per output column.
   const bool partial = a.num_splits > 1;
-  for (int i = tid; i < rows * D; i += C::kThreads) {
-    const int r = i / D, d = i % D;
+  const int64_t split_base = static_cast<int64_t>(split) * a.batch * a.ha;
+  if (tid < rows) {
+    const int r = tid;
     float mx = -INFINITY;
 #pragma unroll
     for (int w = 0; w < kStreams; ++w) mx = fmaxf(mx, sM[w * C::kRows + r]);
     const float m_use = mx == -INFINITY ? 0.f : mx;
-    float l = 0.f, acc = 0.f;
+    float f[kStreams];
+    float l = 0.f;
 #pragma unroll
     for (int w = 0; w < kStreams; ++w) {
-      const float f = Exp2(sM[w * C::kRows + r] - m_use);
-      l += sL[w * C::kRows + r] * f;
-      acc += sO[(w * C::kRows + r) * D + d] * f;
+      f[w] = Exp2(sM[w * C::kRows + r] - m_use);
+      l += sL[w * C::kRows + r] * f[w];
     }
-    StoreRow<D>(a, partial, split, static_cast<int64_t>(b) * a.ha + head0 + r, d, acc, l, mx);
+    const float inv = l > 0.f ? 1.f / l : 0.f;
+#pragma unroll
+    for (int w = 0; w < kStreams; ++w) sM[w * C::kRows + r] = f[w] * inv;
+    const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
+    const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + r;
+    if (partial) {
+      a.part_lse[split_base + oidx] = lse;
+    } else if (a.lse != nullptr) {
+      a.lse[oidx] = lse;
+    }
+  }
+  __syncthreads();
+  constexpr int kVec = 4;  // output columns per thread and step (float4 partials, 8-byte bf16 stores)
+  const bool out_vec = (reinterpret_cast<uintptr_t>(a.out) & 7) == 0;
+  for (int i = tid; i < rows * (D / kVec); i += C::kThreads) {
+    const int r = i / (D / kVec), d = (i % (D / kVec)) * kVec;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kStreams; ++w) {
+      const float f = sM[w * C::kRows + r];
+      const float4 x = *reinterpret_cast<const float4*>(sO + (w * C::kRows + r) * D + d);
+      acc.x += f * x.x;
+      acc.y += f * x.y;
+      acc.z += f * x.z;
+      acc.w += f * x.w;
+    }
+    const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + r;
+    if (partial) {
+      *reinterpret_cast<float4*>(a.part_o + (split_base + oidx) * D + d) = acc;
+    } else if (out_vec) {
+      uint2 packed;
+      packed.x = PackBf16(acc.x, acc.y);
+      packed.y = PackBf16(acc.z, acc.w);
+      *reinterpret_cast<uint2*>(a.out + oidx * D + d) = packed;
+    } else {
+      bf16* dst = a.out + oidx * D + d;
+      dst[0] = __float2bfloat16(acc.x);
+      dst[1] = __float2bfloat16(acc.y);
+      dst[2] = __float2bfloat16(acc.z);
+      dst[3] = __float2bfloat16(acc.w);
+    }
   }
 }
 
@@ -771,14 +815,15 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   const int g = ha / hkv;
   pl.v4 = kernel != DecodeKernel::kV3;
   if (pl.v4) {
-    pl.rows_per_cta = g <= 16 ? 16 : 32;
-    pl.tile = g <= 16 ? 16 : 32;
+    const bool narrow = g <= 16;
+    pl.rows_per_cta = narrow ? 16 : 32;
+    pl.tile = narrow ? 16 : 32;
     pl.row_groups = (g + pl.rows_per_cta - 1) / pl.rows_per_cta;
-    const int slots = NumSms() * (g <= 16 ? 2 : 1);
+    const int slots = NumSms() * (narrow ? 2 : 1);
     const int64_t ctas0 = static_cast<int64_t>(batch) * hkv * pl.row_groups;
     // At least two tiles per stream and split; four for wide groups, whose partials (32 heads'
     // outputs per split) would otherwise add more traffic than they save (H200, MQA batch 1).
-    const int min_keys = v4::kStreams * (g <= 16 ? 2 : 4) * pl.tile;
+    const int min_keys = v4::kStreams * (narrow ? 2 : 4) * pl.tile;
     pl.splits = requested > 0 ? std::min(requested, kMaxSplits) : v4::ChooseSplits(ctas0, slots, max_kv_len, min_keys);
   } else {
     pl.rows_per_cta = kRowsPerGroupMax;
