@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/attention.h"
@@ -677,71 +676,79 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   }
 }
 
-// Merges the splits of one (sequence, head) per CTA. Every load is issued before any result is
-// used: each of the 16 warps loads its (up to 16) splits' partial rows and LSEs, and each lane up
-// to 8 of all the splits' LSEs for their maximum, so the merge waits on one round of L2 latency.
-// The warps' weighted sums and weight totals are then added in shared memory.
-constexpr int kCombineThreads = 512;
-constexpr int kCombineWarps = kCombineThreads / 32;
-constexpr int kCombinePerWarp = kMaxSplits / kCombineWarps;  // splits s = warp + kCombineWarps * j
+// Merges the splits of one (sequence, head) per CTA: warp 0 turns the split LSEs into weights,
+// then 8 warps each sum an eighth of the splits with vector loads (all independent), and the
+// eight sums are added in shared memory.
+constexpr int kCombineThreads = 256;
 
 template <int D>
 __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel has finished
   constexpr int kPer = D / 32;  // output columns per lane
-  using Vec = std::conditional_t<kPer == 4, float4, float2>;
-  __shared__ float sAcc[kCombineWarps][D];
-  __shared__ float sSum[kCombineWarps];
+  __shared__ float sW[kMaxSplits];
+  __shared__ float sAcc[kCombineThreads / 32][D];
+  __shared__ float sStat[2];
   const int64_t idx = blockIdx.x;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int64_t stride = static_cast<int64_t>(a.batch) * a.ha;
   const int S = a.num_splits;
-  Vec x[kCombinePerWarp];
-  float ls[kCombinePerWarp];
+  if (warp == 0) {
+    float v[kMaxSplits / 32];
+    float mx = -INFINITY;
 #pragma unroll
-  for (int j = 0; j < kCombinePerWarp; ++j) {
-    const int s = warp + kCombineWarps * j;
-    if (s < S) {
-      x[j] = *reinterpret_cast<const Vec*>(a.part_o + (s * stride + idx) * D + lane * kPer);
-      ls[j] = a.part_lse[s * stride + idx];
-    } else {
-      x[j] = Vec{};
-      ls[j] = -INFINITY;
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const int s = lane + 32 * j;
+      v[j] = s < S ? a.part_lse[s * stride + idx] : -INFINITY;
+      mx = fmaxf(mx, v[j]);
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < kMaxSplits / 32; ++j) {
+      const float w = (v[j] == -INFINITY) ? 0.f : __expf(v[j] - mx);
+      if (lane + 32 * j < S) sW[lane + 32 * j] = w;
+      sum += w;
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+    if (lane == 0) {
+      sStat[0] = mx;
+      sStat[1] = sum;
     }
   }
-  float mx = -INFINITY;
-#pragma unroll
-  for (int j = 0; j < kMaxSplits / 32; ++j) {
-    const int s = lane + 32 * j;
-    if (s < S) mx = fmaxf(mx, a.part_lse[s * stride + idx]);
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off /= 2) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-  float acc[kPer] = {};
-  float wsum = 0.f;
-#pragma unroll
-  for (int j = 0; j < kCombinePerWarp; ++j) {
-    const float w = ls[j] == -INFINITY ? 0.f : __expf(ls[j] - mx);  // 0 for a split without keys
-    wsum += w;
-    const float* xv = reinterpret_cast<const float*>(&x[j]);
-#pragma unroll
-    for (int c = 0; c < kPer; ++c) acc[c] += w * xv[c];
-  }
-#pragma unroll
-  for (int c = 0; c < kPer; ++c) sAcc[warp][lane * kPer + c] = acc[c];
-  if (lane == 0) sSum[warp] = wsum;
   __syncthreads();
-  float sum = 0.f;
+  float acc[kPer];
 #pragma unroll
-  for (int w = 0; w < kCombineWarps; ++w) sum += sSum[w];
+  for (int j = 0; j < kPer; ++j) acc[j] = 0.f;
+#pragma unroll 8
+  for (int s = warp; s < S; s += kCombineThreads / 32) {
+    const float w = sW[s];  // 0 for a split without keys (its partial o is 0)
+    const float* po = a.part_o + (s * stride + idx) * D + lane * kPer;
+    if constexpr (kPer == 4) {
+      const float4 x = *reinterpret_cast<const float4*>(po);
+      acc[0] += w * x.x;
+      acc[1] += w * x.y;
+      acc[2] += w * x.z;
+      acc[3] += w * x.w;
+    } else {
+      const float2 x = *reinterpret_cast<const float2*>(po);
+      acc[0] += w * x.x;
+      acc[1] += w * x.y;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kPer; ++j) sAcc[warp][lane * kPer + j] = acc[j];
+  __syncthreads();
+  const float sum = sStat[1];
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
   for (int d = tid; d < D; d += kCombineThreads) {
     float t = 0.f;
 #pragma unroll
-    for (int w = 0; w < kCombineWarps; ++w) t += sAcc[w][d];
+    for (int w = 0; w < kCombineThreads / 32; ++w) t += sAcc[w][d];
     a.out[idx * D + d] = __float2bfloat16(t * inv);
   }
-  if (tid == 0 && a.lse != nullptr) a.lse[idx] = sum > 0.f ? mx + logf(sum) : -INFINITY;
+  if (tid == 0 && a.lse != nullptr) a.lse[idx] = sum > 0.f ? sStat[0] + logf(sum) : -INFINITY;
 }
 
 // Splits for `ctas0` CTAs without a split on `slots` resident CTAs: the count that fills the
