@@ -126,7 +126,7 @@ def main():
                  "during the other's GEMMs and its own previous P V; the tensor pipe is busy about two thirds "
                  "of the time, the rest goes to the turn waits and the softmax (MUFU, row maxima), and the GPU "
                  "runs these kernels at its power cap: the ncu profiles and the clock trace are in "
-                 "bench/gpu/attention/NOTES.md (v13b, v14).")
+                 "bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
     lines.append("## Decode over the paged cache (block 64), bytes of K+V read per second")
     lines.append("")
@@ -182,7 +182,8 @@ def main():
                  "a copy's reads plus writes; a read-only stream can exceed it (HBM3e datasheet peak 4.8 TB/s), "
                  "so values above 100% mean the KV stream runs at the memory's read rate. MQA at batch 1 and "
                  "short contexts reads 17-67 MB (4-15 us at the read rate): the launch, the first loads' "
-                 "latency and the merge of the splits are then most of the time.")
+                 "latency and the merge of the splits are then most of the time, and with 32 query heads "
+                 "per key one CTA of eight warps per SM runs at ~2.8 TB/s even at 128k (NOTES.md, v15).")
     md = "\n".join(lines) + "\n"
     open(args.out_md, "w").write(md)
     json.dump({"gpu": attn.get("gpu"), "torch": sdpa.get("torch"), "prefill": rows_out, "decode": attn["decode"],
