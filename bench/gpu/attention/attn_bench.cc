@@ -16,6 +16,7 @@
 //                       [--paged-first] (paged variant before contiguous)
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
+//                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V

@@ -4,8 +4,9 @@ one sequence of N tokens, H=32 layouts of REFERENCE.md, head_dim 128, bf16.
 
 GQA-style layouts (Hq > Hkv) use enable_gqa=True; if a backend refuses it, K/V are expanded to Hq
 heads (noted as "expanded" in the JSON). rSQA (Hq < Hkv) tiles the queries to Hkv heads, as the
-reference code does. Timing: CUDA events around each call, warm-up first, median of the repeats
-(the same counts as sqa-attn-bench). Usage: sdpa.py --json out.json [--n 8192,32768] [--layouts ..]
+reference code does. Timing: CUDA events around each call, after --sustain-ms (default 1500) of
+the same calls and a warm-up, median of the repeats (the same protocol and counts as
+sqa-attn-bench). Usage: sdpa.py --json out.json [--n 8192,32768] [--layouts ..] [--sustain-ms MS]
 """
 import argparse
 import json
