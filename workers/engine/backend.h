@@ -41,7 +41,9 @@ struct BackendWeight {
 };
 
 // Geometry of the paged KV cache. Each layer has `num_blocks` blocks; a block holds K and V for
-// `block_size` consecutive tokens of one sequence, laid out [Hkv][block_size][head_dim] each.
+// `block_size` consecutive tokens of one sequence, block_elems() values each. The order inside a
+// block is the backend's own (CPU: [Hkv][block_size][head_dim]; CUDA: [block_size][Hkv][head_dim],
+// token-major); the engine and the KV tiers move whole blocks only.
 // A token's slot is block_id * block_size + offset_in_block.
 struct KvCacheShape {
   int64_t num_layers = 0;

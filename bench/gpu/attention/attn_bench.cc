@@ -294,7 +294,7 @@ int main(int argc, char** argv) {
         int32_t* table = nullptr;
         void *pk = k, *pv = v;
         if (variant == 1) {
-          // Paged copy of the same K/V: blocks [Hkv][bs][dh] in shuffled order. Random content.
+          // Paged copy of the same K/V: token-major blocks [bs][Hkv][dh] in shuffled order. Random content.
           const int64_t nb = (n + bs - 1) / bs;
           std::vector<int32_t> t(nb);
           std::iota(t.begin(), t.end(), 0);

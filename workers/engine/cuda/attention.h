@@ -13,9 +13,9 @@
 //   h / (Ha / Hkv). Hq and Hkv must divide each other. Outputs have Ha heads.
 // - q: bf16 [n, Hq, dh]; out: bf16 [n, Ha, dh]; lse: f32 [n, Ha] natural-log sum of
 //   exp(scale * q.k) over the keys seen (-inf when a row sees no key; its out row is then 0).
-// - Paged KV: a layer's K (and separately V) is num_blocks blocks of [Hkv][block_size][dh] bf16;
-//   key position p of a sequence lives in block block_table[p / block_size] at offset
-//   p % block_size. Any block_size >= 1 works; multiples of 64 (prefill) and 32 (decode) are
+// - Paged KV: a layer's K (and separately V) is num_blocks blocks of [block_size][Hkv][dh] bf16
+//   (token-major: a token's KV heads side by side, as in the contiguous form); key position p
+//   of a sequence lives in block block_table[p / block_size] at offset p % block_size. Any block_size >= 1 works; multiples of 64 (prefill) and 32 (decode) are
 //   fastest: a key tile then needs one block-table read instead of one per key.
 // - Positions and lengths must stay below 2^31.
 // - Every pointer in the params structs is a DEVICE pointer unless its comment says host.
@@ -37,7 +37,7 @@ namespace sqa::cuda {
 
 // Where the keys/values of one sequence (prefill) live.
 //   Paged (block_table != nullptr): k/v are the layer's block-pool bases (block 0), with
-//   layout [num_blocks][Hkv][block_size][dh].
+//   layout [num_blocks][block_size][Hkv][dh].
 //   Contiguous (block_table == nullptr): k/v are [kv_len, Hkv, dh] (token-major), as a
 //   projection GEMM writes them; block_size is ignored. Used by benchmarks and tests.
 struct KvView {
@@ -91,7 +91,7 @@ enum class DecodeKernel { kAuto, kV4, kV3 };
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
   int batch = 0;                       // B
-  const void* k_cache = nullptr;       // bf16 layer base [num_blocks][Hkv][block_size][dh]
+  const void* k_cache = nullptr;       // bf16 layer base [num_blocks][block_size][Hkv][dh]
   const void* v_cache = nullptr;
   int block_size = 64;
   const int32_t* block_tables = nullptr;  // device int32 [B, block_table_stride]

@@ -118,7 +118,7 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernelV3(const DecodeKernel
     int64_t tile_base = 0;
     if (a.tile_in_block) {
       const int bi = k0 / a.block_size;
-      tile_base = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (k0 - bi * a.block_size)) * D;
+      tile_base = PagedOffset<D>(table[bi], a.block_size, k0 - bi * a.block_size, a.hkv, kvh);
     }
 #pragma unroll 4
     for (int i = lane; i < kTileN * kChunks; i += 32) {
@@ -128,10 +128,10 @@ __global__ void __launch_bounds__(kThreads, 1) DecodeKernelV3(const DecodeKernel
       int64_t off = 0;
       if (valid) {
         if (a.tile_in_block) {
-          off = tile_base + r * D;
+          off = tile_base + static_cast<int64_t>(r) * a.hkv * D;
         } else {
           const int bi = p / a.block_size;
-          off = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D;
+          off = PagedOffset<D>(table[bi], a.block_size, p - bi * a.block_size, a.hkv, kvh);
         }
         off += c * 8;
       }
@@ -455,17 +455,17 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
     bf16* dk = wK + st * 2 * C::kTileElems;
     bf16* dv = dk + C::kTileElems;
     if (a.tile_in_block && k0 + kTN <= ks1) {
-      // The whole tile lies in one block: [kTN][D] contiguous in K and in V.
+      // The whole tile lies in one block: kTN rows of D, Hkv * D apart, in K and in V.
       const int bi = k0 / a.block_size;
-      const int64_t base =
-          ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (k0 - bi * a.block_size) + lr) * D + lc * 8;
+      const int64_t base = PagedOffset<D>(table[bi], a.block_size, k0 - bi * a.block_size + lr, a.hkv, kvh) + lc * 8;
+      const int64_t step = static_cast<int64_t>(C::kRowStep) * a.hkv * D;
       const bf16* gk = a.k + base;
       const bf16* gv = a.v + base;
 #pragma unroll
       for (int k = 0; k < C::kPerLoader; ++k) {
         const int so = Swz<D>(lr + k * C::kRowStep, lc);
-        CpAsync16(SmemAddr(dk + so), gk + k * C::kRowStep * D, true);
-        CpAsync16(SmemAddr(dv + so), gv + k * C::kRowStep * D, true);
+        CpAsync16(SmemAddr(dk + so), gk + k * step, true);
+        CpAsync16(SmemAddr(dv + so), gv + k * step, true);
       }
     } else {
 #pragma unroll
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
         int64_t off = 0;
         if (valid) {
           const int bi = p / a.block_size;
-          off = ((static_cast<int64_t>(table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D + lc * 8;
+          off = PagedOffset<D>(table[bi], a.block_size, p - bi * a.block_size, a.hkv, kvh) + lc * 8;
         }
         const int so = Swz<D>(r, lc);
         CpAsync16(SmemAddr(dk + so), a.k + off, valid);

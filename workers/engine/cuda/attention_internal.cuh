@@ -115,15 +115,20 @@ __device__ __forceinline__ float QuadSum(float x) {
   return x;
 }
 
-// Element offset of key position p of KV head kvh: paged [block][Hkv][bs][D] when table != null,
-// else contiguous [kv_len][Hkv][D].
+// The paged pool's layout: block blk holds its block_size tokens token-major, [block_size][Hkv][D],
+// so a token's KV heads sit side by side as in the contiguous [kv_len][Hkv][D] form. Element
+// offset of the key at offset `off` of block blk, KV head kvh.
+template <int D>
+__device__ __forceinline__ int64_t PagedOffset(int64_t blk, int block_size, int64_t off, int hkv, int kvh) {
+  return ((blk * block_size + off) * hkv + kvh) * D;
+}
+
+// Element offset of key position p of KV head kvh: paged when table != null, else contiguous.
 template <int D>
 __device__ __forceinline__ int64_t KvOffset(const int32_t* table, int block_size, int hkv, int kvh, int64_t p) {
   if (table != nullptr) {
     const int64_t bi = p / block_size;
-    const int64_t off = p - bi * block_size;
-    const int64_t blk = table[bi];
-    return ((blk * hkv + kvh) * block_size + off) * D;
+    return PagedOffset<D>(table[bi], block_size, p - bi * block_size, hkv, kvh);
   }
   return (p * hkv + kvh) * D;
 }

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillKernel
     if (a.tile_in_block) {
       const int bi = k0 / a.block_size;
       const int64_t blk = a.block_table[bi];
-      tile_base = ((blk * a.hkv + kvh) * a.block_size + (k0 - static_cast<int64_t>(bi) * a.block_size)) * D;
+      tile_base = PagedOffset<D>(blk, a.block_size, k0 - static_cast<int64_t>(bi) * a.block_size, a.hkv, kvh);
     }
 #pragma unroll 2
     for (int i = tid; i < kBlockN * kChunks; i += kThreads) {
@@ -114,10 +114,10 @@ __global__ void __launch_bounds__(kThreads, 2) PrefillKernel(const PrefillKernel
       int64_t off = 0;
       if (valid) {
         if (a.tile_in_block) {
-          off = tile_base + r * D;
+          off = tile_base + static_cast<int64_t>(r) * a.hkv * D;
         } else if (a.block_table != nullptr) {
           const int bi = p / a.block_size;
-          off = ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D;
+          off = PagedOffset<D>(a.block_table[bi], a.block_size, p - bi * a.block_size, a.hkv, kvh);
         } else {
           off = (static_cast<int64_t>(p) * a.hkv + kvh) * D;
         }

@@ -72,8 +72,8 @@ struct Args {
 };
 
 // TMA descriptors of K and V (the kTma producer), whose boxes are one 64-key, 64-column panel of
-// a tile. Paged64: the pool as {D, blocks * Hkv * block_size} rows (a block's rows of one head
-// are contiguous); contiguous: {D, Hkv, kv_len}.
+// a tile: {D, Hkv, tokens}, tokens = kv_len (contiguous) or blocks * block_size pool slots
+// (Paged64; blocks are token-major, so the pool is one [slots][Hkv][D] array).
 struct TmaMaps {
   CUtensorMap k;
   CUtensorMap v;
@@ -151,20 +151,24 @@ __device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t 
       CpAsync16(dv + so, a.v + off, valid);
     }
   } else if constexpr (kMode == kPaged64) {
-    // Each 64-key half of the tile lies in one block.
+    // Each 64-key half of the tile lies in one block; rows are Hkv * D apart.
     auto half = [&](int p0, int blk) -> int64_t {
-      return ((static_cast<int64_t>(blk) * a.hkv + kvh) * a.block_size + p0 % a.block_size) * D;
+      return PagedOffset<D>(blk, a.block_size, p0 % a.block_size + r0, a.hkv, kvh) + c * 8;
     };
-    const int64_t lo = half(k0, blocks.lo) + r0 * D + c * 8, hi = half(k0 + 64, blocks.hi) + r0 * D + c * 8;
+    const int64_t lo = half(k0, blocks.lo), hi = half(k0 + 64, blocks.hi);
+    const int64_t row = static_cast<int64_t>(a.hkv) * D;
 #pragma unroll
     for (int j = 0; j < kSteps; ++j) {
       const bool valid = j * kRowsPerStep < rows_left;
       const uint32_t so = so0 + j * kRowsPerStep * 128;
-      const int64_t off = valid ? (j * kRowsPerStep < 64 ? lo : hi) + ((j * kRowsPerStep) % 64) * D : 0;
+      const int64_t off = valid ? (j * kRowsPerStep < 64 ? lo : hi) + ((j * kRowsPerStep) % 64) * row : 0;
       CpAsync16(dk + so, a.k + off, valid);
       CpAsync16(dv + so, a.v + off, valid);
     }
   } else {
+    // Any block size: one table read per row. Offsets as PagedOffset, the row index in 32 bits
+    // (the producer warpgroup runs with 40 registers): slot * Hkv + kvh < 2^31, since a layer's
+    // K of 2^31 rows of D >= 64 bf16 would not fit in device memory.
 #pragma unroll 4
     for (int j = 0; j < kSteps; ++j) {
       const bool valid = j * kRowsPerStep < rows_left;
@@ -173,8 +177,8 @@ __device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t 
       if (valid) {
         const int p = k0 + r0 + j * kRowsPerStep;
         const int bi = p / a.block_size;
-        off = ((static_cast<int64_t>(a.block_table[bi]) * a.hkv + kvh) * a.block_size + (p - bi * a.block_size)) * D +
-              c * 8;
+        const int slot = a.block_table[bi] * a.block_size + (p - bi * a.block_size);
+        off = static_cast<int64_t>(slot * a.hkv + kvh) * D + c * 8;
       }
       CpAsync16(dk + so, a.k + off, valid);
       CpAsync16(dv + so, a.v + off, valid);
@@ -518,12 +522,13 @@ __global__ void __launch_bounds__(kPpThreads, 1)
           const int k0 = key0(x);
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            int c1, c2;
+            // Both forms are token-major ({D, Hkv, tokens} maps): the token coordinate is the
+            // position (contiguous) or the pool slot (paged).
+            const int c1 = ct.kvh;
+            int c2;
             if constexpr (kMode == kPaged64) {
-              c1 = ((h == 0 ? cur.lo : cur.hi) * a.hkv + ct.kvh) * a.block_size + (k0 + 64 * h) % a.block_size;
-              c2 = 0;
+              c2 = (h == 0 ? cur.lo : cur.hi) * a.block_size + (k0 + 64 * h) % a.block_size;
             } else {
-              c1 = ct.kvh;
               c2 = k0 + 64 * h;
             }
 #pragma unroll
@@ -659,26 +664,17 @@ absl::Status MakeTmaMaps(const Args& a, int head_dim, TmaMaps* tm) {
   cuuint64_t dims[3], strides[2];
   cuuint32_t box[3];
   const cuuint32_t elem_strides[3] = {1, 1, 1};
-  if (a.paged_mode == kPaged64) {
-    // The pool as rows of D: row (block * Hkv + kvh) * block_size + offset.
-    dims[0] = head_dim;
-    dims[1] = static_cast<cuuint64_t>(a.num_blocks) * a.hkv * a.block_size;
-    dims[2] = 1;
-    strides[0] = row_bytes;
-    strides[1] = row_bytes * dims[1];
-    box[0] = 64;
-    box[1] = 64;
-    box[2] = 1;
-  } else {
-    dims[0] = head_dim;
-    dims[1] = a.hkv;
-    dims[2] = static_cast<cuuint64_t>(std::max<int64_t>(a.kv_len, 1));
-    strides[0] = row_bytes;
-    strides[1] = row_bytes * a.hkv;
-    box[0] = 64;
-    box[1] = 1;
-    box[2] = 64;
-  }
+  // {D, Hkv, tokens}: contiguous K/V has kv_len tokens, the paged pool num_blocks * block_size
+  // slots (token-major blocks), so the two differ only in the token coordinate.
+  dims[0] = head_dim;
+  dims[1] = a.hkv;
+  dims[2] = static_cast<cuuint64_t>(
+      std::max<int64_t>(a.paged_mode == kPaged64 ? a.num_blocks * a.block_size : a.kv_len, 1));
+  strides[0] = row_bytes;
+  strides[1] = row_bytes * a.hkv;
+  box[0] = 64;
+  box[1] = 1;
+  box[2] = 64;
   for (int i = 0; i < 2; ++i) {
     CUtensorMap* m = i == 0 ? &tm->k : &tm->v;
     void* base = const_cast<bf16*>(i == 0 ? a.k : a.v);
@@ -706,7 +702,7 @@ absl::Status Launch(const Args& a, int kind, cudaStream_t stream) {
   // producer runs instead.
   const bool tma = kind == 3 && kMode != kPagedAny &&
                    (kMode == kContiguous ||
-                    (a.num_blocks > 0 && a.num_blocks * a.hkv * a.block_size <= int64_t{0x7fffffff})) &&
+                    (a.num_blocks > 0 && a.num_blocks * a.block_size <= int64_t{0x7fffffff})) &&
                    MakeTmaMaps(a, D, &tm).ok();
   constexpr bool kCanTma = kMode != kPagedAny;
   auto kernel = tma                     ? PrefillWgmmaPingPongKernel<D, kMode, true, kCanTma>

@@ -175,7 +175,7 @@ __global__ void GatherKernel(const W* __restrict__ x, const int64_t* __restrict_
 // ---- WriteKv --------------------------------------------------------------------------------
 template <typename T>
 __global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, const int64_t* __restrict__ slots,
-                              int64_t n, int64_t hkv, int64_t dh, int64_t block_size, bf16* __restrict__ kc,
+                              int64_t n, int64_t hkv, int64_t dh, bf16* __restrict__ kc,
                               bf16* __restrict__ vc) {
   const int64_t per_tok = hkv * dh;
   const int64_t total = n * per_tok;
@@ -183,9 +183,8 @@ __global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, 
     const int64_t t = i / per_tok, r = i - t * per_tok;
     const int64_t slot = slots[t];
     if (slot < 0) continue;
-    const int64_t h = r / dh, e = r - h * dh;
-    const int64_t block = slot / block_size, off = slot - block * block_size;
-    const int64_t dst = ((block * hkv + h) * block_size + off) * dh + e;
+    // Token-major blocks ([block_size][Hkv][dh]): the token's row is at slot * hkv * dh.
+    const int64_t dst = slot * per_tok + r;
     kc[dst] = FromF<bf16>(ToF(k[i]));
     vc[dst] = FromF<bf16>(ToF(v[i]));
   }
@@ -254,16 +253,14 @@ __global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __res
 // One thread per 8 consecutive elements of one (token, head) row; bf16 source.
 __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* __restrict__ v,
                                     const int64_t* __restrict__ slots, int64_t n, int64_t hkv, int64_t dv,
-                                    int64_t block_size, Bf16x8* __restrict__ kc, Bf16x8* __restrict__ vc) {
+                                    Bf16x8* __restrict__ kc, Bf16x8* __restrict__ vc) {
   const int64_t per_tok = hkv * dv;
   const int64_t total = n * per_tok;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t t = i / per_tok, r = i - t * per_tok;
     const int64_t slot = slots[t];
     if (slot < 0) continue;
-    const int64_t h = r / dv, e = r - h * dv;
-    const int64_t block = slot / block_size, off = slot - block * block_size;
-    const int64_t dst = ((block * hkv + h) * block_size + off) * dv + e;
+    const int64_t dst = slot * per_tok + r;  // token-major blocks, as above
     kc[dst] = k[i];
     vc[dst] = v[i];
   }
@@ -459,7 +456,7 @@ absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const in
   if (kv_type == DType::kBF16 && dh % 8 == 0 && Aligned16(k) && Aligned16(v) && Aligned16(k_cache) &&
       Aligned16(v_cache)) {
     WriteKvBf16x8Kernel<<<GridFor(n * hkv * dh / 8), kThreads, 0, stream>>>(
-        static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8, block_size,
+        static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8,
         static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvBf16x8Kernel");
     return absl::OkStatus();
@@ -467,7 +464,7 @@ absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const in
   return DispatchAct(kv_type, "WriteKv", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
     WriteKvKernel<<<GridFor(n * hkv * dh), kThreads, 0, stream>>>(
-        static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh, block_size,
+        static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh,
         static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvKernel");
     return absl::OkStatus();

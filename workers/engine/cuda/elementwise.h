@@ -45,7 +45,7 @@ absl::Status LaunchGatherRows(const void* x, const int64_t* rows, int64_t m, int
                               cudaStream_t stream);
 
 // Writes k, v ([n, hkv, dh], bf16 or f32) into the bf16 paged caches of one layer
-// ([num_blocks][hkv][block_size][dh]) at slots[i] = block * block_size + offset; slots < 0 are
+// ([num_blocks][block_size][hkv][dh], token-major blocks) at slots[i] = block * block_size + offset; slots < 0 are
 // skipped (padding).
 absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const int64_t* slots, int64_t n,
                            int64_t hkv, int64_t dh, int64_t block_size, void* k_cache, void* v_cache,

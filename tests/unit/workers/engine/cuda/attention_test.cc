@@ -106,7 +106,7 @@ void ReferenceAttention(const std::vector<float>& q, int64_t n, int64_t pos0, co
 struct PagedPool {
   int hkv, dh, bs;
   int64_t num_blocks = 0;
-  std::vector<uint16_t> k, v;             // [num_blocks][Hkv][bs][dh]
+  std::vector<uint16_t> k, v;             // [num_blocks][bs][Hkv][dh] (token-major blocks)
   std::vector<std::vector<int32_t>> tables;
 
   PagedPool(int hkv_, int dh_, int bs_, const std::vector<int64_t>& lens, std::mt19937& rng)
@@ -128,7 +128,7 @@ struct PagedPool {
   }
   size_t Index(int seq, int64_t pos, int kh, int d) const {
     const int64_t blk = tables[seq][pos / bs];
-    return ((static_cast<size_t>(blk) * hkv + kh) * bs + pos % bs) * dh + d;
+    return ((static_cast<size_t>(blk) * bs + pos % bs) * hkv + kh) * dh + d;
   }
   // Fills sequence `seq` with random K/V and returns it as host floats.
   HostKv Fill(int seq, int64_t len, std::mt19937& rng) {
