@@ -6,7 +6,9 @@ Builds LlamaForCausalLM from the directory's config.json keys (sqa-mkmodel write
 and measures what sqa-e2e-bench measures:
   prefill: one sequence of N random tokens, forward with logits_to_keep=1 (only the last token's
            logits, as the engine), use_cache=False; tokens/s = N / seconds (median of --repeats
-           after one warm-up at the smallest N).
+           after one warm-up at the smallest N). Before the timed runs of each N, untimed prefills
+           of N tokens run for --sustain-s seconds (at least one), as sqa-e2e-bench does: the GPU
+           then sits at the clock it holds under load (its power cap) instead of its idle boost.
   decode:  batch B of --decode-context-token prompts prefilled into a DynamicCache, then
            --decode-steps greedy steps of one token each; tokens/s = B * steps / seconds.
 Prints one JSON object (also written to --json).
@@ -68,6 +70,7 @@ def main():
     ap.add_argument("--decode-context", type=int, default=1024)
     ap.add_argument("--decode-steps", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--sustain-s", type=float, default=1.5)
     ap.add_argument("--json", default="")
     a = ap.parse_args()
 
@@ -75,6 +78,7 @@ def main():
     gen = torch.Generator(device="cuda").manual_seed(1234)
     V = cfg.vocab_size
     out = {"model": a.model, "framework": "transformers", "attn_implementation": "sdpa", "dtype": "bfloat16",
+           "sustain_s": a.sustain_s,
            "torch": torch.__version__, "gpu": torch.cuda.get_device_name(0), "prefill": [], "decode": []}
     import transformers
     out["transformers"] = transformers.__version__
@@ -86,6 +90,13 @@ def main():
             model(input_ids=ids, use_cache=False, logits_to_keep=1)
             torch.cuda.synchronize()
         for n in sizes:
+            ids = torch.randint(0, V, (1, n), device="cuda", generator=gen)
+            t_end = time.perf_counter() + a.sustain_s
+            while True:  # sustained load before timing (at least one run)
+                model(input_ids=ids, use_cache=False, logits_to_keep=1)
+                torch.cuda.synchronize()
+                if time.perf_counter() >= t_end:
+                    break
             times = []
             for _ in range(a.repeats):
                 ids = torch.randint(0, V, (1, n), device="cuda", generator=gen)

@@ -58,6 +58,7 @@ struct Args {
   const bf16* v;
   const int32_t* block_table;
   int block_size;
+  int bs_shift;        // log2(block_size) when a power of two, else -1
   int64_t num_blocks;  // in the pool (paged; 0 = unknown)
   int paged_mode;  // PagedMode
   int hq, hkv, ha, g;
@@ -108,17 +109,24 @@ __device__ __forceinline__ void LoadQ(const Args& a, uint32_t sQ, int64_t row0, 
   }
 }
 
-// Block ids of the two 64-key halves of the tile at k0 (kPaged64; 0 past kv_end). Read ahead of
-// LoadKvTile so that the table's latency is not on the copy's path.
+// Pool slots (block * block_size + offset) of the first keys of the two 64-key halves of the
+// tile at k0 (kPaged64; 0 past kv_end). Read and computed ahead of LoadKvTile and the TMA issue,
+// so neither the table's latency nor the block arithmetic (shifts for a power-of-two block
+// size, else a division) sits between a freed stage and its refill.
 struct TileBlocks {
   int lo = 0, hi = 0;
 };
+__device__ __forceinline__ int PoolSlot(const Args& a, int p) {
+  if (a.bs_shift >= 0) return (a.block_table[p >> a.bs_shift] << a.bs_shift) + (p & (a.block_size - 1));
+  const int bi = p / a.block_size;
+  return a.block_table[bi] * a.block_size + (p - bi * a.block_size);
+}
 template <int kMode>
 __device__ __forceinline__ TileBlocks ReadTileBlocks(const Args& a, int k0, int64_t kv_end) {
   TileBlocks b;
   if constexpr (kMode == kPaged64) {
-    if (k0 < kv_end) b.lo = a.block_table[k0 / a.block_size];
-    if (k0 + 64 < kv_end) b.hi = a.block_table[(k0 + 64) / a.block_size];
+    if (k0 < kv_end) b.lo = PoolSlot(a, k0);
+    if (k0 + 64 < kv_end) b.hi = PoolSlot(a, k0 + 64);
   }
   return b;
 }
@@ -151,11 +159,9 @@ __device__ __forceinline__ void LoadKvTile(const Args& a, uint32_t dk, uint32_t 
       CpAsync16(dv + so, a.v + off, valid);
     }
   } else if constexpr (kMode == kPaged64) {
-    // Each 64-key half of the tile lies in one block; rows are Hkv * D apart.
-    auto half = [&](int p0, int blk) -> int64_t {
-      return PagedOffset<D>(blk, a.block_size, p0 % a.block_size + r0, a.hkv, kvh) + c * 8;
-    };
-    const int64_t lo = half(k0, blocks.lo), hi = half(k0 + 64, blocks.hi);
+    // Each 64-key half of the tile lies in one block (consecutive slots); rows are Hkv * D apart.
+    auto half = [&](int slot) -> int64_t { return (static_cast<int64_t>(slot + r0) * a.hkv + kvh) * D + c * 8; };
+    const int64_t lo = half(blocks.lo), hi = half(blocks.hi);
     const int64_t row = static_cast<int64_t>(a.hkv) * D;
 #pragma unroll
     for (int j = 0; j < kSteps; ++j) {
@@ -485,6 +491,17 @@ __global__ void __launch_bounds__(kPpThreads, 1)
       MbarInit(bar_empty + 8 * i, 8);   // one arrival per consumer warp
     }
   }
+  // TMA producer: the pool slots of the first four tiles, read before the barrier so that their
+  // latency overlaps Q's copy; later tiles' slots are read four tiles ahead (a queue q0..q3).
+  TileBlocks q0, q1, q2, q3;
+  if constexpr (kTma) {
+    if (warp >= 8) {
+      if (T > 0) q0 = ReadTileBlocks<kMode>(a, key0(0), ct.kv_end);
+      if (T > 1) q1 = ReadTileBlocks<kMode>(a, key0(1), ct.kv_end);
+      if (T > 2) q2 = ReadTileBlocks<kMode>(a, key0(2), ct.kv_end);
+      if (T > 3) q3 = ReadTileBlocks<kMode>(a, key0(3), ct.kv_end);
+    }
+  }
   if (tid < kThreads) LoadQ<D>(a, sQ, ct.row0, ct.kvh, tid);
   CpAsyncCommit();
   CpAsyncWait<0>();
@@ -499,9 +516,16 @@ __global__ void __launch_bounds__(kPpThreads, 1)
       // cp.async and zero fill (keys past kv_end must be finite: P V multiplies them by 0);
       // every full tile is 2 x 2 x D/64 TMA boxes issued by one thread.
       int x0 = 0;
+      auto pop = [&](int x_next) {  // the queue's head is tile x_next - 4's; refill with x_next's
+        const TileBlocks head = q0;
+        q0 = q1;
+        q1 = q2;
+        q2 = q3;
+        q3 = x_next < T ? ReadTileBlocks<kMode>(a, key0(x_next), ct.kv_end) : TileBlocks{};
+        return head;
+      };
       if (T > 0 && key0(0) + kBlockN > ct.kv_end) {
-        LoadKvTile<D, 128, kMode>(a, sK, sV, key0(0), ct.kv_end, ct.kvh, t,
-                                  ReadTileBlocks<kMode>(a, key0(0), ct.kv_end));
+        LoadKvTile<D, 128, kMode>(a, sK, sV, key0(0), ct.kv_end, ct.kvh, t, pop(4));
         CpAsyncCommit();  // wait_group waits for committed groups only
         CpAsyncWait<0>();
         FenceProxyAsync();
@@ -510,12 +534,9 @@ __global__ void __launch_bounds__(kPpThreads, 1)
         x0 = 1;
       }
       if (t == 0) {
-        TileBlocks next;
-        if (x0 < T) next = ReadTileBlocks<kMode>(a, key0(x0), ct.kv_end);
         for (int x = x0; x < T; ++x) {
           const int st = x % kPpStages;
-          const TileBlocks cur = next;
-          if (x + 1 < T) next = ReadTileBlocks<kMode>(a, key0(x + 1), ct.kv_end);
+          const TileBlocks cur = pop(x + 4);
           if (x >= kPpStages) MbarWait(bar_empty + 8 * st, ((x / kPpStages) - 1) & 1);
           const uint32_t full = bar_full + 8 * st;
           MbarArriveExpectTx(full, 2 * kTileBytes);
@@ -527,7 +548,7 @@ __global__ void __launch_bounds__(kPpThreads, 1)
             const int c1 = ct.kvh;
             int c2;
             if constexpr (kMode == kPaged64) {
-              c2 = (h == 0 ? cur.lo : cur.hi) * a.block_size + (k0 + 64 * h) % a.block_size;
+              c2 = h == 0 ? cur.lo : cur.hi;
             } else {
               c2 = k0 + 64 * h;
             }
@@ -736,6 +757,10 @@ absl::Status LaunchPrefillWgmma(const PrefillParams& p, cudaStream_t stream) {
   a.v = static_cast<const bf16*>(p.kv.v);
   a.block_table = p.kv.block_table;
   a.block_size = p.kv.block_size;
+  a.bs_shift = -1;
+  for (int s = 0; s < 31; ++s) {
+    if ((1 << s) == a.block_size) a.bs_shift = s;
+  }
   a.num_blocks = p.kv.num_blocks;
   a.paged_mode = p.kv.block_table == nullptr ? kContiguous : (p.kv.block_size % 64 == 0 ? kPaged64 : kPagedAny);
   a.hq = p.num_q_heads;
