@@ -43,7 +43,14 @@ def engine_decode(rows):
     return on if on else by_batch(rows, False)
 
 
-def gpu_name():
+def gpu_name(src):
+    # run_e2e.sh records the GPU of the run in RESULTS_DIR/gpu.txt (so the report can be remade elsewhere).
+    path = os.path.join(src, "gpu.txt")
+    if os.path.exists(path):
+        with open(path) as f:
+            name = f.read().strip()
+        if name:
+            return name
     try:
         return subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"],
                               capture_output=True, text=True).stdout.strip()
@@ -69,7 +76,7 @@ def main():
     lines.append("# End-to-end throughput on one GPU: sqa-serve CUDA engine vs Hugging Face transformers")
     lines.append("")
     lines.append("- date: %s" % datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    lines.append("- GPU: %s" % gpu_name())
+    lines.append("- GPU: %s" % gpu_name(src))
     if hf:
         h0 = next(iter(hf.values()))
         lines.append("- transformers %s, torch %s, attn_implementation=sdpa, bf16" % (h0.get("transformers"), h0.get("torch")))
@@ -83,6 +90,11 @@ def main():
                  % (e0["decode"][0]["context"] if e0.get("decode") else "?", e0["decode"][0]["steps"] if e0.get("decode") else "?",
                     "tokens sampled on the GPU; `engine` = decode steps as CUDA graphs, `no graphs` = the same steps"
                     " launched op by op" if graphs_measured else "logits to host each step, no CUDA graphs"))
+    sustain = sorted({e.get("sustain_s") for e in list(eng.values()) + list(hf.values()) if e.get("sustain_s") is not None})
+    if sustain:
+        lines.append("- prefill timing: before each N is timed, untimed prefills of N tokens run for %s s (at least one), on"
+                     " both sides, so both are timed at the clock the GPU holds under load (its power cap)"
+                     % "/".join("%g" % s for s in sustain))
     lines.append("- command: `%s`" % command)
     lines.append("")
     lines.append("## Prefill tokens/s (one sequence; ratio = engine / transformers)")
@@ -159,7 +171,7 @@ def main():
     with open(prefix + ".md", "w") as f:
         f.write(text)
     with open(prefix + ".json", "w") as f:
-        json.dump({"command": command, "gpu": gpu_name(), "summary": summary, "engine": eng, "transformers": hf}, f,
+        json.dump({"command": command, "gpu": gpu_name(src), "summary": summary, "engine": eng, "transformers": hf}, f,
                   indent=1)
     print(text)
 

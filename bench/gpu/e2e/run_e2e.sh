@@ -18,6 +18,7 @@ decode=${DECODE_BATCH:-1,32}
 chunk=${CHUNK:-16384}
 mdir=${MODEL_DIR:-/tmp}
 mkdir -p "$res"
+nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$res/gpu.txt" 2>/dev/null || true
 export PYTHONUNBUFFERED=1
 for l in "${layouts[@]}"; do
   m=$mdir/sqa_e2e_$l
