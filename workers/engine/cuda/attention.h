@@ -15,8 +15,9 @@
 //   exp(scale * q.k) over the keys seen (-inf when a row sees no key; its out row is then 0).
 // - Paged KV: a layer's K (and separately V) is num_blocks blocks of [block_size][Hkv][dh] bf16
 //   (token-major: a token's KV heads side by side, as in the contiguous form); key position p
-//   of a sequence lives in block block_table[p / block_size] at offset p % block_size. Any block_size >= 1 works; multiples of 64 (prefill) and 32 (decode) are
-//   fastest: a key tile then needs one block-table read instead of one per key.
+//   of a sequence lives in block block_table[p / block_size] at offset p % block_size. Any
+//   block_size >= 1 works; multiples of 64 (prefill) and 32 (decode) are fastest: a key tile
+//   then needs one block-table read instead of one per key.
 // - Positions and lengths must stay below 2^31.
 // - Every pointer in the params structs is a DEVICE pointer unless its comment says host.
 // - head_dim must be 64 or 128.
