@@ -287,6 +287,10 @@ __device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)
 // The overlapped schedule's softmax (kOverlap): S becomes P in place (fp32) while the previous
 // tile's P V runs on the tensor cores (it neither reads S nor writes what that P V reads); the
 // caller rescales O and l and packs P into the bf16 fragments once that P V has finished.
+// A row's running max (log2 units) moves only when a tile's max exceeds it by more than
+// kMaxSlack: P then stays below 2^kMaxSlack (fp32 sums and bf16 P keep their relative
+// precision), alpha is 1 and the caller skips O's rescale on most tiles after the first ones.
+constexpr float kMaxSlack = 8.f;
 template <int D>
 __device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
                                                       float (&sum)[2], const int (&row_limit)[2], int k0,
@@ -298,7 +302,8 @@ __device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], f
 #pragma unroll
     for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
     mx = QuadMax(mx) * sl2;
-    const float m_new = fmaxf(m_i[i], mx);
+    // -inf + kMaxSlack is -inf: a row's first keys always set its max.
+    const float m_new = mx > m_i[i] + kMaxSlack ? mx : m_i[i];
     const float m_use = m_new == -INFINITY ? 0.f : m_new;
     alpha[i] = Exp2(m_i[i] - m_use);
     m_i[i] = m_new;

@@ -306,6 +306,97 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
   }
 }
 
+// Keys far from the diagonal score much higher than those near it, so a row's max grows tile
+// after tile (the kernels walk the keys from the diagonal backwards), by more and by less than
+// the wgmma kernels' slack before they move the max. Contiguous KV: the producer does not matter.
+TEST_F(AttentionTest, PrefillMatchesReferenceWhenTheRowMaxGrows) {
+  struct Case {
+    int dh;
+    int64_t n, q_pos0, kv_len;
+  };
+  const Case cases[] = {{128, 1000, 0, 1000}, {64, 700, 0, 700}, {128, 300, 900, 1200}};
+  const Layout layouts[] = {{4, 4, "MHA"}, {32, 1, "MQA32"}, {2, 4, "rSQA"}};
+  for (const Layout& L : layouts) {
+    for (const Case& c : cases) {
+      SCOPED_TRACE(testing::Message() << L.name << " dh=" << c.dh << " n=" << c.n << " q_pos0=" << c.q_pos0
+                                      << " kv=" << c.kv_len);
+      const int ha = std::max(L.hq, L.hkv);
+      auto qh = RandomBf16(c.n * L.hq * c.dh, rng_, 1.5f);
+      std::vector<float> qf(qh.size());
+      for (size_t i = 0; i < qh.size(); ++i) qf[i] = FromBf16(qh[i]);
+      HostKv kv;
+      kv.len = c.kv_len;
+      std::normal_distribution<float> nd(0.f, 1.f);
+      std::vector<uint16_t> kh(c.kv_len * L.hkv * c.dh), vh(kh.size());
+      kv.k.resize(kh.size());
+      kv.v.resize(kh.size());
+      for (int64_t t = 0; t < c.kv_len; ++t) {
+        const double age = 1.0 - static_cast<double>(t) / static_cast<double>(c.kv_len);
+        const float gain = static_cast<float>(1.0 + 7.0 * age * age);
+        for (int64_t j = 0; j < L.hkv * c.dh; ++j) {
+          const size_t i = static_cast<size_t>(t * L.hkv * c.dh + j);
+          kh[i] = ToBf16(gain * nd(rng_));
+          vh[i] = ToBf16(nd(rng_));
+          kv.k[i] = FromBf16(kh[i]);
+          kv.v[i] = FromBf16(vh[i]);
+        }
+      }
+      // The premise: for the last row of query head 0, the oldest 128 keys' max score exceeds the
+      // diagonal tile's by more than 8 (log2 units).
+      {
+        const int64_t r = c.n - 1, pos = c.q_pos0 + r;
+        const double sl2 = 1.0 / std::sqrt(double(c.dh)) / std::log(2.0);
+        auto score = [&](int64_t t) {
+          double acc = 0;
+          for (int d = 0; d < c.dh; ++d) acc += double(qf[(r * L.hq) * c.dh + d]) * kv.k[(t * L.hkv) * c.dh + d];
+          return acc * sl2;
+        };
+        double diag = -1e30, old = -1e30;
+        for (int64_t t = pos / 128 * 128; t <= pos; ++t) diag = std::max(diag, score(t));
+        for (int64_t t = 0; t < 128; ++t) old = std::max(old, score(t));
+        ASSERT_GT(old - diag, 8.0) << "the inputs do not make the row max grow enough";
+      }
+      DevBuf<uint16_t> dq(qh.size()), dk(kh.size()), dv(vh.size()), dout(c.n * ha * c.dh);
+      DevBuf<float> dlse(c.n * ha);
+      dq.Upload(qh);
+      dk.Upload(kh);
+      dv.Upload(vh);
+      std::vector<double> ref, ref_lse;
+      ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, true, 1.0 / std::sqrt(double(c.dh)), &ref,
+                         &ref_lse);
+      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaCpAsync, PrefillKernel::kWgmmaPingPong,
+                                   PrefillKernel::kWgmmaLockstep, PrefillKernel::kMmaSync}) {
+        SCOPED_TRACE(testing::Message() << "kernel " << static_cast<int>(kernel));
+        dout.Poison();
+        dlse.Poison();
+        PrefillParams p;
+        p.q = dq.p;
+        p.n = c.n;
+        p.q_pos0 = c.q_pos0;
+        p.kv.k = dk.p;
+        p.kv.v = dv.p;
+        p.kv_len = c.kv_len;
+        p.num_q_heads = L.hq;
+        p.num_kv_heads = L.hkv;
+        p.head_dim = c.dh;
+        p.causal = true;
+        p.out = dout.p;
+        p.lse = dlse.p;
+        p.kernel = kernel;
+        ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
+        ASSERT_CUDA(cudaStreamSynchronize(stream_));
+        auto got = dout.Download();
+        auto got_lse = dlse.Download();
+        Errors e = Compare(got, ref, &got_lse, &ref_lse);
+        EXPECT_EQ(e.nonfinite, 0);
+        EXPECT_LT(e.rel, 1e-2);
+        EXPECT_LT(e.max_abs, 5e-2);
+        EXPECT_LT(e.lse_max, 1e-2) << "worst at token " << e.lse_worst / ha << ", head " << e.lse_worst % ha;
+      }
+    }
+  }
+}
+
 TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   const std::vector<int64_t> lens = {1, 17, 300, 0, 1000, 4099, 64, 2500};
   // The prefill layouts plus groups that need two row warps with idle rows (24 heads on one KV
