@@ -284,39 +284,56 @@ __device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)
   WgmmaCommit();
 }
 
-// The overlapped schedule's softmax (kOverlap): S becomes P in place (fp32) while the previous
-// tile's P V runs on the tensor cores (it neither reads S nor writes what that P V reads); the
-// caller rescales O and l and packs P into the bf16 fragments once that P V has finished.
+// The overlapped schedule's softmax (kOverlap), run while the previous tile's P V reads pa on the
+// tensor cores: P goes into the bf16 fragments pb (S stays intact), and the caller rescales O
+// and l and moves pb to pa once that P V has finished.
 // A row's running max (log2 units) moves only when a tile's max exceeds it by more than
-// kMaxSlack: P then stays below 2^kMaxSlack (fp32 sums and bf16 P keep their relative
-// precision), alpha is 1 and the caller skips O's rescale on most tiles after the first ones.
+// kMaxSlack, so P stays below 2^kMaxSlack (fp32 sums and bf16 P keep their relative precision).
+// Most tiles then need no max at all: P is exponentiated against the running max, and only if a
+// thread's partial row sum exceeds 2^kMaxSlack (or is not finite; it bounds every P of the row
+// part) does the warp take the tiles' maxima and redo P. A row with no max yet (-inf) always
+// takes the max. alpha = 1 on the fast path, so the caller skips O's rescale.
 constexpr float kMaxSlack = 8.f;
-template <int D>
-__device__ __forceinline__ void OverlapSoftmaxInPlace(float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
-                                                      float (&sum)[2], const int (&row_limit)[2], int k0,
-                                                      bool need_mask, float sl2, int lane) {
-  if (need_mask) MaskTile(s, row_limit, k0, lane);
+constexpr float kSumLimit = 256.f;  // 2^kMaxSlack
+__device__ __forceinline__ void ExpPackTile(const float (&s)[kBlockN / 2], const float (&m_use)[2], float sl2,
+                                            float (&sum)[2], uint32_t (&pb)[kBlockN / 16][4]) {
+  sum[0] = sum[1] = 0.f;
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float mx = -INFINITY;
+  for (int kk = 0; kk < kBlockN / 16; ++kk) {
 #pragma unroll
-    for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
-    mx = QuadMax(mx) * sl2;
-    // -inf + kMaxSlack is -inf: a row's first keys always set its max.
-    const float m_new = mx > m_i[i] + kMaxSlack ? mx : m_i[i];
-    const float m_use = m_new == -INFINITY ? 0.f : m_new;
-    alpha[i] = Exp2(m_i[i] - m_use);
-    m_i[i] = m_new;
-    float acc = 0.f;
-#pragma unroll
-    for (int nb = 0; nb < kBlockN / 8; ++nb) {
-      const float p0 = Exp2(fmaf(s[4 * nb + 2 * i], sl2, -m_use));
-      const float p1 = Exp2(fmaf(s[4 * nb + 2 * i + 1], sl2, -m_use));
-      s[4 * nb + 2 * i] = p0;
-      s[4 * nb + 2 * i + 1] = p1;
-      acc += p0 + p1;
+    for (int q = 0; q < 4; ++q) {  // q: (n8 block 2kk + q/2, row half q%2)
+      const int i = q & 1;
+      const int idx = 8 * kk + 2 * q;
+      const float p0 = Exp2(fmaf(s[idx], sl2, -m_use[i]));
+      const float p1 = Exp2(fmaf(s[idx + 1], sl2, -m_use[i]));
+      sum[i] += p0 + p1;
+      pb[kk][q] = PackBf16(p0, p1);
     }
-    sum[i] = acc;
+  }
+}
+__device__ __forceinline__ void OverlapSoftmaxPack(const float (&s)[kBlockN / 2], float (&m_i)[2], float (&alpha)[2],
+                                                   float (&sum)[2], uint32_t (&pb)[kBlockN / 16][4], float sl2) {
+  alpha[0] = alpha[1] = 1.f;
+  bool redo = !__all_sync(0xffffffffu, m_i[0] != -INFINITY && m_i[1] != -INFINITY);
+  if (!redo) {
+    ExpPackTile(s, m_i, sl2, sum, pb);
+    redo = __any_sync(0xffffffffu, !(sum[0] <= kSumLimit && sum[1] <= kSumLimit));
+  }
+  if (redo) {
+    float m_use[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int nb = 0; nb < kBlockN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[4 * nb + 2 * i], s[4 * nb + 2 * i + 1]));
+      mx = QuadMax(mx) * sl2;
+      // -inf + kMaxSlack is -inf: a row's first keys always set its max.
+      const float m_new = mx > m_i[i] + kMaxSlack ? mx : m_i[i];
+      m_use[i] = m_new == -INFINITY ? 0.f : m_new;
+      alpha[i] = Exp2(m_i[i] - m_use[i]);
+      m_i[i] = m_new;
+    }
+    ExpPackTile(s, m_use, sl2, sum, pb);
   }
 }
 
@@ -629,12 +646,24 @@ __global__ void __launch_bounds__(kPpThreads, 1)
         FenceRegs(s);
       }
     } else {  // the softmax of tile j overlaps the warpgroup's own P V of tile j - 1
-      for (int j = 0; j < T; ++j) {
+      // P of tile j goes into one fragment set while P V of tile j - 1 still reads the other, so
+      // the loop is unrolled by two with fixed roles. After each wait, FenceRegs keeps the set
+      // that the finished P V read live up to there, so the compiler cannot place the new P in
+      // its registers (the PTX rule: no write to a wgmma's A registers before its wait).
+      uint32_t (&pa0)[kBlockN / 16][4] = pa;
+      uint32_t pa1[kBlockN / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) pa0[kk][q] = pa1[kk][q] = 0u;
+      auto step = [&](int j, uint32_t (&pw)[kBlockN / 16][4], uint32_t (&pr)[kBlockN / 16][4]) {
         const int k0 = key0(j);
         float alpha[2], sum[2];
-        OverlapSoftmaxInPlace<D>(s, m_i, alpha, sum, row_limit, k0, k0 + kBlockN > ct.unmasked_end, a.scale_log2, lane);
+        if (k0 + kBlockN > ct.unmasked_end) MaskTile(s, row_limit, k0, lane);
+        OverlapSoftmaxPack(s, m_i, alpha, sum, pw, a.scale_log2);
         WgmmaWait<0>();  // P V of tile j - 1 has finished
         FenceRegs(o);
+        FenceRegs(pr);
         MbarArriveIf(bar_empty + 8 * ((j + kPpStages - 1) % kPpStages), lane == 0 && j > 0);
 #pragma unroll
         for (int i = 0; i < 2; ++i) l_i[i] = l_i[i] * alpha[i] + sum[i];
@@ -647,13 +676,6 @@ __global__ void __launch_bounds__(kPpThreads, 1)
             o[4 * nd + 3] *= alpha[1];
           }
         }
-#pragma unroll
-        for (int kk = 0; kk < kBlockN / 16; ++kk) {
-          pa[kk][0] = PackBf16(s[8 * kk], s[8 * kk + 1]);
-          pa[kk][1] = PackBf16(s[8 * kk + 2], s[8 * kk + 3]);
-          pa[kk][2] = PackBf16(s[8 * kk + 4], s[8 * kk + 5]);
-          pa[kk][3] = PackBf16(s[8 * kk + 6], s[8 * kk + 7]);
-        }
         const int sj = j % kPpStages, sn = (j + 1) % kPpStages;
         MbarWait(bar_full + 8 * sn, j + 1 < T ? ((j + 1) / kPpStages) & 1 : (((j + 1) / kPpStages) & 1) ^ 1);
         FenceProxyAsync();
@@ -661,14 +683,22 @@ __global__ void __launch_bounds__(kPpThreads, 1)
         WgmmaFence();
         IssueQK<D>(s, q_base, sK + sn * kTileBytes);
         WgmmaCommit();
-        IssuePVRange<D, 0, kBlockN / 16>(o, pa, sV + sj * kTileBytes);
+        IssuePVRange<D, 0, kBlockN / 16>(o, pw, sV + sj * kTileBytes);
         WgmmaCommit();
         NamedBarArriveIf(other_turn, 256, !(wg == 1 && j == T - 1));
         WgmmaWait<1>();  // S(j + 1) is ready; P V of tile j may still run
         FenceRegs(s);
+      };
+#pragma unroll 1
+      for (int j = 0; j < T; j += 2) {
+        step(j, pa0, pa1);
+        if (j + 1 >= T) break;
+        step(j + 1, pa1, pa0);
       }
       WgmmaWait<0>();
       FenceRegs(o);
+      FenceRegs(pa0);
+      FenceRegs(pa1);
     }
     Epilogue<D>(a, o, m_i, l_i, ct.row0, r_in, ct.kvh, lane);
   }

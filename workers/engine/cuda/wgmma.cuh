@@ -42,6 +42,16 @@ __device__ __forceinline__ void FenceRegs(float (&r)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
 }
+// The same for register fragments that a wgmma reads (its A operand): placed after the wait, it
+// keeps them live, and unchanged, until the wgmmas reading them have finished, so that the
+// compiler cannot give their registers to other values while those wgmmas still read them.
+template <int M, int N>
+__device__ __forceinline__ void FenceRegs(uint32_t (&r)[M][N]) {
+#pragma unroll
+  for (int i = 0; i < M; ++i)
+#pragma unroll
+    for (int j = 0; j < N; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
 // Orders this thread's generic-proxy shared-memory writes (st.shared, cp.async) before later
 // async-proxy reads (wgmma operands).
 __device__ __forceinline__ void FenceProxyAsync() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
