@@ -122,11 +122,14 @@ def main():
                                   ("mma.sync", ratio_range("mma_sync_paged"))) if rr for lo, hi in [rr]) + ".")
     lines.append("")
     lines.append(f"Limit: prefill is compute-bound (bytes per run are < 2 GB, under 1 ms at copy speed); "
-                 f"ceiling {GEMM_CEILING:.0f} TFLOP/s (bf16 GEMM measured here). One warpgroup's softmax runs "
-                 "during the other's GEMMs and its own previous P V; the tensor pipe is busy about two thirds "
-                 "of the time, the rest goes to the turn waits and the softmax (MUFU, row maxima), and the GPU "
-                 "runs these kernels at its power cap: the ncu profiles and the clock trace are in "
-                 "bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
+                 f"ceiling {GEMM_CEILING:.0f} TFLOP/s (bf16 GEMM measured here)"
+                 + (f", of which the paged kernel reaches {100 * min(tf) / GEMM_CEILING:.0f}-"
+                    f"{100 * max(tf) / GEMM_CEILING:.0f}% at N >= 32768" if tf else "")
+                 + ". One warpgroup's softmax runs during the other's GEMMs and its own previous P V; what the "
+                 "tensor pipe waits for is the turn hand-over and the softmax's issue slots (exponentials, row "
+                 "sums, packing P; the row max is taken only on tiles whose partial row sums exceed 2^8, NOTES.md "
+                 "v17-v18), and the GPU runs these kernels at its power cap: the ncu profiles of earlier versions "
+                 "and the clock trace are in bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
     lines.append("## Decode over the paged cache (block 64), bytes of K+V read per second")
     lines.append("")
