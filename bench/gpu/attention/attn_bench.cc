@@ -19,6 +19,8 @@
 //                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
 //                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
+//                       [--read-floor-max-gb G]  (decode: time a read-only kernel over the same
+//                        bytes for calls up to G GB, default 1; 0 = off)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
 // comes from DRAM, not L2), replayed; the per-launch time of a lone launch timed with events
 // (host launch cost included) is reported beside it.
@@ -41,6 +43,7 @@
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "bench/gpu/attention/read_floor.h"
 #include "workers/engine/cuda/attention.h"
 
 namespace {
@@ -174,6 +177,7 @@ int main(int argc, char** argv) {
   int paged_block = 64;       // prefill's paged block size; -1 = one block per sequence (bs = N)
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
+  double read_floor_max_gb = 1.0;  // decode rows: time the read-only floor for calls up to this size
   std::vector<std::string> decode_kernels = {"v4", "v3"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   double sustain_ms = 1500;                  // prefill rows: sustained load before timing (0: off)
@@ -191,6 +195,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-ctx") decode_ctx = ParseList(next());
     else if (a == "--decode-batch") decode_batch = ParseList(next());
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
+    else if (a == "--read-floor-max-gb") read_floor_max_gb = std::stod(next());
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--no-paged") paged = false;
     else if (a == "--sustain-ms") sustain_ms = std::stod(next());
@@ -259,6 +264,7 @@ int main(int argc, char** argv) {
   out["sustain_ms"] = sustain_ms;
   out["prefill"] = nlohmann::json::array();
   out["decode"] = nlohmann::json::array();
+  out["decode_read_floor"] = nlohmann::json::array();
   const int dh = 128;
   // Rewritten after every measurement so that a run cut short still leaves its numbers.
   auto save = [&] {
@@ -403,6 +409,35 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&q, batch * L.hq * dh * 2));
         Fill(q, batch * L.hq * dh * 2, 8);
         CK(cudaMalloc(&o, batch * ha * dh * 2));
+        // The read-only floor at this size (calls of up to read_floor_max_gb): one copy's K and V
+        // bytes read by a kernel that does nothing else, in the same graph of launches over the
+        // copies: what reading that much in one launch costs at this size, with no compute.
+        double floor_ms = 0;
+        if (kv_bytes <= read_floor_max_gb * 1e9) {
+          const size_t half = static_cast<size_t>(nb) * block_bytes;
+          unsigned* sink;
+          CK(cudaMalloc(&sink, sizeof(unsigned)));
+          constexpr int kFloorLaunches = 32;
+          cudaGraph_t graph;
+          cudaGraphExec_t exec;
+          CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+          for (int i = 0; i < kFloorLaunches; ++i) {
+            CK(sqa::bench::LaunchReadFloor(static_cast<char*>(pk) + (i % copies) * half,
+                                           static_cast<char*>(pv) + (i % copies) * half, half, sink,
+                                           prop.multiProcessorCount, s));
+          }
+          CK(cudaStreamEndCapture(s, &graph));
+          CK(cudaGraphInstantiate(&exec, graph, 0));
+          floor_ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kFloorLaunches;
+          CK(cudaGraphExecDestroy(exec));
+          CK(cudaGraphDestroy(graph));
+          CK(cudaFree(sink));
+          const double fbw = kv_bytes / (floor_ms * 1e-3);
+          std::printf("%-6s %8lld %5lld %-7s %7s %10.1f %10s %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx,
+                      (long long)batch, "read", "-", floor_ms * 1e3, "-", fbw / 1e9, 100.0 * fbw / ceiling);
+          out["decode_read_floor"].push_back({{"layout", L.name}, {"ctx", ctx}, {"batch", batch}, {"ms", floor_ms},
+                                              {"kv_bytes", kv_bytes}, {"bytes_per_s", fbw}});
+        }
         for (const std::string& dname : decode_kernels)
         for (int64_t want_splits : decode_splits) {
           const sqa::cuda::DecodeKernel dk = dname == "v3" ? sqa::cuda::DecodeKernel::kV3 : sqa::cuda::DecodeKernel::kV4;
@@ -456,6 +491,7 @@ int main(int argc, char** argv) {
           out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
                                    {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"ms", ms}, {"ms_single_launch", ms_single},
                                    {"kv_bytes", kv_bytes}, {"bytes_per_s", bw}, {"fraction_of_copy_ceiling", bw / ceiling},
+                                   {"read_floor_ms", floor_ms},
                                    {"timing", "graph of 32 launches over rotating cache copies (cold L2)"}});
           save();
           if (ws) cudaFree(ws);

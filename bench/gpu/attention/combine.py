@@ -137,7 +137,9 @@ def main():
                  "Every sequence of the batch has `ctx` tokens; combinations above the benchmark's memory cap "
                  "are skipped. Timing: one CUDA graph of 32 launches, each over its own copy of the cache (K/V "
                  "comes from DRAM, not L2), per-launch median; `1 call` = one launch timed alone with events, "
-                 "host launch cost included. `v4` = the default kernel, `v3` = the earlier one, same run.")
+                 "host launch cost included. `v4` = the default kernel, `v3` = the earlier one, same run. "
+                 "`read-only` (when timed) = a kernel that only reads the same bytes with every SM, in the "
+                 "same kind of graph: what reading that much in one launch costs at that size, with no compute.")
     lines.append("")
     dec = {}
     dorder = []
@@ -154,6 +156,12 @@ def main():
     if has_v3:
         head += " v3 us | v3 % of ceiling | v3 time / v4 |"
         sep += "---|---|---|"
+    # The read-only floor (sqa-attn-bench, calls up to 1 GB): the same bytes read by a kernel that
+    # does nothing else; shown only when the run measured it.
+    has_floor = any((v.get("v4") or v.get("v3") or {}).get("read_floor_ms", 0) > 0 for v in dec.values())
+    if has_floor:
+        head += " read-only us | read-only % of ceiling | v4 time / read-only |"
+        sep += "---|---|---|"
     lines.append(head)
     lines.append(sep)
     dec_rows = []
@@ -169,6 +177,13 @@ def main():
             if v3 and r is not v3:
                 line += (f" {v3['ms'] * 1e3:.1f} | {100 * v3['fraction_of_copy_ceiling']:.1f}% | "
                          f"{v3['ms'] / r['ms']:.2f} |")
+            else:
+                line += " n/a | n/a | n/a |"
+        if has_floor:
+            f = r.get("read_floor_ms", 0)
+            if f > 0:
+                line += (f" {f * 1e3:.1f} | {100 * r['kv_bytes'] / (f * 1e-3) / COPY_CEILING:.1f}% | "
+                         f"{r['ms'] / f:.2f} |")
             else:
                 line += " n/a | n/a | n/a |"
         lines.append(line)

@@ -1,0 +1,14 @@
+// The read-only floor kernel of sqa-attn-bench (read_floor.cu).
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+
+namespace sqa::bench {
+
+// Reads `bytes` (a multiple of 16, 16-byte aligned) from each of a and b on `stream` with every
+// one of `sms` SMs, and writes nothing but (practically never) one word of `sink`.
+cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, cudaStream_t stream);
+
+}  // namespace sqa::bench
