@@ -17,7 +17,10 @@
 // cores, so that one warpgroup's softmax runs during the other's GEMMs; with kOverlap (the
 // default, NOTES.md v13b) each warpgroup's softmax also runs during its own previous P V, and with
 // kTma (the default where the KV allows it, NOTES.md v14) one producer thread issues the copies as
-// TMA boxes instead of the warpgroup's cp.async. The lockstep kernel
+// TMA boxes instead of the warpgroup's cp.async. The overlapped softmax (NOTES.md v17-v18) moves a
+// row's max only by more than 8 (log2 units), takes the max only on tiles where exponentiating
+// against the running one would exceed that, and packs P into one of two fragment sets while the
+// previous P V reads the other. The lockstep kernel
 // (PrefillWgmmaLockstepKernel, PrefillKernel::kWgmmaLockstep) has all 256 threads copy one tile
 // ahead and both warpgroups meet at a barrier per tile; it issues P V in two halves so that the
 // first half's GEMM runs while the second is exponentiated. bench/gpu/attention/NOTES.md has the
