@@ -13,6 +13,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "workers/engine/cuda/attention.h"
@@ -202,6 +203,38 @@ struct PrefillCase {
   int bs;
 };
 
+// The prefill kernels the tests compare with the reference, as named in failure traces.
+const std::pair<PrefillKernel, const char*> kPrefillKernels[] = {
+    {PrefillKernel::kAuto, "wgmma kernel (TMA where the KV allows)"},
+    {PrefillKernel::kWgmmaCpAsync, "wgmma kernel, cp.async producer"},
+    {PrefillKernel::kWgmmaPingPong, "wgmma ping-pong kernel"},
+    {PrefillKernel::kWgmmaLockstep, "wgmma lockstep kernel"},
+    {PrefillKernel::kMmaSync, "mma.sync kernel"}};
+
+// Runs every prefill kernel on p's inputs (out and lse poisoned before each) and checks it against
+// the float64 reference at bf16 tolerance.
+void ExpectPrefillKernelsMatch(PrefillParams p, DevBuf<uint16_t>& dout, DevBuf<float>& dlse,
+                               const std::vector<double>& ref, const std::vector<double>& ref_lse, int ha,
+                               cudaStream_t stream) {
+  for (const auto& [kernel, name] : kPrefillKernels) {
+    SCOPED_TRACE(name);
+    dout.Poison();
+    dlse.Poison();
+    p.out = dout.p;
+    p.lse = dlse.p;
+    p.kernel = kernel;
+    ASSERT_TRUE(LaunchAttentionPrefill(p, stream).ok());
+    ASSERT_CUDA(cudaStreamSynchronize(stream));
+    auto got = dout.Download();
+    auto got_lse = dlse.Download();
+    Errors e = Compare(got, ref, &got_lse, &ref_lse);
+    EXPECT_EQ(e.nonfinite, 0);
+    EXPECT_LT(e.rel, 1e-2);
+    EXPECT_LT(e.max_abs, 5e-2);
+    EXPECT_LT(e.lse_max, 1e-2) << "worst at token " << e.lse_worst / ha << ", head " << e.lse_worst % ha;
+  }
+}
+
 class AttentionTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -266,42 +299,21 @@ TEST_F(AttentionTest, PrefillMatchesFloat64Reference) {
       std::vector<double> ref, ref_lse;
       ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, c.causal, 1.0 / std::sqrt(double(c.dh)), &ref,
                          &ref_lse);
-      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaCpAsync, PrefillKernel::kWgmmaPingPong,
-                                   PrefillKernel::kWgmmaLockstep, PrefillKernel::kMmaSync}) {
-        SCOPED_TRACE(kernel == PrefillKernel::kAuto             ? "wgmma kernel (TMA where the KV allows)"
-                     : kernel == PrefillKernel::kWgmmaCpAsync   ? "wgmma kernel, cp.async producer"
-                     : kernel == PrefillKernel::kWgmmaLockstep ? "wgmma lockstep kernel"
-                     : kernel == PrefillKernel::kWgmmaPingPong ? "wgmma ping-pong kernel"
-                                                                : "mma.sync kernel");
-        dout.Poison();
-        dlse.Poison();
-        PrefillParams p;
-        p.q = dq.p;
-        p.n = c.n;
-        p.q_pos0 = c.q_pos0;
-        p.kv.k = dk.p;
-        p.kv.v = dv.p;
-        p.kv.block_table = c.paged ? dtable.p : nullptr;
-        p.kv.block_size = c.paged ? c.bs : 64;
-        p.kv.num_blocks = c.paged ? pool_blocks : 0;
-        p.kv_len = c.kv_len;
-        p.num_q_heads = L.hq;
-        p.num_kv_heads = L.hkv;
-        p.head_dim = c.dh;
-        p.causal = c.causal;
-        p.out = dout.p;
-        p.lse = dlse.p;
-        p.kernel = kernel;
-        ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
-        ASSERT_CUDA(cudaStreamSynchronize(stream_));
-        auto got = dout.Download();
-        auto got_lse = dlse.Download();
-        Errors e = Compare(got, ref, &got_lse, &ref_lse);
-        EXPECT_EQ(e.nonfinite, 0);
-        EXPECT_LT(e.rel, 1e-2);
-        EXPECT_LT(e.max_abs, 5e-2);
-        EXPECT_LT(e.lse_max, 1e-2) << "worst at token " << e.lse_worst / ha << ", head " << e.lse_worst % ha;
-      }
+      PrefillParams p;
+      p.q = dq.p;
+      p.n = c.n;
+      p.q_pos0 = c.q_pos0;
+      p.kv.k = dk.p;
+      p.kv.v = dv.p;
+      p.kv.block_table = c.paged ? dtable.p : nullptr;
+      p.kv.block_size = c.paged ? c.bs : 64;
+      p.kv.num_blocks = c.paged ? pool_blocks : 0;
+      p.kv_len = c.kv_len;
+      p.num_q_heads = L.hq;
+      p.num_kv_heads = L.hkv;
+      p.head_dim = c.dh;
+      p.causal = c.causal;
+      ExpectPrefillKernelsMatch(p, dout, dlse, ref, ref_lse, ha, stream_);
     }
   }
 }
@@ -364,35 +376,18 @@ TEST_F(AttentionTest, PrefillMatchesReferenceWhenTheRowMaxGrows) {
       std::vector<double> ref, ref_lse;
       ReferenceAttention(qf, c.n, c.q_pos0, kv, L.hq, L.hkv, c.dh, true, 1.0 / std::sqrt(double(c.dh)), &ref,
                          &ref_lse);
-      for (PrefillKernel kernel : {PrefillKernel::kAuto, PrefillKernel::kWgmmaCpAsync, PrefillKernel::kWgmmaPingPong,
-                                   PrefillKernel::kWgmmaLockstep, PrefillKernel::kMmaSync}) {
-        SCOPED_TRACE(testing::Message() << "kernel " << static_cast<int>(kernel));
-        dout.Poison();
-        dlse.Poison();
-        PrefillParams p;
-        p.q = dq.p;
-        p.n = c.n;
-        p.q_pos0 = c.q_pos0;
-        p.kv.k = dk.p;
-        p.kv.v = dv.p;
-        p.kv_len = c.kv_len;
-        p.num_q_heads = L.hq;
-        p.num_kv_heads = L.hkv;
-        p.head_dim = c.dh;
-        p.causal = true;
-        p.out = dout.p;
-        p.lse = dlse.p;
-        p.kernel = kernel;
-        ASSERT_TRUE(LaunchAttentionPrefill(p, stream_).ok());
-        ASSERT_CUDA(cudaStreamSynchronize(stream_));
-        auto got = dout.Download();
-        auto got_lse = dlse.Download();
-        Errors e = Compare(got, ref, &got_lse, &ref_lse);
-        EXPECT_EQ(e.nonfinite, 0);
-        EXPECT_LT(e.rel, 1e-2);
-        EXPECT_LT(e.max_abs, 5e-2);
-        EXPECT_LT(e.lse_max, 1e-2) << "worst at token " << e.lse_worst / ha << ", head " << e.lse_worst % ha;
-      }
+      PrefillParams p;
+      p.q = dq.p;
+      p.n = c.n;
+      p.q_pos0 = c.q_pos0;
+      p.kv.k = dk.p;
+      p.kv.v = dv.p;
+      p.kv_len = c.kv_len;
+      p.num_q_heads = L.hq;
+      p.num_kv_heads = L.hkv;
+      p.head_dim = c.dh;
+      p.causal = true;
+      ExpectPrefillKernelsMatch(p, dout, dlse, ref, ref_lse, ha, stream_);
     }
   }
 }
