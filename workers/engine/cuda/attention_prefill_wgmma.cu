@@ -287,15 +287,16 @@ __device__ __forceinline__ void SoftmaxAndPV(float (&s)[kBlockN / 2], float (&o)
   WgmmaCommit();
 }
 
-// The overlapped schedule's softmax (kOverlap), run while the previous tile's P V reads pa on the
-// tensor cores: P goes into the bf16 fragments pb (S stays intact), and the caller rescales O
-// and l and moves pb to pa once that P V has finished.
+// The overlapped schedule's softmax (kOverlap), run while the previous tile's P V still reads the
+// other fragment set on the tensor cores: P goes into the bf16 fragments pb (S stays intact),
+// which the caller hands to this tile's P V after rescaling O and l once the previous P V has
+// finished.
 // A row's running max (log2 units) moves only when a tile's max exceeds it by more than
 // kMaxSlack, so P stays below 2^kMaxSlack (fp32 sums and bf16 P keep their relative precision).
 // Most tiles then need no max at all: P is exponentiated against the running max, and only if a
-// thread's partial row sum exceeds 2^kMaxSlack (or is not finite; it bounds every P of the row
-// part) does the warp take the tiles' maxima and redo P. A row with no max yet (-inf) always
-// takes the max. alpha = 1 on the fast path, so the caller skips O's rescale.
+// thread's partial row sum (which bounds every P it adds up) exceeds 2^kMaxSlack or is not finite
+// does the warp take the tile's maxima and redo P. A row with no max yet (-inf) always takes the
+// max. alpha = 1 on the fast path, so the caller skips O's rescale.
 constexpr float kMaxSlack = 8.f;
 constexpr float kSumLimit = 256.f;  // 2^kMaxSlack
 __device__ __forceinline__ void ExpPackTile(const float (&s)[kBlockN / 2], const float (&m_use)[2], float sl2,
