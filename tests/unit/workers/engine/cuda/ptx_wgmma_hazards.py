@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
-"""Checks the PTX of the wgmma kernels for writes to a wgmma's A-operand registers before the
-wgmma.wait_group that covers it (PTX ISA: such an access is undefined behaviour; the compiler
-does not know that the asynchronous wgmma still reads them, so nothing else catches it without
-a GPU, and on a GPU it shows as garbage outputs).
+"""Checks the PTX of the wgmma kernels for register accesses that race with an asynchronous wgmma:
+a write to one of its A-operand registers, or any use of its accumulator registers by another
+instruction, before the wgmma.wait_group that covers it. The PTX ISA makes both undefined
+behaviour, and the compiler does not know that the wgmma is still running, so nothing else
+catches them without a GPU (on a GPU they show as garbage outputs).
 
 usage: ptx_wgmma_hazards.py FILE.ptx [FILE.ptx ...]
 
-A forward data-flow pass over each kernel's control-flow graph tracks, per register read by a
-register-A wgmma (".. {%r..}, desc .."), how many commit_groups have been issued since its group
-was committed; wait_group N retires the groups older than the newest N. Any instruction that
-writes such a register while it may still be pending is reported. The script first checks itself
-on two small kernels, one with such a write across a loop's back edge and one without."""
+A forward data-flow pass over each kernel's control-flow graph tracks, per register a wgmma reads
+as A or accumulates into, how many commit_groups have been issued since its group was committed;
+wait_group N retires the groups older than the newest N. The script first checks itself on small
+kernels: one writes an A register across a loop's back edge, one scales an accumulator before
+the wait, one is clean."""
 import re
 import sys
 
@@ -86,29 +87,41 @@ def check_kernel(body):
     n_rs = sum(1 for _, v in stmts if RS_WGMMA.match(v))
 
     def transfer(state, block, hazards):
-        pending = {}  # reg -> commit groups since its group was committed (-1: not committed yet)
-        for reg, age in state:
-            pending[reg] = max(pending.get(reg, -2), age)
+        # (kind, reg) -> commit groups since its group was committed (-1: not committed yet);
+        # kind "a": read by a wgmma as its A operand, "c": a wgmma accumulator. Where paths
+        # merge, the youngest age wins (it stays pending longest).
+        pending = {}
+        for key, age in state:
+            pending[key] = min(pending.get(key, MAX_AGE), age)
         for idx, (kind, ins) in enumerate(block):
             if kind != "ins":
                 continue
-            m = RS_WGMMA.match(ins)
-            if m:
-                for r in re.findall(r"%r\d+", m.group(1)):
-                    pending[r] = -1
+            if ins.startswith("wgmma.mma_async"):
+                m = RS_WGMMA.match(ins)
+                if m:
+                    for r in re.findall(r"%r\d+", m.group(1)):
+                        pending[("a", r)] = -1
+                acc = re.match(r"^wgmma\.mma_async\S*\s+\{([^}]*)\}", ins)
+                if acc:
+                    for r in re.findall(r"%[rf]\d+", acc.group(1)):
+                        pending[("c", r)] = -1
                 continue
             if ins.startswith("wgmma.commit_group"):
-                pending = {r: min(a + 1, MAX_AGE) for r, a in pending.items()}
+                pending = {k: min(a + 1, MAX_AGE) for k, a in pending.items()}
                 continue
             m = WAIT.match(ins)
             if m:
                 n = int(m.group(1))
-                pending = {r: a for r, a in pending.items() if a < n}
+                pending = {k: a for k, a in pending.items() if a < n}
                 continue
             if hazards is not None:
                 for r in dests(ins):
-                    if r in pending:
-                        hazards.append((id(block), idx, ins))
+                    if ("a", r) in pending:
+                        hazards.append((id(block), idx, "writes a pending A register: " + ins))
+                for r in re.findall(r"%[rf]\d+", re.sub(r"^@!?%p\d+\s+", "", ins)):
+                    if ("c", r) in pending:
+                        hazards.append((id(block), idx, "touches a pending accumulator: " + ins))
+                        break
         return frozenset(pending.items())
 
     entry_state = [None] * len(blocks)
@@ -149,6 +162,16 @@ $L__BB0_1:
 	ret;
 }
 """
+SELF_BAD_ACC = """
+.entry bad_acc(
+{
+	wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%f3, %f4}, %rd2, %rd3, p, 1, 1, 0, 0;
+	wgmma.commit_group.sync.aligned;
+	mul.f32 %f3, %f3, %f9;
+	wgmma.wait_group.sync.aligned 0;
+	ret;
+}
+"""
 SELF_GOOD = """
 .entry good(
 {
@@ -171,8 +194,9 @@ $L__BB0_1:
 
 def main(paths):
     (_, bad), = kernels(SELF_BAD)
+    (_, bad_acc), = kernels(SELF_BAD_ACC)
     (_, good), = kernels(SELF_GOOD)
-    if not check_kernel(bad)[1] or check_kernel(good)[1]:
+    if not check_kernel(bad)[1] or not check_kernel(bad_acc)[1] or check_kernel(good)[1]:
         print("self-check failed: the checker misses a known hazard or flags a clean kernel")
         return 1
     if not paths:
@@ -188,8 +212,8 @@ def main(paths):
             checked += 1
             status = "ok" if not hz else f"{len(hz)} hazard(s)"
             print(f"{status:>12}  {n_rs:3d} register-A wgmmas  {name}")
-            for idx, ins in hz[:5]:
-                print(f"              writes a pending A register: {ins}")
+            for idx, what in hz[:5]:
+                print(f"              {what}")
             if hz:
                 rc = 1
     if checked == 0:
