@@ -21,6 +21,9 @@ def main():
     ap.add_argument("--out-md", required=True)
     ap.add_argument("--out-json", required=True)
     ap.add_argument("--note", default="")
+    ap.add_argument("--floor-run", default="",
+                    help="sqa-attn-bench JSON of a run that timed the read-only floor beside the default decode "
+                         "kernel: rendered as its own table (both columns from that one run)")
     args = ap.parse_args()
     attn = json.load(open(args.attn))
     sdpa = json.load(open(args.sdpa))
@@ -201,12 +204,44 @@ def main():
                  "so values above 100% mean the KV stream runs at the memory's read rate. MQA at batch 1 and "
                  "short contexts reads 17-67 MB (4-15 us at the read rate): the launch, the first loads' "
                  "latency and the merge of the splits are then most of the time, and with 32 query heads "
-                 "per key one CTA of eight warps per SM runs at ~2.8 TB/s even at 128k (NOTES.md, v15).")
+                 "per key one CTA of eight warps per SM runs at ~2.8 TB/s even at 128k (NOTES.md, v15). Where a run "
+                 "timed it, the last table gives the read-only floor at those sizes; NOTES.md v19 has what was "
+                 "tried against these rows.")
+    if args.floor_run:
+        lines += floor_table(args.floor_run)
     md = "\n".join(lines) + "\n"
     open(args.out_md, "w").write(md)
     json.dump({"gpu": attn.get("gpu"), "torch": sdpa.get("torch"), "prefill": rows_out, "decode": attn["decode"],
                "raw_attn": attn, "raw_sdpa": sdpa}, open(args.out_json, "w"), indent=1)
     print(md)
+
+
+def floor_table(path):
+    """The decode rows of one sqa-attn-bench run beside the read-only kernel of the same run."""
+    run = json.load(open(path))
+    floors = {(f["layout"], f["ctx"], f["batch"]): f for f in run.get("decode_read_floor", [])}
+    kernels = [r for r in run.get("decode", []) if r.get("splits_requested", 0) in (0, None)]
+    default = next((k for k in ("v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
+    out = ["", "## Decode beside the read-only floor (one run)", ""]
+    out.append(f"From `{path}`: the `{default}` rows and the read-only kernel (same bytes, every SM, no compute; "
+               "the same graph of 32 launches over cache copies) timed in that one run. `75% allows` = the time "
+               "at which a call would reach 75% of the copy ceiling.")
+    out.append("")
+    out.append("| layout | Hq/Hkv | ctx | batch | splits | us | % of ceiling | read-only us | read-only % of ceiling "
+               "| us / read-only | 75% allows us |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|")
+    for r in kernels:
+        if r.get("kernel") != default:
+            continue
+        f = floors.get((r["layout"], r["ctx"], r["batch"]))
+        if f is None:
+            continue
+        allow = r["kv_bytes"] / (0.75 * COPY_CEILING)
+        out.append(f"| {r['layout']} | {r['hq']}/{r['hkv']} | {r['ctx']} | {r['batch']} | {r['splits']} | "
+                   f"{r['ms'] * 1e3:.1f} | {100 * r['fraction_of_copy_ceiling']:.1f}% | {f['ms'] * 1e3:.1f} | "
+                   f"{100 * f['bytes_per_s'] / COPY_CEILING:.1f}% | {r['ms'] / f['ms']:.2f} | {allow * 1e6:.2f} |")
+    out.append("")
+    return out
 
 
 if __name__ == "__main__":
