@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""The GPU benchmarks' report scripts, run on small made-up inputs (no GPU needed).
+
+combine.py: the prefill ratios against SDPA, the decode table's default kernel and summary, and
+the --floor-run table (ratios and the time that 75% of the copy ceiling allows) are computed
+from the inputs. decode_kernels.py: a trace cut into decode steps at the sampled tokens'
+device-to-host copies, per-step span, kernel time and gaps, kernels grouped by name.
+"""
+import csv
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+SRC = pathlib.Path(os.environ.get("SQA_SOURCE_DIR", pathlib.Path(__file__).resolve().parents[2]))
+COPY_CEILING = 4.08e12
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what)
+
+
+def run(args):
+    r = subprocess.run([sys.executable] + [str(a) for a in args], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(r.stdout, r.stderr)
+    return r
+
+
+def table_rows(md, heading):
+    """The rows of the first table after `heading`, as lists of cell strings."""
+    lines = md.splitlines()
+    i = next(k for k, l in enumerate(lines) if l.startswith(heading))
+    rows = []
+    for l in lines[i:]:
+        if l.startswith("|"):
+            rows.append([c.strip() for c in l.strip("|").split("|")])
+        elif rows:
+            break
+    return rows[2:]  # without the header and separator
+
+
+def decode_row(layout, ctx, batch, kernel, ms, kv_bytes, floor_ms=0.0, splits=4):
+    bw = kv_bytes / (ms * 1e-3)
+    return {"layout": layout, "hq": 32, "hkv": 1, "ctx": ctx, "batch": batch, "kernel": kernel, "splits": splits,
+            "splits_requested": 0, "ms": ms, "ms_single_launch": ms * 1.1, "kv_bytes": kv_bytes, "bytes_per_s": bw,
+            "fraction_of_copy_ceiling": bw / COPY_CEILING, "read_floor_ms": floor_ms}
+
+
+def test_combine(tmp):
+    prefill = []
+    for variant, ms in (("paged64", 2.0), ("contiguous", 1.9)):
+        prefill.append({"layout": "MHA", "hq": 32, "hkv": 32, "n": 32768, "variant": variant, "kernel": "wgmma",
+                        "ms": ms, "tflops": 600.0 * 2.0 / ms})
+    mb = 16 * 2 ** 20
+    attn = {"gpu": "Test GPU", "sustain_ms": 1500, "prefill": prefill,
+            "decode": [decode_row("MQA", 32768, 1, "v4", 0.0138, mb),
+                       decode_row("MQA", 32768, 1, "v3", 0.0276, mb),
+                       decode_row("MQA", 131072, 8, "v4", 0.132, 32 * mb),
+                       decode_row("MQA", 131072, 8, "v4", 0.5, 32 * mb) | {"splits_requested": 7}]}
+    sdpa = {"torch": "0.0", "sustain_ms": 1500,
+            "rows": [{"layout": "MHA", "n": 32768, "backend": "cudnn", "ms": 2.2, "tflops": 545.0},
+                     {"layout": "MHA", "n": 32768, "backend": "flash", "ms": 3.6, "tflops": 333.0}]}
+    floor = {"decode": [decode_row("MQA", 32768, 1, "v4", 0.0138, mb, floor_ms=0.0051),
+                        decode_row("MQA", 131072, 8, "v4", 0.132, 32 * mb, floor_ms=0.117)],
+             "decode_read_floor": [{"layout": "MQA", "ctx": 32768, "batch": 1, "ms": 0.0051, "kv_bytes": mb,
+                                    "bytes_per_s": mb / 0.0051e-3},
+                                   {"layout": "MQA", "ctx": 131072, "batch": 8, "ms": 0.117, "kv_bytes": 32 * mb,
+                                    "bytes_per_s": 32 * mb / 0.117e-3}]}
+    paths = {}
+    for name, obj in (("attn", attn), ("sdpa", sdpa), ("floor", floor)):
+        paths[name] = tmp / f"{name}.json"
+        paths[name].write_text(json.dumps(obj))
+    md_path = tmp / "out.md"
+    r = run([SRC / "bench/gpu/attention/combine.py", "--attn", paths["attn"], "--sdpa", paths["sdpa"],
+             "--out-md", md_path, "--out-json", tmp / "out.json", "--floor-run", paths["floor"], "--note", "N."])
+    check(r.returncode == 0, "combine.py runs")
+    if r.returncode != 0:
+        return
+    md = md_path.read_text()
+    pre = table_rows(md, "| layout | Hq/Hkv | N |")
+    check(len(pre) == 1 and pre[0][-2] == "1.10" and pre[0][-1] == "1.80",
+          f"prefill ratios are SDPA time / paged time: {pre}")
+    dec = table_rows(md, "## Decode over the paged cache")
+    check(len(dec) == 2, f"decode table: one row per (layout, ctx, batch), forced splits left out: {dec}")
+    check(dec and dec[0][5] == "13.8" and dec[0][-3:] == ["27.6", f"{100 * mb / 0.0276e-3 / COPY_CEILING:.1f}%", "2.00"],
+          f"decode row: v4 us, then v3 beside it: {dec[:1]}")
+    check("below the 75% target: MQA 32k b1" in md and "MQA 128k b8" not in md.split("Summary:")[1].split("\n")[0],
+          "the summary lists the rows under 75% only")
+    fl = table_rows(md, "## Decode beside the read-only floor")
+    check(len(fl) == 2, f"floor table rows: {fl}")
+    if fl:
+        check(fl[0][7] == "5.1" and fl[0][9] == f"{0.0138 / 0.0051:.2f}", f"floor ratio: {fl[0]}")
+        check(fl[0][10] == f"{mb / (0.75 * COPY_CEILING) * 1e6:.2f}", f"75% allows: {fl[0]}")
+    out = json.loads((tmp / "out.json").read_text())
+    check(out["gpu"] == "Test GPU" and len(out["prefill"]) == 1, "the JSON beside the table")
+
+
+def test_decode_kernels(tmp):
+    trace = tmp / "trace.csv"
+    with open(trace, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["Start (ns)", "Duration (ns)", "CorrId", "Strm", "Name"])
+        t = 0
+        w.writerow([t, 50000, 0, 7, "void sqa::cuda::(anonymous namespace)::PrefillKernel<128>(Args)"])  # the prompt
+        t += 60000
+        w.writerow([t, 1000, 0, 7, "[CUDA memcpy Device-to-Host]"])
+        t += 10000
+        for step in range(5):
+            for k in range(3):
+                name = "void sqa::cuda::RmsNormKernel<128, true>(float const*, int)" if k < 2 else "sm90_gemm_kernel"
+                w.writerow([t, 2000 if k < 2 else 6000, 0, 7, name])
+                t += 3000 if k < 2 else 7000
+            w.writerow([t, 1000, 0, 7, "[CUDA memcpy Device-to-Host]"])
+            t += 50000
+    r = run([SRC / "bench/gpu/e2e/decode_kernels.py", trace, "--steps", "5"])
+    check(r.returncode == 0, "decode_kernels.py runs")
+    text = r.stdout
+    # A step: 2 + 2 + 6 us of kernels; span from the first kernel to the copy's end = 3 + 3 + 7 + 1 us.
+    check("span 14.0 us" in text and "kernel time 10.0 us" in text and "gaps 4.0 us" in text and "kernels 3," in text,
+          f"per-step figures: {text.splitlines()[2] if len(text.splitlines()) > 2 else text}")
+    rows = table_rows(text, "| kernel |") if "| kernel |" in text else []
+    names = [row[0] for row in rows]
+    check(names == ["sm90_gemm_kernel", "RmsNormKernel"], f"kernels by time, template arguments dropped: {names}")
+    check("PrefillKernel" not in text, "the prompt before the timed steps is left out")
+
+
+def main():
+    with tempfile.TemporaryDirectory() as d:
+        test_combine(pathlib.Path(d))
+        test_decode_kernels(pathlib.Path(d))
+    if failures:
+        print(f"{len(failures)} check(s) failed")
+        return 1
+    print("report scripts: all checks passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
