@@ -20,7 +20,8 @@ for b in $batches; do
       --prefill none --decode-batch "$b" --decode-context "$context" --decode-steps "$steps" --cuda-graphs on \
       > "$rep.json" 2> "$rep.log"
   "$nsys" stats -r cuda_gpu_trace -f csv -o "$rep" "$rep.nsys-rep" > /dev/null
-  # The engine replays one graph per step: the trace's graph kernels, split at each replay.
+  # decode_kernels.py cuts the trace at each device-to-host copy (a step's sampled tokens; a step
+  # with more than one such copy would show up as a step of too few kernels) and keeps the last $steps.
   python3 "$here/decode_kernels.py" "${rep}_cuda_gpu_trace.csv" --steps "$steps" > "$rep.md"
   cat "$rep.md"
   rm -f "$rep.sqlite"
