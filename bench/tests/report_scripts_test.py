@@ -67,11 +67,7 @@ def test_combine(tmp):
             "rows": [{"layout": "MHA", "n": 32768, "backend": "cudnn", "ms": 2.2, "tflops": 545.0},
                      {"layout": "MHA", "n": 32768, "backend": "flash", "ms": 3.6, "tflops": 333.0}]}
     floor = {"decode": [decode_row("MQA", 32768, 1, "v4", 0.0138, mb, floor_ms=0.0051),
-                        decode_row("MQA", 131072, 8, "v4", 0.132, 32 * mb, floor_ms=0.117)],
-             "decode_read_floor": [{"layout": "MQA", "ctx": 32768, "batch": 1, "ms": 0.0051, "kv_bytes": mb,
-                                    "bytes_per_s": mb / 0.0051e-3},
-                                   {"layout": "MQA", "ctx": 131072, "batch": 8, "ms": 0.117, "kv_bytes": 32 * mb,
-                                    "bytes_per_s": 32 * mb / 0.117e-3}]}
+                        decode_row("MQA", 131072, 8, "v4", 0.132, 32 * mb, floor_ms=0.117)]}
     paths = {}
     for name, obj in (("attn", attn), ("sdpa", sdpa), ("floor", floor)):
         paths[name] = tmp / f"{name}.json"
