@@ -3,8 +3,8 @@
 
 combine.py: the prefill ratios against SDPA, the decode table's default kernel and summary, and
 the --floor-run table (ratios and the time that 75% of the copy ceiling allows) are computed
-from the inputs. decode_kernels.py: a trace cut into decode steps at the sampled tokens'
-device-to-host copies, per-step span, kernel time and gaps, kernels grouped by name.
+from the inputs. step_kernels_ncu.py: two ncu logs that differ by four decode steps give one
+step's kernels, grouped by name, block and grid, with the prompt's prefill subtracted.
 """
 import csv
 import json
@@ -97,39 +97,40 @@ def test_combine(tmp):
     check(out["gpu"] == "Test GPU" and len(out["prefill"]) == 1, "the JSON beside the table")
 
 
-def test_decode_kernels(tmp):
-    trace = tmp / "trace.csv"
-    with open(trace, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["Start (ns)", "Duration (ns)", "CorrId", "Strm", "Name"])
-        t = 0
-        w.writerow([t, 50000, 0, 7, "void sqa::cuda::(anonymous namespace)::PrefillKernel<128>(Args)"])  # the prompt
-        t += 60000
-        w.writerow([t, 1000, 0, 7, "[CUDA memcpy Device-to-Host]"])
-        t += 10000
-        for step in range(5):
-            for k in range(3):
-                name = "void sqa::cuda::RmsNormKernel<128, true>(float const*, int)" if k < 2 else "sm90_gemm_kernel"
-                w.writerow([t, 2000 if k < 2 else 6000, 0, 7, name])
-                t += 3000 if k < 2 else 7000
-            w.writerow([t, 1000, 0, 7, "[CUDA memcpy Device-to-Host]"])
-            t += 50000
-    r = run([SRC / "bench/gpu/e2e/decode_kernels.py", trace, "--steps", "5"])
-    check(r.returncode == 0, "decode_kernels.py runs")
+def write_ncu_csv(path, kernels):
+    """An ncu --csv log: a banner line, the header, then one row per (kernel, metric)."""
+    with open(path, "w", newline="") as f:
+        f.write("==PROF== Connected to process 1\n")
+        w = csv.writer(f, quoting=csv.QUOTE_ALL)
+        w.writerow(["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size",
+                    "Grid Size", "Device", "CC", "Section Name", "Metric Name", "Metric Unit", "Metric Value"])
+        for i, (name, grid, ns) in enumerate(kernels):
+            w.writerow([i, 1, "b", "h", name, 1, 13, "(256, 1, 1)", grid, 0, "9.0", "Command line profiler metrics",
+                        "gpu__time_duration.sum", "ns", f"{ns:,}"])
+
+
+def test_step_kernels(tmp):
+    prompt = [("void sqa::PrefillKernel<128>(Args)", "(8, 1, 1)", 50000)]
+    step = [("void sqa::RmsNormKernel<float>(float const*, int)", "(1, 1, 1)", 2000),
+            ("void sqa::RmsNormKernel<float>(float const*, int)", "(1, 1, 1)", 2200),
+            ("void sqa::SkinnyGemmKernel<1, float>(args)", "(128, 1, 1)", 6000)]
+    write_ncu_csv(tmp / "s2.csv", prompt + step * 2)
+    write_ncu_csv(tmp / "s6.csv", prompt + step * 6)
+    r = run([SRC / "bench/gpu/e2e/step_kernels_ncu.py", tmp / "s2.csv", tmp / "s6.csv", 4])
+    check(r.returncode == 0, "step_kernels_ncu.py runs")
     text = r.stdout
-    # A step: 2 + 2 + 6 us of kernels; span from the first kernel to the copy's end = 3 + 3 + 7 + 1 us.
-    check("span 14.0 us" in text and "kernel time 10.0 us" in text and "gaps 4.0 us" in text and "kernels 3," in text,
-          f"per-step figures: {text.splitlines()[2] if len(text.splitlines()) > 2 else text}")
-    rows = table_rows(text, "| kernel |") if "| kernel |" in text else []
-    names = [row[0] for row in rows]
-    check(names == ["sm90_gemm_kernel", "RmsNormKernel"], f"kernels by time, template arguments dropped: {names}")
-    check("PrefillKernel" not in text, "the prompt before the timed steps is left out")
+    check("per step: 10.2 us" in text and ", 3 kernels" in text, f"per-step total: {text.splitlines()[:1]}")
+    rows = table_rows(text, "| us per step |") if "| us per step |" in text else []
+    got = [(row[3], row[0], row[1], row[2]) for row in rows]
+    want = [("void sqa::SkinnyGemmKernel<1, float>", "6.0", "1.0", "6.00"),
+            ("void sqa::RmsNormKernel<float>", "4.2", "2.0", "2.10")]
+    check(got == want, f"kernels by time per step, the prompt's prefill subtracted: {got}")
 
 
 def main():
     with tempfile.TemporaryDirectory() as d:
         test_combine(pathlib.Path(d))
-        test_decode_kernels(pathlib.Path(d))
+        test_step_kernels(pathlib.Path(d))
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

@@ -212,6 +212,9 @@ struct BackendOptions {
   DeviceKind device = DeviceKind::kCpu;
   int num_threads = 0;  // CPU: 0 = all cores
   int gpu_index = 0;
+  // CUDA: GEMMs of up to 8 rows (decode) use the skinny kernel instead of cuBLASLt (off: cuBLASLt
+  // for every GEMM, to compare the two).
+  bool skinny_gemm = true;
 };
 // Makes the backend for `options`; kAuto picks CUDA when built with it and a GPU is present.
 // Asking for CUDA in a CPU-only build gives FAILED_PRECONDITION with a message saying so.

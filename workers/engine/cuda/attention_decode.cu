@@ -17,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/attention.h"
 #include "workers/engine/cuda/attention_internal.cuh"
+#include "workers/engine/cuda/pdl.cuh"
 
 namespace sqa::cuda {
 namespace {
@@ -419,6 +420,9 @@ template <int D, int RW>
 __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
   using C = Cfg<D, RW>;
   constexpr int kTN = C::kTN;
+  // Launched as a programmatic dependent (pdl.cuh): Q and the newest K/V come from the kernels
+  // before this one.
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw + C::kQOffset);
@@ -684,6 +688,8 @@ constexpr int kCombineThreads = 256;
 template <int D>
 __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
   asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel has finished
+  // The next kernel of the step (the output projection) may launch and start reading its weights.
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
   constexpr int kPer = D / 32;  // output columns per lane
   __shared__ float sW[kMaxSplits];
   __shared__ float sAcc[kCombineThreads / 32][D];
@@ -779,7 +785,8 @@ absl::Status Launch(const DecodeKernelArgs& a, cudaStream_t stream) {
   cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaFuncSetAttribute");
   dim3 grid(a.num_splits, a.hkv * a.row_groups, a.batch);
-  DecodeKernelV4<D, RW><<<grid, C::kThreads, C::kSmem, stream>>>(a);
+  e = LaunchPdl(DecodeKernelV4<D, RW>, grid, dim3(C::kThreads), C::kSmem, stream, a);
+  if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaLaunchKernelEx");
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
   if (a.num_splits <= 1) return absl::OkStatus();
   cudaLaunchConfig_t cfg = {};

@@ -47,6 +47,7 @@
 #include "workers/engine/cuda/gemm.h"
 #include "workers/engine/cuda/raii.h"
 #include "workers/engine/cuda/sampling_kernels.h"
+#include "workers/engine/cuda/skinny_gemm.h"
 
 namespace sqa {
 namespace {
@@ -347,7 +348,7 @@ class CudaBackend final : public Backend {
   friend class CudaStepGraphs;
 
  public:
-  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device) {
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, bool skinny_gemm) {
     auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
     b->device_ = device;
     SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device));
@@ -355,6 +356,7 @@ class CudaBackend final : public Backend {
     b->ctx_->device = device;
     SQA_ASSIGN_OR_RETURN(b->ctx_->stream, CudaStream::Create());
     SQA_ASSIGN_OR_RETURN(b->gemm_, cuda::LtGemm::Create());
+    b->gemm_.set_skinny_max_rows(skinny_gemm ? cuda::kSkinnyMaxRows : 0);
     SQA_RETURN_IF_ERROR(b->stager_.Init(b->ctx_));
     // Keep freed activation memory cached in the pool instead of returning it at each sync.
     cudaMemPool_t pool = nullptr;
@@ -1231,7 +1233,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions&
     return absl::FailedPreconditionError(
         absl::StrCat("GPU index ", options.gpu_index, " does not exist; this machine has ", count, " CUDA device(s)"));
   }
-  SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b, CudaBackend::Create(options.gpu_index));
+  SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b, CudaBackend::Create(options.gpu_index, options.skinny_gemm));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

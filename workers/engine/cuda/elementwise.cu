@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/cuda_check.h"
 #include "workers/engine/cuda/elementwise.h"
+#include "workers/engine/cuda/pdl.cuh"
 
 namespace sqa::cuda {
 namespace {
@@ -85,6 +86,7 @@ __global__ void ConvertKernel(const S* __restrict__ src, D* __restrict__ dst, in
 template <typename S, typename D>
 __global__ void EmbedKernel(const S* __restrict__ table, const int32_t* __restrict__ tokens, int64_t n,
                             int64_t d, D* __restrict__ out) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t total = n * d;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t row = i / d, col = i - row * d;
@@ -96,6 +98,7 @@ __global__ void EmbedKernel(const S* __restrict__ table, const int32_t* __restri
 template <typename X, typename W, typename D>
 __global__ void RmsNormKernel(const X* __restrict__ x, const W* __restrict__ w, int64_t d, float eps,
                               D* __restrict__ out) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t row = blockIdx.x;
   const X* xr = x + row * d;
   D* orow = out + row * d;
@@ -123,6 +126,7 @@ __global__ void RmsNormKernel(const X* __restrict__ x, const W* __restrict__ w, 
 // ---- residual add ---------------------------------------------------------------------------
 template <typename X, typename Y>
 __global__ void AddKernel(X* __restrict__ x, const Y* __restrict__ y, int64_t count) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x)
     x[i] = FromF<X>(ToF(x[i]) + ToF(y[i]));
 }
@@ -132,6 +136,7 @@ __global__ void AddKernel(X* __restrict__ x, const Y* __restrict__ y, int64_t co
 template <typename T>
 __global__ void RopeKernel(T* __restrict__ x, int64_t n, int64_t heads, int64_t dh,
                            const int32_t* __restrict__ positions, double theta, double inv_scale) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t half = dh / 2;
   const int64_t total = n * half;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -155,6 +160,7 @@ __global__ void RopeKernel(T* __restrict__ x, int64_t n, int64_t heads, int64_t 
 template <typename T>
 __global__ void SwiGluKernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out,
                              int64_t count) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
     const float g = ToF(gate[i]);
     out[i] = FromF<T>(g / (1.f + __expf(-g)) * ToF(up[i]));
@@ -165,6 +171,7 @@ __global__ void SwiGluKernel(const T* __restrict__ gate, const T* __restrict__ u
 template <typename W>
 __global__ void GatherKernel(const W* __restrict__ x, const int64_t* __restrict__ rows, int64_t m,
                              int64_t row_words, W* __restrict__ out) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t total = m * row_words;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
     const int64_t r = i / row_words, c = i - r * row_words;
@@ -177,6 +184,7 @@ template <typename T>
 __global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, const int64_t* __restrict__ slots,
                               int64_t n, int64_t hkv, int64_t dh, bf16* __restrict__ kc,
                               bf16* __restrict__ vc) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t per_tok = hkv * dh;
   const int64_t total = n * per_tok;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -193,6 +201,7 @@ __global__ void WriteKvKernel(const T* __restrict__ k, const T* __restrict__ v, 
 
 // ---- vectorized bf16 variants (count and row lengths multiples of 8, 16-byte aligned) --------
 __global__ void AddBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, int64_t vecs) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vecs; i += int64_t{gridDim.x} * blockDim.x) {
     float a[8], b[8];
     Unpack(x[i], a);
@@ -205,6 +214,7 @@ __global__ void AddBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict
 
 __global__ void SwiGluBf16x8Kernel(const Bf16x8* __restrict__ gate, const Bf16x8* __restrict__ up,
                                    Bf16x8* __restrict__ out, int64_t vecs) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < vecs; i += int64_t{gridDim.x} * blockDim.x) {
     float g[8], u[8];
     Unpack(gate[i], g);
@@ -218,6 +228,7 @@ __global__ void SwiGluBf16x8Kernel(const Bf16x8* __restrict__ gate, const Bf16x8
 template <typename W>
 __global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __restrict__ w, int64_t dv, float eps,
                                     Bf16x8* __restrict__ out) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t row = blockIdx.x;
   const Bf16x8* xr = x + row * dv;
   Bf16x8* orow = out + row * dv;
@@ -254,6 +265,7 @@ __global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __res
 __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* __restrict__ v,
                                     const int64_t* __restrict__ slots, int64_t n, int64_t hkv, int64_t dv,
                                     Bf16x8* __restrict__ kc, Bf16x8* __restrict__ vc) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t per_tok = hkv * dv;
   const int64_t total = n * per_tok;
   for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
@@ -266,25 +278,33 @@ __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* 
   }
 }
 
-// RoPE, 8 rotation pairs per thread (head_dim a multiple of 16): 16-byte loads of both halves.
-__global__ void RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t n, int64_t heads, int64_t dh,
-                                 const int32_t* __restrict__ positions, double theta, double inv_scale) {
-  const int64_t half = dh / 2, groups = half / 8;
-  const int64_t total = n * groups;
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < total; i += int64_t{gridDim.x} * blockDim.x) {
-    const int64_t t = i / groups, j0 = (i - t * groups) * 8;
-    float c[8], s[8];
+// RoPE, one CTA per token (head_dim a multiple of 16, at most 2 * kRopeMaxHalf): the token's
+// cos/sin pairs are computed once (angle in double, as the CPU backend does) into shared memory,
+// then the CTA rotates every head's 8-pair groups with 16-byte loads of both halves. A decode
+// token thus runs heads x groups threads at once, not the groups alone with the heads in a loop.
+constexpr int kRopeMaxHalf = 256;
+constexpr int kRopeThreads = 128;
+__global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t n,
+                                                                 int64_t heads, int64_t dh,
+                                                                 const int32_t* __restrict__ positions, double theta,
+                                                                 double inv_scale) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
+  __shared__ float sc[kRopeMaxHalf], ss[kRopeMaxHalf];
+  const int half = static_cast<int>(dh / 2), groups = half / 8;
+  const int items = static_cast<int>(heads) * groups;
+  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
     const double p = static_cast<double>(positions[t]) * inv_scale;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const double inv_freq = pow(theta, -2.0 * static_cast<double>(j0 + k) / static_cast<double>(dh));
+    for (int j = threadIdx.x; j < half; j += blockDim.x) {
+      const double inv_freq = pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(dh));
       double sd, cd;
       sincos(p * inv_freq, &sd, &cd);
-      s[k] = static_cast<float>(sd);
-      c[k] = static_cast<float>(cd);
+      ss[j] = static_cast<float>(sd);
+      sc[j] = static_cast<float>(cd);
     }
+    __syncthreads();
     __nv_bfloat16* row = x + t * heads * dh;
-    for (int64_t h = 0; h < heads; ++h) {
+    for (int i = threadIdx.x; i < items; i += blockDim.x) {
+      const int h = i / groups, j0 = (i - h * groups) * 8;
       Bf16x8* lo = reinterpret_cast<Bf16x8*>(row + h * dh + j0);
       Bf16x8* hi = reinterpret_cast<Bf16x8*>(row + h * dh + j0 + half);
       float a[8], b[8], ra[8], rb[8];
@@ -292,12 +312,14 @@ __global__ void RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t n, int64
       Unpack(*hi, b);
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        ra[k] = a[k] * c[k] - b[k] * s[k];
-        rb[k] = b[k] * c[k] + a[k] * s[k];
+        const float c = sc[j0 + k], s = ss[j0 + k];
+        ra[k] = a[k] * c - b[k] * s;
+        rb[k] = b[k] * c + a[k] * s;
       }
       *lo = Pack(ra);
       *hi = Pack(rb);
     }
+    __syncthreads();  // the next token overwrites sc / ss
   }
 }
 
@@ -335,8 +357,8 @@ absl::Status LaunchEmbed(const void* table, DType table_type, const int32_t* tok
     using S = decltype(s);
     return DispatchAct(out_type, "Embed", [&](auto o) -> absl::Status {
       using D = decltype(o);
-      EmbedKernel<<<GridFor(n * d), kThreads, 0, stream>>>(static_cast<const S*>(table), tokens, n, d,
-                                                            static_cast<D*>(out));
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(EmbedKernel<S, D>, GridFor(n * d), kThreads, 0, stream, static_cast<const S*>(table), tokens, n, d,
+                                                            static_cast<D*>(out)));
       SQA_GPU_RETURN_IF_LAUNCH_ERROR("EmbedKernel");
       return absl::OkStatus();
     });
@@ -352,8 +374,7 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
     const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
     return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
       using W = decltype(ws);
-      RmsNormBf16x8Kernel<<<static_cast<unsigned>(n), vthreads, 0, stream>>>(
-          static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps, static_cast<Bf16x8*>(out));
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream, static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps, static_cast<Bf16x8*>(out)));
       SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormBf16x8Kernel");
       return absl::OkStatus();
     });
@@ -364,8 +385,7 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
       using W = decltype(ws);
       return DispatchAct(out_type, "RmsNorm", [&](auto os) -> absl::Status {
         using D = decltype(os);
-        RmsNormKernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(
-            static_cast<const X*>(x), static_cast<const W*>(w), d, eps, static_cast<D*>(out));
+        SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormKernel<X, W, D>, static_cast<unsigned>(n), threads, 0, stream, static_cast<const X*>(x), static_cast<const W*>(w), d, eps, static_cast<D*>(out)));
         SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormKernel");
         return absl::OkStatus();
       });
@@ -377,8 +397,8 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
                               cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (x_type == DType::kBF16 && y_type == DType::kBF16 && count % 8 == 0 && Aligned16(x) && Aligned16(y)) {
-    AddBf16x8Kernel<<<GridFor(count / 8), kThreads, 0, stream>>>(static_cast<Bf16x8*>(x),
-                                                                 static_cast<const Bf16x8*>(y), count / 8);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddBf16x8Kernel, GridFor(count / 8), kThreads, 0, stream, static_cast<Bf16x8*>(x),
+                                                                 static_cast<const Bf16x8*>(y), count / 8));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddBf16x8Kernel");
     return absl::OkStatus();
   }
@@ -386,7 +406,7 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
     using X = decltype(xs);
     return DispatchAct(y_type, "AddInPlace", [&](auto ys) -> absl::Status {
       using Y = decltype(ys);
-      AddKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<X*>(x), static_cast<const Y*>(y), count);
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddKernel<X, Y>, GridFor(count), kThreads, 0, stream, static_cast<X*>(x), static_cast<const Y*>(y), count));
       SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddKernel");
       return absl::OkStatus();
     });
@@ -398,16 +418,17 @@ absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t
   if (n == 0 || heads == 0) return absl::OkStatus();
   if (dh % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", dh, " is odd"));
   if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
-  if (x_type == DType::kBF16 && dh % 16 == 0 && Aligned16(x)) {
-    RopeBf16x8Kernel<<<GridFor(n * dh / 16), kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(x), n, heads, dh,
-                                                                     positions, theta, 1.0 / position_scale);
+  if (x_type == DType::kBF16 && dh % 16 == 0 && dh <= 2 * kRopeMaxHalf && Aligned16(x)) {
+    const int grid = static_cast<int>(std::min<int64_t>(n, int64_t{1} << 20));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(x), n, heads, dh, positions, theta,
+                                                         1.0 / position_scale));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeBf16x8Kernel");
     return absl::OkStatus();
   }
   return DispatchAct(x_type, "Rope", [&](auto xs) -> absl::Status {
     using T = decltype(xs);
-    RopeKernel<<<GridFor(n * dh / 2), kThreads, 0, stream>>>(static_cast<T*>(x), n, heads, dh, positions, theta,
-                                                              1.0 / position_scale);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeKernel<T>, GridFor(n * dh / 2), kThreads, 0, stream, static_cast<T*>(x), n, heads, dh, positions, theta,
+                                                              1.0 / position_scale));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeKernel");
     return absl::OkStatus();
   });
@@ -417,15 +438,14 @@ absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType typ
                           cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (type == DType::kBF16 && count % 8 == 0 && Aligned16(gate) && Aligned16(up) && Aligned16(out)) {
-    SwiGluBf16x8Kernel<<<GridFor(count / 8), kThreads, 0, stream>>>(
-        static_cast<const Bf16x8*>(gate), static_cast<const Bf16x8*>(up), static_cast<Bf16x8*>(out), count / 8);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluBf16x8Kernel, GridFor(count / 8), kThreads, 0, stream, static_cast<const Bf16x8*>(gate), static_cast<const Bf16x8*>(up), static_cast<Bf16x8*>(out), count / 8));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluBf16x8Kernel");
     return absl::OkStatus();
   }
   return DispatchAct(type, "SwiGlu", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
-    SwiGluKernel<<<GridFor(count), kThreads, 0, stream>>>(static_cast<const T*>(gate), static_cast<const T*>(up),
-                                                           static_cast<T*>(out), count);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluKernel<T>, GridFor(count), kThreads, 0, stream, static_cast<const T*>(gate), static_cast<const T*>(up),
+                                                           static_cast<T*>(out), count));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluKernel");
     return absl::OkStatus();
   });
@@ -438,11 +458,11 @@ absl::Status LaunchGatherRows(const void* x, const int64_t* rows, int64_t m, int
                      reinterpret_cast<uintptr_t>(out) % 4 == 0;
   if (words) {
     const int64_t rw = row_bytes / 4;
-    GatherKernel<<<GridFor(m * rw), kThreads, 0, stream>>>(static_cast<const uint32_t*>(x), rows, m, rw,
-                                                           static_cast<uint32_t*>(out));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint32_t>, GridFor(m * rw), kThreads, 0, stream, static_cast<const uint32_t*>(x), rows, m, rw,
+                                                           static_cast<uint32_t*>(out)));
   } else {
-    GatherKernel<<<GridFor(m * row_bytes), kThreads, 0, stream>>>(static_cast<const uint8_t*>(x), rows, m,
-                                                                  row_bytes, static_cast<uint8_t*>(out));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint8_t>, GridFor(m * row_bytes), kThreads, 0, stream, static_cast<const uint8_t*>(x), rows, m,
+                                                                  row_bytes, static_cast<uint8_t*>(out)));
   }
   SQA_GPU_RETURN_IF_LAUNCH_ERROR("GatherKernel");
   return absl::OkStatus();
@@ -455,17 +475,15 @@ absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const in
   if (block_size <= 0) return absl::InvalidArgumentError("WriteKv: block_size must be > 0");
   if (kv_type == DType::kBF16 && dh % 8 == 0 && Aligned16(k) && Aligned16(v) && Aligned16(k_cache) &&
       Aligned16(v_cache)) {
-    WriteKvBf16x8Kernel<<<GridFor(n * hkv * dh / 8), kThreads, 0, stream>>>(
-        static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8,
-        static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvBf16x8Kernel, GridFor(n * hkv * dh / 8), kThreads, 0, stream, static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8,
+        static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache)));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvBf16x8Kernel");
     return absl::OkStatus();
   }
   return DispatchAct(kv_type, "WriteKv", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
-    WriteKvKernel<<<GridFor(n * hkv * dh), kThreads, 0, stream>>>(
-        static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh,
-        static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvKernel<T>, GridFor(n * hkv * dh), kThreads, 0, stream, static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh,
+        static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache)));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvKernel");
     return absl::OkStatus();
   });

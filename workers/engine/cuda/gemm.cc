@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "services/common/status.h"
 #include "workers/engine/cuda/cuda_check.h"
+#include "workers/engine/cuda/skinny_gemm.h"
 
 namespace sqa::cuda {
 
@@ -36,7 +37,8 @@ LtGemm::~LtGemm() {
   for (auto& [k, p] : plans_) delete p;
 }
 LtGemm::LtGemm(LtGemm&& o) noexcept
-    : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), plans_(std::move(o.plans_)) {
+    : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), plans_(std::move(o.plans_)),
+      skinny_max_rows_(o.skinny_max_rows_) {
   o.plans_.clear();
 }
 LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
@@ -45,6 +47,7 @@ LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
     handle_ = std::move(o.handle_);
     workspace_ = std::move(o.workspace_);
     plans_ = std::move(o.plans_);
+    skinny_max_rows_ = o.skinny_max_rows_;
     o.plans_.clear();
   }
   return *this;
@@ -101,6 +104,9 @@ absl::Status LtGemm::Linear(const void* x, const void* w, void* out, DType out_t
   if (out_type != DType::kF32 && out_type != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat("Linear: output dtype ", DTypeStr(out_type),
                                                    " unsupported on CUDA (bf16 or f32)"));
+  }
+  if (n <= skinny_max_rows_ && SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
+    return LaunchSkinnyGemm(x, w, out, out_type, n, in, out_features, stream);
   }
   // The largest power of two (<= 256) dividing every pointer: what the algorithm may assume.
   uintptr_t bits = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w) |

@@ -1,7 +1,8 @@
 // cuBLASLt GEMM for the model's projections: out[n, out_features] = x[n, in] * W[out_features, in]^T
 // with bf16 inputs, fp32 accumulation, and a bf16 or f32 output (f32 for the LM head's logits).
-// The algorithm for each (shape, output type, pointer alignment) is chosen once by the cuBLASLt
-// heuristic and cached. Not thread-safe: one per backend, used on the backend's stream.
+// Up to skinny_max_rows() rows (decode) go to the skinny kernel of skinny_gemm.h when it applies;
+// otherwise the algorithm for each (shape, output type, pointer alignment) is chosen once by the
+// cuBLASLt heuristic and cached. Not thread-safe: one per backend, used on the backend's stream.
 #pragma once
 
 #include <cublasLt.h>
@@ -29,6 +30,10 @@ class LtGemm {
   absl::Status Linear(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
                       int64_t out_features, cudaStream_t stream);
 
+  // Rows up to which Linear uses the skinny kernel (0: always cuBLASLt; at most kSkinnyMaxRows).
+  void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
+  int64_t skinny_max_rows() const { return skinny_max_rows_; }
+
  private:
   struct Plan;
   using Key = std::tuple<int64_t, int64_t, int64_t, int, int>;  // n, in, out, out_type, alignment
@@ -37,6 +42,7 @@ class LtGemm {
   LtHandle handle_;
   DeviceMemory workspace_;
   std::map<Key, Plan*> plans_;
+  int64_t skinny_max_rows_ = 8;
 };
 
 }  // namespace sqa::cuda

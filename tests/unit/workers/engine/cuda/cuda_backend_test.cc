@@ -197,7 +197,17 @@ TEST_F(CudaBackendTest, EmbedRmsNormAddSwiGlu) {
 }
 
 TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
-  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 256, 384}, {33, 520, 1000}, {300, 1024, 96}}) {
+  // Up to 8 rows with in % 8 == 0 take the skinny kernel (tails: in = 520 is 65 vectors, odd
+  // feature counts leave a warp's second feature empty); in = 20 and more rows take cuBLASLt.
+  // `lt` is a second backend with the skinny kernel off: the same small shapes through cuBLASLt.
+  BackendOptions lo;
+  lo.device = DeviceKind::kCuda;
+  lo.skinny_gemm = false;
+  auto lt_or = CreateCudaBackend(lo);
+  ASSERT_TRUE(lt_or.ok()) << lt_or.status();
+  std::unique_ptr<Backend> lt = std::move(lt_or).value();
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 256, 384}, {2, 520, 1000}, {3, 2048, 7},
+                            {5, 136, 129}, {8, 5632, 300}, {1, 20, 9}, {33, 520, 1000}, {300, 1024, 96}}) {
     std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
     TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
     auto gw = gpu_->UploadWeight(host_w);
@@ -211,8 +221,17 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
       auto st = gpu_->Linear(gx.view, gw->view, go.view);
       ASSERT_TRUE(st.ok()) << st;
       // f32 output keeps the fp32 accumulator: tighter than bf16 rounding.
-      ExpectClose(Read(*gpu_, go.view), want, od == DType::kF32 ? 2e-3 : 1e-2,
-                  "linear n=" + std::to_string(n) + " out " + std::string(DTypeName(od)));
+      const std::string what = "linear n=" + std::to_string(n) + " in=" + std::to_string(in) + " out=" +
+                               std::to_string(out) + " " + std::string(DTypeName(od));
+      ExpectClose(Read(*gpu_, go.view), want, od == DType::kF32 ? 2e-3 : 1e-2, what);
+      if (n <= 8) {
+        auto lw = lt->UploadWeight(host_w);
+        ASSERT_TRUE(lw.ok());
+        T lx = Make(*lt, {n, in}, &x, DType::kBF16), lo_t = Make(*lt, {n, out}, nullptr, od);
+        st = lt->Linear(lx.view, lw->view, lo_t.view);
+        ASSERT_TRUE(st.ok()) << st;
+        ExpectClose(Read(*lt, lo_t.view), want, od == DType::kF32 ? 2e-3 : 1e-2, what + " (cuBLASLt)");
+      }
     }
     // Shape mismatch is an error.
     T bad = Gpu({n, out + 1}, nullptr);
@@ -221,8 +240,10 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
 }
 
 TEST_F(CudaBackendTest, RopeAtShortAndLongPositions) {
-  for (int64_t dh : {24, 64, 128}) {  // 24: the scalar kernel; 64, 128: the vector kernel
-    const int64_t n = 50, heads = 5;
+  // 24: the scalar kernel; 64, 128, 256: the vector kernel (one CTA per token; 33 heads of 128
+  // are more groups than its threads). n = 1 is a decode step.
+  for (auto [dh, n, heads] : {std::tuple<int64_t, int64_t, int64_t>{24, 50, 5}, {64, 50, 5}, {128, 50, 5},
+                              {128, 1, 33}, {256, 3, 2}}) {
     std::vector<float> x = Random(n * heads * dh);
     std::vector<int32_t> pos(n);
     std::uniform_int_distribution<int32_t> p(0, 200000);

@@ -1,0 +1,226 @@
+// sqa-gemm-bench: the decode GEMMs of a model's projections (x [n, in] times W [out, in]^T, bf16,
+// n = 1..8 rows), through LtGemm with cuBLASLt only and with the skinny kernel, side by side in
+// one run on the same buffers.
+//
+//   sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--json F]
+//
+// The default shapes are the 1b preset's (d 2048, MLP 5632, vocab 32000 with f32 logits) and the
+// narrow q/k/v of its SQA layouts (512, 1024 features). Timing: one CUDA graph of 32 launches, each
+// on its own copy of W (copies rotate through more memory than L2 holds, so W comes from DRAM),
+// replayed after a warm-up; the median replay over 32 is the per-launch time. GB/s counts W's
+// bytes (x and out are at most 1% of them). Before timing, the two paths' outputs are compared
+// (max |skinny - cuBLASLt| / max |cuBLASLt|, printed; bf16 outputs round differently).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <iostream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+#include "workers/engine/cuda/gemm.h"
+#include "workers/engine/cuda/skinny_gemm.h"
+
+namespace {
+
+#define CK(x)                                                                                     \
+  do {                                                                                            \
+    cudaError_t e_ = (x);                                                                         \
+    if (e_ != cudaSuccess) {                                                                      \
+      std::fprintf(stderr, "sqa-gemm-bench: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+struct Shape {
+  int64_t in, out;
+  bool f32;
+};
+
+constexpr double kCopyCeiling = 4.08e12;  // device copy, read + write (REFERENCE.md)
+constexpr int kLaunches = 32;
+
+std::vector<uint16_t> RandomBf16(size_t n, float scale, std::mt19937& rng) {
+  std::normal_distribution<float> d(0.f, scale);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) {
+    const float f = d(rng);
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    x = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+  }
+  return v;
+}
+
+float ToFloat(const void* p, bool f32, size_t i) {
+  if (f32) return static_cast<const float*>(p)[i];
+  const uint32_t u = static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+bool ParseInts(const std::string& s, std::vector<int64_t>* out) {
+  out->clear();
+  size_t p = 0;
+  while (p < s.size()) {
+    size_t q = s.find(',', p);
+    if (q == std::string::npos) q = s.size();
+    try {
+      out->push_back(std::stoll(s.substr(p, q - p)));
+    } catch (...) {
+      return false;
+    }
+    p = q + 1;
+  }
+  return !out->empty();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> rows = {1, 2, 4, 8};
+  std::vector<Shape> shapes = {{2048, 2048, false}, {2048, 512, false},  {2048, 1024, false},
+                               {2048, 5632, false}, {5632, 2048, false}, {2048, 32000, true}};
+  std::string json_path;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string a = argv[i], v = argv[i + 1];
+    if (a == "--rows") {
+      if (!ParseInts(v, &rows)) return std::fprintf(stderr, "bad --rows %s\n", v.c_str()), 2;
+    } else if (a == "--shapes") {
+      shapes.clear();
+      size_t p = 0;
+      while (p < v.size()) {
+        size_t q = v.find(',', p);
+        if (q == std::string::npos) q = v.size();
+        const std::string t = v.substr(p, q - p);
+        Shape s{};
+        char kind[8] = {0};
+        if (std::sscanf(t.c_str(), "%ld:%ld:%7s", &s.in, &s.out, kind) < 2) {
+          return std::fprintf(stderr, "bad shape %s (in:out[:f32])\n", t.c_str()), 2;
+        }
+        s.f32 = std::string(kind) == "f32";
+        shapes.push_back(s);
+        p = q + 1;
+      }
+    } else if (a == "--json") {
+      json_path = v;
+    } else {
+      return std::fprintf(stderr, "usage: sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--json F]\n"), 2;
+    }
+  }
+  for (int64_t n : rows) {
+    if (n < 1 || n > sqa::cuda::kSkinnyMaxRows) return std::fprintf(stderr, "--rows: 1..8\n"), 2;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  auto gemm_or = sqa::cuda::LtGemm::Create();
+  if (!gemm_or.ok()) return std::fprintf(stderr, "%s\n", gemm_or.status().ToString().c_str()), 1;
+  sqa::cuda::LtGemm gemm = std::move(gemm_or).value();
+  cudaStream_t stream;
+  CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  cudaEvent_t e0, e1;
+  CK(cudaEventCreate(&e0));
+  CK(cudaEventCreate(&e1));
+  std::mt19937 rng(7);
+
+  nlohmann::json out = nlohmann::json::array();
+  std::printf("GPU %s; graph of %d launches, W from DRAM; GB/s of W; ceiling %.2f TB/s\n", prop.name, kLaunches,
+              kCopyCeiling / 1e12);
+  std::printf("%5s %6s %6s %4s | %9s %7s %6s | %9s %7s %6s | %7s %9s\n", "rows", "in", "out", "out", "cuBLASLt us",
+              "GB/s", "%ceil", "skinny us", "GB/s", "%ceil", "speedup", "max rel");
+  for (const Shape& s : shapes) {
+    const size_t wbytes = static_cast<size_t>(s.in * s.out) * 2;
+    const int copies = static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1)));
+    std::vector<void*> w(copies);
+    const std::vector<uint16_t> hw = RandomBf16(static_cast<size_t>(s.in * s.out), 1.f / std::sqrt(float(s.in)), rng);
+    for (auto& p : w) {
+      CK(cudaMalloc(&p, wbytes));
+      CK(cudaMemcpy(p, hw.data(), wbytes, cudaMemcpyHostToDevice));
+    }
+    const int64_t nmax = *std::max_element(rows.begin(), rows.end());
+    const std::vector<uint16_t> hx = RandomBf16(static_cast<size_t>(nmax * s.in), 1.f, rng);
+    void *x, *y;
+    const size_t osize = s.f32 ? 4 : 2;
+    CK(cudaMalloc(&x, hx.size() * 2));
+    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    CK(cudaMalloc(&y, static_cast<size_t>(nmax * s.out) * osize * 2));
+    void* y2 = static_cast<char*>(y) + static_cast<size_t>(nmax * s.out) * osize;
+    const sqa::DType ot = s.f32 ? sqa::DType::kF32 : sqa::DType::kBF16;
+    for (int64_t n : rows) {
+      // Agreement of the two paths on one launch.
+      gemm.set_skinny_max_rows(0);
+      auto st = gemm.Linear(x, w[0], y, ot, n, s.in, s.out, stream);
+      gemm.set_skinny_max_rows(sqa::cuda::kSkinnyMaxRows);
+      if (st.ok()) st = gemm.Linear(x, w[0], y2, ot, n, s.in, s.out, stream);
+      if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
+      CK(cudaStreamSynchronize(stream));
+      std::vector<char> a(static_cast<size_t>(n * s.out) * osize), b(a.size());
+      CK(cudaMemcpy(a.data(), y, a.size(), cudaMemcpyDeviceToHost));
+      CK(cudaMemcpy(b.data(), y2, b.size(), cudaMemcpyDeviceToHost));
+      double ref = 0, err = 0;
+      for (size_t i = 0; i < static_cast<size_t>(n * s.out); ++i) {
+        const double fa = ToFloat(a.data(), s.f32, i), fb = ToFloat(b.data(), s.f32, i);
+        ref = std::max(ref, std::fabs(fa));
+        err = std::max(err, std::fabs(fa - fb));
+      }
+      double us[2];
+      for (int path = 0; path < 2; ++path) {
+        gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
+        cudaGraph_t g;
+        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+        for (int l = 0; l < kLaunches; ++l) {
+          st = gemm.Linear(x, w[l % copies], y, ot, n, s.in, s.out, stream);
+          if (!st.ok()) break;
+        }
+        CK(cudaStreamEndCapture(stream, &g));
+        if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
+        cudaGraphExec_t ge;
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        for (int r = 0; r < 5; ++r) CK(cudaGraphLaunch(ge, stream));
+        std::vector<float> t;
+        for (int r = 0; r < 32; ++r) {
+          CK(cudaEventRecord(e0, stream));
+          CK(cudaGraphLaunch(ge, stream));
+          CK(cudaEventRecord(e1, stream));
+          CK(cudaEventSynchronize(e1));
+          float ms = 0;
+          CK(cudaEventElapsedTime(&ms, e0, e1));
+          t.push_back(ms);
+        }
+        std::sort(t.begin(), t.end());
+        us[path] = 1e3 * t[t.size() / 2] / kLaunches;
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+      }
+      const double gbs0 = wbytes / (us[0] * 1e-6) / 1e9, gbs1 = wbytes / (us[1] * 1e-6) / 1e9;
+      std::printf("%5ld %6ld %6ld %4s | %9.2f %7.0f %5.1f%% | %9.2f %7.0f %5.1f%% | %6.2fx %9.2e\n", n, s.in, s.out,
+                  s.f32 ? "f32" : "bf16", us[0], gbs0, 100 * gbs0 * 1e9 / kCopyCeiling, us[1], gbs1,
+                  100 * gbs1 * 1e9 / kCopyCeiling, us[0] / us[1], ref > 0 ? err / ref : err);
+      out.push_back({{"rows", n},
+                     {"in", s.in},
+                     {"out", s.out},
+                     {"out_dtype", s.f32 ? "f32" : "bf16"},
+                     {"weight_bytes", wbytes},
+                     {"cublaslt_us", us[0]},
+                     {"skinny_us", us[1]},
+                     {"cublaslt_gbs", gbs0},
+                     {"skinny_gbs", gbs1},
+                     {"max_rel_diff", ref > 0 ? err / ref : err}});
+    }
+    for (auto p : w) CK(cudaFree(p));
+    CK(cudaFree(x));
+    CK(cudaFree(y));
+  }
+  if (!json_path.empty()) {
+    nlohmann::json doc = {{"gpu", prop.name}, {"ceiling_tbs", kCopyCeiling / 1e12}, {"launches", kLaunches}, {"rows", out}};
+    std::ofstream(json_path) << doc.dump(1) << "\n";
+  }
+  return 0;
+}

@@ -1,0 +1,26 @@
+// Skinny GEMM for decode-sized inputs: out[n, out_features] = x[n, in] * W[out_features, in]^T
+// for n <= kSkinnyMaxRows, bf16 x and W, fp32 sums, bf16 or f32 out. With so few rows the product
+// is a read of W; cuBLASLt's heuristic picks tiles that leave most SMs idle for these shapes
+// (decode GEMMs of the 1b preset ran at about 1.4 TB/s), this kernel spreads W over every SM.
+// LtGemm::Linear calls it when SkinnyGemmApplies.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+#include "workers/engine/model/tensor.h"
+
+namespace sqa::cuda {
+
+inline constexpr int64_t kSkinnyMaxRows = 8;
+
+// n in 1..kSkinnyMaxRows, in a multiple of 8, x and w 16-byte aligned, out bf16 or f32 and aligned.
+bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
+                       int64_t out_features);
+
+absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
+                              int64_t out_features, cudaStream_t stream);
+
+}  // namespace sqa::cuda
