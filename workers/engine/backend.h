@@ -20,6 +20,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/types/span.h"
 #include "workers/engine/model/tensor.h"
 
@@ -177,6 +178,23 @@ class Backend {
   // out[i, :] = x[rows[i], :]
   virtual absl::Status GatherRows(const TensorView& x, const int64_t* rows, int64_t m, const TensorView& out) = 0;
 
+  // Fused forms of sequences a layer runs. The defaults run the ops above in order; a backend
+  // overrides what it can fuse, with the same results (rounding of intermediates included) up to
+  // the GEMMs' summation order.
+  // outs[i] = x * ws[i]^T for every i (the q, k and v projections of one x).
+  virtual absl::Status LinearMany(const TensorView& x, absl::Span<const TensorView> ws,
+                                  absl::Span<const TensorView> outs);
+  // out = silu(x * w_gate^T) * (x * w_up^T), with gate and up rounded to the activation type
+  // first; gate and up ([n, I]) are scratch that an unfused backend writes.
+  virtual absl::Status LinearSwiGlu(const TensorView& x, const TensorView& w_gate, const TensorView& w_up,
+                                    const TensorView& gate, const TensorView& up, const TensorView& out);
+  // x += y (rounded to x's type), then out = RmsNorm(x, weight).
+  virtual absl::Status AddRmsNorm(const TensorView& x, const TensorView& y, const TensorView& weight, float eps,
+                                  const TensorView& out);
+  // Rope on q ([n, Hq, dh]) and on k ([n, Hkv, dh]) with the same positions.
+  virtual absl::Status RopeQK(const TensorView& q, const TensorView& k, const int32_t* positions,
+                              const RopeArgs& rope);
+
   // KV cache.
   virtual absl::StatusOr<std::unique_ptr<KvCacheStorage>> CreateKvCache(const KvCacheShape& shape) = 0;
   // Writes k, v ([n, Hkv, dh]) of `layer` into slots[i] (host array of n slot ids).
@@ -204,6 +222,39 @@ class Backend {
   // Whole-step graphs (see StepGraphs); null when the backend has none. Owned by the backend.
   virtual StepGraphs* step_graphs() { return nullptr; }
 };
+
+// The unfused defaults of the fused ops (inline: backends link without backend.cc).
+inline absl::Status Backend::LinearMany(const TensorView& x, absl::Span<const TensorView> ws,
+                                absl::Span<const TensorView> outs) {
+  if (ws.size() != outs.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("LinearMany: ", ws.size(), " weights but ", outs.size(), " outputs"));
+  }
+  for (size_t i = 0; i < ws.size(); ++i) {
+    absl::Status st = Linear(x, ws[i], outs[i]);
+    if (!st.ok()) return st;
+  }
+  return absl::OkStatus();
+}
+
+inline absl::Status Backend::LinearSwiGlu(const TensorView& x, const TensorView& w_gate, const TensorView& w_up,
+                                  const TensorView& gate, const TensorView& up, const TensorView& out) {
+  absl::Status st = Linear(x, w_gate, gate);
+  if (st.ok()) st = Linear(x, w_up, up);
+  return st.ok() ? SwiGlu(gate, up, out) : st;
+}
+
+inline absl::Status Backend::AddRmsNorm(const TensorView& x, const TensorView& y, const TensorView& weight, float eps,
+                                const TensorView& out) {
+  absl::Status st = AddInPlace(x, y);
+  return st.ok() ? RmsNorm(x, weight, eps, out) : st;
+}
+
+inline absl::Status Backend::RopeQK(const TensorView& q, const TensorView& k, const int32_t* positions,
+                            const RopeArgs& rope) {
+  absl::Status st = Rope(q, positions, rope);
+  return st.ok() ? Rope(k, positions, rope) : st;
+}
 
 enum class DeviceKind { kCpu, kCuda, kAuto };
 absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& s);  // "cpu", "cuda", "auto"

@@ -857,12 +857,17 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
   SQA_RETURN_IF_ERROR(be.Embed(embed.view, arr.tokens, total, h));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     const LayerW& w = layers[static_cast<size_t>(l)];
-    SQA_RETURN_IF_ERROR(be.RmsNorm(h, w.input_norm.view, eps, x));
-    SQA_RETURN_IF_ERROR(be.Linear(x, w.q.view, q));
-    SQA_RETURN_IF_ERROR(be.Linear(x, w.k.view, k));
-    SQA_RETURN_IF_ERROR(be.Linear(x, w.v.view, v));
-    SQA_RETURN_IF_ERROR(be.Rope(q3, arr.positions, rope));
-    SQA_RETURN_IF_ERROR(be.Rope(k3, arr.positions, rope));
+    // The previous layer's MLP output (tmp) joins the residual here, with this layer's norm
+    // (fused where the backend can: one kernel instead of two).
+    if (l == 0) {
+      SQA_RETURN_IF_ERROR(be.RmsNorm(h, w.input_norm.view, eps, x));
+    } else {
+      SQA_RETURN_IF_ERROR(be.AddRmsNorm(h, tmp, w.input_norm.view, eps, x));
+    }
+    const TensorView qkv_w[3] = {w.q.view, w.k.view, w.v.view};
+    const TensorView qkv_out[3] = {q, k, v};
+    SQA_RETURN_IF_ERROR(be.LinearMany(x, qkv_w, qkv_out));
+    SQA_RETURN_IF_ERROR(be.RopeQK(q3, k3, arr.positions, rope));
     for (auto [r0, r1] : kv_runs) {
       SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, SubRows(k3, r0, {r1 - r0, hkv, dh}), SubRows(v3, r0, {r1 - r0, hkv, dh}),
                                      arr.slots + r0));
@@ -918,15 +923,13 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     }
     SQA_RETURN_IF_ERROR(be.Linear(attn, w.o.view, tmp));
     if (heads_group()) SQA_RETURN_IF_ERROR(AllReduceRows(tmp));  // row-parallel W_O
-    SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
-    SQA_RETURN_IF_ERROR(be.RmsNorm(h, w.post_norm.view, eps, x));
-    SQA_RETURN_IF_ERROR(be.Linear(x, w.gate.view, gate));
-    SQA_RETURN_IF_ERROR(be.Linear(x, w.up.view, up));
-    SQA_RETURN_IF_ERROR(be.SwiGlu(gate, up, a));
+    SQA_RETURN_IF_ERROR(be.AddRmsNorm(h, tmp, w.post_norm.view, eps, x));
+    SQA_RETURN_IF_ERROR(be.LinearSwiGlu(x, w.gate.view, w.up.view, gate, up, a));
     SQA_RETURN_IF_ERROR(be.Linear(a, w.down.view, tmp));
     if (heads_group()) SQA_RETURN_IF_ERROR(AllReduceRows(tmp));  // row-parallel MLP down
-    SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
+    // The next layer adds tmp with its input norm; after the last one it is added here.
   }
+  if (c.num_hidden_layers > 0) SQA_RETURN_IF_ERROR(be.AddInPlace(h, tmp));
   return absl::OkStatus();
 }
 

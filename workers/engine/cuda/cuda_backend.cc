@@ -524,6 +524,90 @@ class CudaBackend final : public Backend {
     return gemm_.Linear(xin, w.data, out.data, out.dtype, n, in, of, stream());
   }
 
+  // One skinny launch for the q, k, v projections of a decode step (up to 8 rows); otherwise one
+  // Linear each.
+  absl::Status LinearMany(const TensorView& x, absl::Span<const TensorView> ws,
+                          absl::Span<const TensorView> outs) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (ws.size() != outs.size() || ws.empty() || ws.size() > static_cast<size_t>(cuda::kSkinnyMaxSegments) ||
+        !SkinnyInput(x, ws[0])) {
+      return Backend::LinearMany(x, ws, outs);
+    }
+    const int64_t in = ws[0].dim(1), n = x.numel() / in;
+    std::vector<cuda::SkinnyOutput> so;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const TensorView& w = ws[i];
+      const TensorView& o = outs[i];
+      if (!SkinnyInput(x, w) || o.space != MemSpace::kDevice || o.dtype != DType::kBF16 || o.numel() != n * w.dim(0) ||
+          !cuda::SkinnyGemmApplies(x.data, w.data, o.data, DType::kBF16, n, in, w.dim(0))) {
+        return Backend::LinearMany(x, ws, outs);
+      }
+      so.push_back({w.data, o.data, w.dim(0)});
+    }
+    return cuda::LaunchSkinnyGemmMany(x.data, n, in, so, DType::kBF16, stream());
+  }
+
+  // Gate, up and SwiGLU as one skinny launch for decode-sized x; otherwise the three ops.
+  absl::Status LinearSwiGlu(const TensorView& x, const TensorView& w_gate, const TensorView& w_up,
+                            const TensorView& gate, const TensorView& up, const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (SkinnyInput(x, w_gate) && SkinnyInput(x, w_up) && w_gate.shape == w_up.shape &&
+        out.space == MemSpace::kDevice && out.dtype == DType::kBF16) {
+      const int64_t in = w_gate.dim(1), n = x.numel() / in, inter = w_gate.dim(0);
+      if (out.numel() == n * inter && cuda::SkinnyGemmApplies(x.data, w_gate.data, out.data, DType::kBF16, n, in, inter) &&
+          reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0) {
+        return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream());
+      }
+    }
+    return Backend::LinearSwiGlu(x, w_gate, w_up, gate, up, out);
+  }
+
+  absl::Status AddRmsNorm(const TensorView& x, const TensorView& y, const TensorView& weight, float eps,
+                          const TensorView& out) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(x, "AddRmsNorm", "x"));
+    SQA_RETURN_IF_ERROR(ExpectAct(y, "AddRmsNorm", "y"));
+    SQA_RETURN_IF_ERROR(ExpectAct(weight, "AddRmsNorm", "weight"));
+    SQA_RETURN_IF_ERROR(ExpectAct(out, "AddRmsNorm", "out"));
+    if (x.shape.empty() || weight.shape.size() != 1 || x.dim(-1) != weight.dim(0) || y.numel() != x.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("AddRmsNorm: x ", ShapeString(x.shape), ", y ",
+                                                     ShapeString(y.shape), " and weight ", ShapeString(weight.shape),
+                                                     " do not match"));
+    }
+    SQA_RETURN_IF_ERROR(ExpectShape(out, x.shape, "AddRmsNorm", "out"));
+    const int64_t d = weight.dim(0);
+    bool done = false;
+    if (d > 0 && x.dtype == y.dtype && x.dtype == out.dtype) {
+      SQA_RETURN_IF_ERROR(cuda::LaunchAddRmsNorm(x.data, y.data, x.dtype, weight.data, weight.dtype, x.numel() / d, d,
+                                                 eps, out.data, stream(), &done));
+    }
+    return done ? absl::OkStatus() : Backend::AddRmsNorm(x, y, weight, eps, out);
+  }
+
+  absl::Status RopeQK(const TensorView& q, const TensorView& k, const int32_t* positions,
+                      const RopeArgs& rope) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    SQA_RETURN_IF_ERROR(ExpectAct(q, "Rope", "q"));
+    SQA_RETURN_IF_ERROR(ExpectAct(k, "Rope", "k"));
+    if (q.shape.size() != 3 || k.shape.size() != 3 || q.dim(0) != k.dim(0) || q.dim(2) != k.dim(2) ||
+        q.dtype != k.dtype) {
+      return Backend::RopeQK(q, k, positions, rope);
+    }
+    const int64_t n = q.dim(0);
+    if (n == 0) return absl::OkStatus();
+    if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
+    for (int64_t i = 0; i < n; ++i) {
+      if (positions[i] < 0) return absl::InvalidArgumentError(absl::StrCat("Rope: negative position ", positions[i]));
+    }
+    const void* dev_pos = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
+    bool done = false;
+    SQA_RETURN_IF_ERROR(cuda::LaunchRopeQK(q.data, q.dim(1), k.data, k.dim(1), q.dtype, n, q.dim(2),
+                                           static_cast<const int32_t*>(dev_pos), rope.theta, rope.position_scale,
+                                           stream(), &done));
+    return done ? absl::OkStatus() : Backend::RopeQK(q, k, positions, rope);
+  }
+
   absl::Status AddInPlace(const TensorView& x, const TensorView& y) override {
     SQA_RETURN_IF_ERROR(Enter());
     SQA_RETURN_IF_ERROR(ExpectAct(x, "AddInPlace", "x"));
@@ -1062,6 +1146,16 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   std::shared_ptr<Context> ctx_;
   cuda::LtGemm gemm_;
+  // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with
+  // x [n, in], n within the kernel's rows (and the backend's skinny setting).
+  bool SkinnyInput(const TensorView& x, const TensorView& w) const {
+    if (x.space != MemSpace::kDevice || x.dtype != DType::kBF16 || w.space != MemSpace::kDevice ||
+        w.dtype != DType::kBF16 || w.shape.size() != 2 || x.shape.empty() || x.dim(-1) != w.dim(1) || w.dim(1) == 0) {
+      return false;
+    }
+    const int64_t n = x.numel() / w.dim(1);
+    return n >= 1 && n <= gemm_.skinny_max_rows();
+  }
   HostStager stager_;
   void* decode_ws_ = nullptr;
   size_t decode_ws_bytes_ = 0;

@@ -261,6 +261,51 @@ __global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __res
   }
 }
 
+// x += y (rounded to bf16 and stored), then out = RmsNorm(x) of the rounded sums: the two
+// kernels AddBf16x8 + RmsNormBf16x8 in one pass; one block per row.
+template <typename W>
+__global__ void AddRmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, const W* __restrict__ w,
+                                       int64_t dv, float eps, Bf16x8* __restrict__ out) {
+  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
+  const int64_t row = blockIdx.x;
+  Bf16x8* xr = x + row * dv;
+  const Bf16x8* yr = y + row * dv;
+  Bf16x8* orow = out + row * dv;
+  float ss = 0.f;
+  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+    float a[8], b[8];
+    Unpack(xr[j], a);
+    Unpack(yr[j], b);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) a[k] += b[k];
+    const Bf16x8 sum = Pack(a);
+    xr[j] = sum;
+    Unpack(sum, a);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) ss += a[k] * a[k];
+  }
+  __shared__ float partial[32];
+  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = blockDim.x / 32;
+    ss = lane < nwarps ? partial[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) partial[0] = ss;
+  }
+  __syncthreads();
+  const float inv = rsqrtf(partial[0] / static_cast<float>(dv * 8) + eps);
+  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+    float f[8];
+    Unpack(xr[j], f);  // this thread's own store above
+#pragma unroll
+    for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
+    orow[j] = Pack(f);
+  }
+}
+
 // One thread per 8 consecutive elements of one (token, head) row; bf16 source.
 __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* __restrict__ v,
                                     const int64_t* __restrict__ slots, int64_t n, int64_t hkv, int64_t dv,
@@ -284,14 +329,16 @@ __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* 
 // token thus runs heads x groups threads at once, not the groups alone with the heads in a loop.
 constexpr int kRopeMaxHalf = 256;
 constexpr int kRopeThreads = 128;
-__global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t n,
-                                                                 int64_t heads, int64_t dh,
+__global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t heads,
+                                                                 __nv_bfloat16* __restrict__ x2, int64_t heads2,
+                                                                 int64_t n, int64_t dh,
                                                                  const int32_t* __restrict__ positions, double theta,
                                                                  double inv_scale) {
   PdlEnter();  // launched with LaunchPdl (pdl.cuh)
+  // x: [n, heads, dh]; x2 (may be null, heads2 = 0): [n, heads2, dh], rotated with the same angles.
   __shared__ float sc[kRopeMaxHalf], ss[kRopeMaxHalf];
   const int half = static_cast<int>(dh / 2), groups = half / 8;
-  const int items = static_cast<int>(heads) * groups;
+  const int items = static_cast<int>(heads + heads2) * groups;
   for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
     const double p = static_cast<double>(positions[t]) * inv_scale;
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
@@ -302,11 +349,11 @@ __global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* 
       sc[j] = static_cast<float>(cd);
     }
     __syncthreads();
-    __nv_bfloat16* row = x + t * heads * dh;
     for (int i = threadIdx.x; i < items; i += blockDim.x) {
       const int h = i / groups, j0 = (i - h * groups) * 8;
-      Bf16x8* lo = reinterpret_cast<Bf16x8*>(row + h * dh + j0);
-      Bf16x8* hi = reinterpret_cast<Bf16x8*>(row + h * dh + j0 + half);
+      __nv_bfloat16* head = h < heads ? x + (t * heads + h) * dh : x2 + (t * heads2 + (h - heads)) * dh;
+      Bf16x8* lo = reinterpret_cast<Bf16x8*>(head + j0);
+      Bf16x8* hi = reinterpret_cast<Bf16x8*>(head + j0 + half);
       float a[8], b[8], ra[8], rb[8];
       Unpack(*lo, a);
       Unpack(*hi, b);
@@ -393,6 +440,28 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
   });
 }
 
+absl::Status LaunchAddRmsNorm(void* x, const void* y, DType type, const void* w, DType w_type, int64_t n, int64_t d,
+                              float eps, void* out, cudaStream_t stream, bool* done) {
+  *done = false;
+  if (n == 0) {
+    *done = true;
+    return absl::OkStatus();
+  }
+  if (type != DType::kBF16 || d % 8 != 0 || !Aligned16(x) || !Aligned16(y) || !Aligned16(out) ||
+      n > (int64_t{1} << 31) - 1) {
+    return absl::OkStatus();
+  }
+  const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
+  return DispatchAct(w_type, "AddRmsNorm", [&](auto ws) -> absl::Status {
+    using W = decltype(ws);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddRmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream,
+                                      static_cast<Bf16x8*>(x), static_cast<const Bf16x8*>(y), static_cast<const W*>(w),
+                                      d / 8, eps, static_cast<Bf16x8*>(out)));
+    *done = true;
+    return absl::OkStatus();
+  });
+}
+
 absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count,
                               cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
@@ -420,8 +489,9 @@ absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t
   if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
   if (x_type == DType::kBF16 && dh % 16 == 0 && dh <= 2 * kRopeMaxHalf && Aligned16(x)) {
     const int grid = static_cast<int>(std::min<int64_t>(n, int64_t{1} << 20));
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(x), n, heads, dh, positions, theta,
-                                                         1.0 / position_scale));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(x),
+                                      heads, static_cast<__nv_bfloat16*>(nullptr), int64_t{0}, n, dh, positions, theta,
+                                      1.0 / position_scale));
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeBf16x8Kernel");
     return absl::OkStatus();
   }
@@ -432,6 +502,22 @@ absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t
     SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeKernel");
     return absl::OkStatus();
   });
+}
+
+absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, int64_t n, int64_t dh,
+                          const int32_t* positions, double theta, double position_scale, cudaStream_t stream,
+                          bool* done) {
+  *done = false;
+  if (type != DType::kBF16 || dh % 16 != 0 || dh > 2 * kRopeMaxHalf || !Aligned16(q) || !Aligned16(k) ||
+      !(position_scale > 0)) {
+    return absl::OkStatus();
+  }
+  *done = true;
+  if (n == 0 || hq + hk == 0) return absl::OkStatus();
+  const int grid = static_cast<int>(std::min<int64_t>(n, int64_t{1} << 20));
+  SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(q), hq,
+                                    static_cast<__nv_bfloat16*>(k), hk, n, dh, positions, theta, 1.0 / position_scale));
+  return absl::OkStatus();
 }
 
 absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,

@@ -27,6 +27,12 @@ absl::Status LaunchEmbed(const void* table, DType table_type, const int32_t* tok
 absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_type, int64_t n, int64_t d,
                            float eps, void* out, DType out_type, cudaStream_t stream);
 
+// x += y (bf16, rounded and stored), then out = RmsNorm(x) as LaunchRmsNorm: one kernel for both.
+// Only the bf16 vector form (d % 8 == 0, 16-byte aligned x, y, out); false in *done otherwise, and
+// the caller runs the two ops.
+absl::Status LaunchAddRmsNorm(void* x, const void* y, DType type, const void* w, DType w_type, int64_t n, int64_t d,
+                              float eps, void* out, cudaStream_t stream, bool* done);
+
 // x += y elementwise (count elements); x and y each f32 or bf16.
 absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count,
                               cudaStream_t stream);
@@ -35,6 +41,12 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
 // inv_freq_j = theta^(-2j/dh). Angles in double so long contexts keep full precision.
 absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
                         double theta, double position_scale, cudaStream_t stream);
+
+// LaunchRope on q [n, hq, dh] and k [n, hk, dh] in one kernel (bf16, dh % 16 == 0, aligned);
+// false in *done when that does not apply (the caller then runs LaunchRope twice).
+absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, int64_t n, int64_t dh,
+                          const int32_t* positions, double theta, double position_scale, cudaStream_t stream,
+                          bool* done);
 
 // out = silu(gate) * up over count elements.
 absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,

@@ -51,90 +51,123 @@ __device__ __forceinline__ void MmaBf16(float (&c)[4], uint32_t a0, uint32_t a1,
 __device__ __forceinline__ void Store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void Store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-template <int NR, typename O>
-__global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(const __nv_bfloat16* __restrict__ x,
-                                                                 const __nv_bfloat16* __restrict__ w,
-                                                                 O* __restrict__ out, int64_t in, int64_t nout) {
-  __shared__ float red[kWarps][32][4];
+// Up to kMaxSegments weight matrices that share x, one launch: CTAs [first_block[s],
+// first_block[s + 1]) compute segment s. In GLU mode there is one segment, whose CTAs also read
+// w_up's rows of the same features and write silu(gate) * up.
+struct SkinnyArgs {
+  const __nv_bfloat16* x = nullptr;
+  int64_t in = 0;
+  int count = 0;
+  const __nv_bfloat16* w[kSkinnyMaxSegments] = {};
+  void* out[kSkinnyMaxSegments] = {};
+  int64_t nout[kSkinnyMaxSegments] = {};
+  int64_t first_block[kSkinnyMaxSegments + 1] = {};
+  const __nv_bfloat16* w_up = nullptr;
+};
+
+template <int NR, typename O, bool kGlu>
+__global__ void __launch_bounds__(kWarps * 32) SkinnyGemmKernel(const SkinnyArgs a) {
+  constexpr int kM = kGlu ? 2 : 1;         // weight matrices read per CTA
+  constexpr int kU = kGlu ? kUnroll / 2 : kUnroll;
+  __shared__ float red[kWarps][32][4 * kM];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane / 4, c = lane % 4;
-  const int64_t o0 = static_cast<int64_t>(blockIdx.x) * kRows;
-  const __nv_bfloat16* w_lo = w + std::min(o0 + g, nout - 1) * in + 8 * c;
-  const __nv_bfloat16* w_hi = w + std::min(o0 + g + 8, nout - 1) * in + 8 * c;
+  int seg = 0;
+#pragma unroll
+  for (int s = 1; s < kSkinnyMaxSegments; ++s) seg += s < a.count && blockIdx.x >= a.first_block[s];
+  const int64_t nout = a.nout[seg], in = a.in;
+  const int64_t o0 = (static_cast<int64_t>(blockIdx.x) - a.first_block[seg]) * kRows;
+  const int64_t r_lo = std::min(o0 + g, nout - 1) * in + 8 * c, r_hi = std::min(o0 + g + 8, nout - 1) * in + 8 * c;
+  const __nv_bfloat16* wm[kM];
+  wm[0] = a.w[seg];
+  if constexpr (kGlu) wm[1] = a.w_up;
   const bool x_row = g < NR;
-  const __nv_bfloat16* xr = x + (x_row ? g : 0) * in + 8 * c;
+  const __nv_bfloat16* xr = a.x + (x_row ? g : 0) * in + 8 * c;
   const int64_t nkb = (in + 31) / 32;  // 32-wide K blocks; this lane's chunk of block kb is valid
   const int64_t chunks = in / 8;       // when 4 kb + c < chunks (in is a multiple of 8)
 
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
-  uint4 a_lo[kUnroll], a_hi[kUnroll];
+  float acc[kM][4] = {};
+  uint4 a_lo[kM][kU], a_hi[kM][kU];
   auto load_w = [&](int64_t kb0) {
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t kb = kb0 + static_cast<int64_t>(u) * kWarps;
       const bool ok = kb < nkb && 4 * kb + c < chunks;
-      a_lo[u] = ok ? LoadStream(w_lo + 32 * kb) : make_uint4(0, 0, 0, 0);
-      a_hi[u] = ok ? LoadStream(w_hi + 32 * kb) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        a_lo[m][u] = ok ? LoadStream(wm[m] + r_lo + 32 * kb) : make_uint4(0, 0, 0, 0);
+        a_hi[m][u] = ok ? LoadStream(wm[m] + r_hi + 32 * kb) : make_uint4(0, 0, 0, 0);
+      }
     }
   };
   load_w(warp);
   PdlTrigger();
   PdlWait();  // x is the previous kernel's output
-  for (int64_t kb0 = warp; kb0 < nkb; kb0 += static_cast<int64_t>(kUnroll) * kWarps) {
-    uint4 b[kUnroll];
+  for (int64_t kb0 = warp; kb0 < nkb; kb0 += static_cast<int64_t>(kU) * kWarps) {
+    uint4 b[kU];
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
+    for (int u = 0; u < kU; ++u) {
       const int64_t kb = kb0 + static_cast<int64_t>(u) * kWarps;
       const bool ok = x_row && kb < nkb && 4 * kb + c < chunks;
       b[u] = ok ? __ldg(reinterpret_cast<const uint4*>(xr + 32 * kb)) : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      MmaBf16(acc, a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y, b[u].x, b[u].y);
-      MmaBf16(acc, a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w, b[u].z, b[u].w);
-    }
-    const int64_t next = kb0 + static_cast<int64_t>(kUnroll) * kWarps;
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        MmaBf16(acc[m], a_lo[m][u].x, a_hi[m][u].x, a_lo[m][u].y, a_hi[m][u].y, b[u].x, b[u].y);
+        MmaBf16(acc[m], a_lo[m][u].z, a_hi[m][u].z, a_lo[m][u].w, a_hi[m][u].w, b[u].z, b[u].w);
+      }
+    const int64_t next = kb0 + static_cast<int64_t>(kU) * kWarps;
     if (next < nkb) load_w(next);
   }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) red[warp][lane][i] = acc[i];
+  for (int m = 0; m < kM; ++m)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) red[warp][lane][4 * m + i] = acc[m][i];
   __syncthreads();
   if (warp == 0) {
-    float s[4] = {0.f, 0.f, 0.f, 0.f};
+    float s[4 * kM] = {};
 #pragma unroll
     for (int v = 0; v < kWarps; ++v)
 #pragma unroll
-      for (int i = 0; i < 4; ++i) s[i] += red[v][lane][i];
+      for (int i = 0; i < 4 * kM; ++i) s[i] += red[v][lane][i];
+    O* out = static_cast<O*>(a.out[seg]);
     // C fragment: s[0], s[1] are feature g, x rows 2c and 2c + 1; s[2], s[3] feature g + 8.
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int r = 2 * c + (i & 1);
       const int64_t o = o0 + g + (i >= 2 ? 8 : 0);
-      if (r < NR && o < nout) Store(out + r * nout + o, s[i]);
+      if (r >= NR || o >= nout) continue;
+      if constexpr (kGlu) {
+        // As the unfused Linear, Linear, SwiGlu: gate and up rounded to bf16 first.
+        const float gt = __bfloat162float(__float2bfloat16_rn(s[i]));
+        const float up = __bfloat162float(__float2bfloat16_rn(s[4 + i]));
+        Store(out + r * nout + o, gt / (1.f + __expf(-gt)) * up);
+      } else {
+        Store(out + r * nout + o, s[i]);
+      }
     }
   }
 }
 
-template <int NR, typename O>
-cudaError_t Launch(const void* x, const void* w, void* out, int64_t in, int64_t nout, cudaStream_t stream) {
-  const int64_t blocks = (nout + kRows - 1) / kRows;
-  return LaunchPdl(SkinnyGemmKernel<NR, O>, dim3(static_cast<unsigned>(blocks)), dim3(kWarps * 32), 0, stream,
-                   static_cast<const __nv_bfloat16*>(x), static_cast<const __nv_bfloat16*>(w), static_cast<O*>(out),
-                   in, nout);
+template <int NR, typename O, bool kGlu>
+cudaError_t Launch(const SkinnyArgs& a, cudaStream_t stream) {
+  return LaunchPdl(SkinnyGemmKernel<NR, O, kGlu>, dim3(static_cast<unsigned>(a.first_block[a.count])),
+                   dim3(kWarps * 32), 0, stream, a);
 }
 
-template <typename O>
-cudaError_t LaunchRows(int64_t n, const void* x, const void* w, void* out, int64_t in, int64_t nout,
-                       cudaStream_t stream) {
+template <typename O, bool kGlu>
+cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, cudaStream_t stream) {
   switch (n) {
-    case 1: return Launch<1, O>(x, w, out, in, nout, stream);
-    case 2: return Launch<2, O>(x, w, out, in, nout, stream);
-    case 3: return Launch<3, O>(x, w, out, in, nout, stream);
-    case 4: return Launch<4, O>(x, w, out, in, nout, stream);
-    case 5: return Launch<5, O>(x, w, out, in, nout, stream);
-    case 6: return Launch<6, O>(x, w, out, in, nout, stream);
-    case 7: return Launch<7, O>(x, w, out, in, nout, stream);
-    default: return Launch<8, O>(x, w, out, in, nout, stream);
+    case 1: return Launch<1, O, kGlu>(a, stream);
+    case 2: return Launch<2, O, kGlu>(a, stream);
+    case 3: return Launch<3, O, kGlu>(a, stream);
+    case 4: return Launch<4, O, kGlu>(a, stream);
+    case 5: return Launch<5, O, kGlu>(a, stream);
+    case 6: return Launch<6, O, kGlu>(a, stream);
+    case 7: return Launch<7, O, kGlu>(a, stream);
+    default: return Launch<8, O, kGlu>(a, stream);
   }
 }
 
@@ -148,16 +181,58 @@ bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_
          reinterpret_cast<uintptr_t>(out) % osize == 0 && (out_type == DType::kF32 || out_type == DType::kBF16);
 }
 
+absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
+                                  DType out_type, cudaStream_t stream) {
+  if (outs.empty() || outs.size() > static_cast<size_t>(kSkinnyMaxSegments)) {
+    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: 1..", kSkinnyMaxSegments, " weights, got ",
+                                                   outs.size()));
+  }
+  SkinnyArgs a;
+  a.x = static_cast<const __nv_bfloat16*>(x);
+  a.in = in;
+  a.count = static_cast<int>(outs.size());
+  for (int s = 0; s < a.count; ++s) {
+    const SkinnyOutput& o = outs[static_cast<size_t>(s)];
+    if (!SkinnyGemmApplies(x, o.w, o.out, out_type, n, in, o.out_features)) {
+      return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: n=", n, " in=", in, " out=", o.out_features, " (",
+                                                     DTypeStr(out_type),
+                                                     ") needs 1..8 rows, in % 8 == 0 and 16-byte aligned x and w"));
+    }
+    a.w[s] = static_cast<const __nv_bfloat16*>(o.w);
+    a.out[s] = o.out;
+    a.nout[s] = o.out_features;
+    a.first_block[s + 1] = a.first_block[s] + (o.out_features + kRows - 1) / kRows;
+  }
+  if (a.first_block[a.count] > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("skinny GEMM: too many features");
+  const cudaError_t e = out_type == DType::kF32 ? LaunchRows<float, false>(n, a, stream)
+                                                : LaunchRows<__nv_bfloat16, false>(n, a, stream);
+  SQA_GPU_RETURN_IF_ERROR(e);
+  return absl::OkStatus();
+}
+
 absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
                               int64_t out_features, cudaStream_t stream) {
-  if (!SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
-    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: n=", n, " in=", in, " out=", out_features, " (",
-                                                   DTypeStr(out_type),
-                                                   ") needs 1..8 rows, in % 8 == 0 and 16-byte aligned x and w"));
+  const SkinnyOutput o{w, out, out_features};
+  return LaunchSkinnyGemmMany(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream);
+}
+
+absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
+                                int64_t inter, cudaStream_t stream) {
+  if (!SkinnyGemmApplies(x, w_gate, out, DType::kBF16, n, in, inter) ||
+      reinterpret_cast<uintptr_t>(w_up) % 16 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("skinny SwiGLU: n=", n, " in=", in, " inter=", inter,
+                                                   " needs 1..8 rows, in % 8 == 0 and 16-byte aligned x and weights"));
   }
-  const cudaError_t e = out_type == DType::kF32 ? LaunchRows<float>(n, x, w, out, in, out_features, stream)
-                                                : LaunchRows<__nv_bfloat16>(n, x, w, out, in, out_features, stream);
-  SQA_GPU_RETURN_IF_ERROR(e);
+  SkinnyArgs a;
+  a.x = static_cast<const __nv_bfloat16*>(x);
+  a.in = in;
+  a.count = 1;
+  a.w[0] = static_cast<const __nv_bfloat16*>(w_gate);
+  a.w_up = static_cast<const __nv_bfloat16*>(w_up);
+  a.out[0] = out;
+  a.nout[0] = inter;
+  a.first_block[1] = (inter + kRows - 1) / kRows;
+  SQA_GPU_RETURN_IF_ERROR((LaunchRows<__nv_bfloat16, true>(n, a, stream)));
   return absl::OkStatus();
 }
 

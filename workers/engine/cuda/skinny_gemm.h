@@ -10,11 +10,13 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "absl/types/span.h"
 #include "workers/engine/model/tensor.h"
 
 namespace sqa::cuda {
 
 inline constexpr int64_t kSkinnyMaxRows = 8;
+inline constexpr int kSkinnyMaxSegments = 3;  // weights sharing x in one launch (q, k, v)
 
 // n in 1..kSkinnyMaxRows, in a multiple of 8, x and w 16-byte aligned, out bf16 or f32 and aligned.
 bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
@@ -22,5 +24,19 @@ bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_
 
 absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
                               int64_t out_features, cudaStream_t stream);
+
+// One launch for up to kSkinnyMaxSegments weights of the same x: outs[i].out = x * outs[i].w^T.
+struct SkinnyOutput {
+  const void* w;
+  void* out;
+  int64_t out_features;
+};
+absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
+                                  DType out_type, cudaStream_t stream);
+
+// out = silu(x * w_gate^T) * (x * w_up^T), bf16 [n, inter], gate and up rounded to bf16 before
+// the product (as Linear, Linear, SwiGlu would): one launch, no gate/up buffers.
+absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
+                                int64_t inter, cudaStream_t stream);
 
 }  // namespace sqa::cuda

@@ -239,6 +239,102 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
   }
 }
 
+// The fused ops of a layer (LinearMany, LinearSwiGlu, AddRmsNorm, RopeQK) against the same
+// sequence of unfused ops: on the CPU backend (bf16 tolerance) and on this GPU backend (the fused
+// kernels round where the unfused ones do, so the results agree to the last bit). n <= 8 rows take
+// the fused kernels; n = 12 takes the unfused fallback.
+TEST_F(CudaBackendTest, FusedLayerOpsMatchTheUnfusedSequence) {
+  for (int64_t n : {1, 3, 8, 12}) {
+    SCOPED_TRACE("n=" + std::to_string(n));
+    const int64_t d = 264, hq = 3, hk = 2, dh = 32, inter = 200;
+    auto upload = [&](std::vector<float>& host, std::vector<int64_t> shape) {
+      TensorView hv{host.data(), DType::kF32, MemSpace::kHost, shape};
+      auto g = gpu_->UploadWeight(hv);
+      auto c = cpu_->UploadWeight(hv);
+      EXPECT_TRUE(g.ok() && c.ok());
+      return std::make_pair(std::move(g).value(), std::move(c).value());
+    };
+    const float ws = 1.f / std::sqrt(static_cast<float>(d));
+    std::vector<float> x = Random(n * d), wq = Random(hq * dh * d, ws), wk = Random(hk * dh * d, ws),
+                       wv = Random(hk * dh * d, ws), wg = Random(inter * d, ws), wu = Random(inter * d, ws);
+    auto [gq, cq] = upload(wq, {hq * dh, d});
+    auto [gk, ck] = upload(wk, {hk * dh, d});
+    auto [gv, cv] = upload(wv, {hk * dh, d});
+    auto [gg, cg] = upload(wg, {inter, d});
+    auto [gu, cu] = upload(wu, {inter, d});
+
+    // LinearMany: q, k, v of one x.
+    T gx = Gpu({n, d}, &x), cx = Cpu({n, d}, &x);
+    std::vector<T> go, cgo, gref;
+    for (int64_t of : {hq * dh, hk * dh, hk * dh}) {
+      go.push_back(Gpu({n, of}, nullptr));
+      gref.push_back(Gpu({n, of}, nullptr));
+      cgo.push_back(Cpu({n, of}, nullptr));
+    }
+    const TensorView gw3[3] = {gq.view, gk.view, gv.view}, cw3[3] = {cq.view, ck.view, cv.view};
+    const TensorView go3[3] = {go[0].view, go[1].view, go[2].view}, co3[3] = {cgo[0].view, cgo[1].view, cgo[2].view};
+    ASSERT_TRUE(gpu_->LinearMany(gx.view, gw3, go3).ok());
+    ASSERT_TRUE(cpu_->LinearMany(cx.view, cw3, co3).ok());
+    for (int i = 0; i < 3; ++i) {
+      ASSERT_TRUE(gpu_->Linear(gx.view, gw3[i], gref[i].view).ok());
+      const std::vector<float> got = Read(*gpu_, go[i].view);
+      ExpectClose(got, Read(*cpu_, cgo[i].view), 1e-2, "LinearMany " + std::to_string(i) + " vs CPU");
+      ExpectClose(got, Read(*gpu_, gref[i].view), 0, "LinearMany " + std::to_string(i) + " vs Linear");
+    }
+    const TensorView two[2] = {go[0].view, go[1].view};
+    EXPECT_EQ(gpu_->LinearMany(gx.view, gw3, two).code(), absl::StatusCode::kInvalidArgument);
+
+    // RopeQK on the q and k just computed, against Rope on each.
+    std::vector<int32_t> pos(n);
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(1000 * i + 7);
+    RopeArgs r;
+    r.theta = 10000.0;
+    TensorView gq3 = go[0].view, gk3 = go[1].view, rq3 = gref[0].view, rk3 = gref[1].view;
+    TensorView cq3 = cgo[0].view, ck3 = cgo[1].view;
+    for (TensorView* t : {&gq3, &rq3, &cq3}) t->shape = {n, hq, dh};
+    for (TensorView* t : {&gk3, &rk3, &ck3}) t->shape = {n, hk, dh};
+    ASSERT_TRUE(gpu_->RopeQK(gq3, gk3, pos.data(), r).ok());
+    ASSERT_TRUE(gpu_->Rope(rq3, pos.data(), r).ok());
+    ASSERT_TRUE(gpu_->Rope(rk3, pos.data(), r).ok());
+    ASSERT_TRUE(cpu_->RopeQK(cq3, ck3, pos.data(), r).ok());
+    for (int i = 0; i < 2; ++i) {
+      const std::vector<float> got = Read(*gpu_, go[i].view);
+      ExpectClose(got, Read(*cpu_, cgo[i].view), 1e-2, "RopeQK " + std::to_string(i) + " vs CPU");
+      ExpectClose(got, Read(*gpu_, gref[i].view), 0, "RopeQK " + std::to_string(i) + " vs Rope");
+    }
+
+    // LinearSwiGlu against Linear, Linear, SwiGlu.
+    T gs = Gpu({n, inter}, nullptr), cs = Cpu({n, inter}, nullptr), rs = Gpu({n, inter}, nullptr);
+    T ggate = Gpu({n, inter}, nullptr), gup = Gpu({n, inter}, nullptr), cgate = Cpu({n, inter}, nullptr),
+      cup = Cpu({n, inter}, nullptr);
+    ASSERT_TRUE(gpu_->LinearSwiGlu(gx.view, gg.view, gu.view, ggate.view, gup.view, gs.view).ok());
+    ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cg.view, cu.view, cgate.view, cup.view, cs.view).ok());
+    ASSERT_TRUE(gpu_->Linear(gx.view, gg.view, ggate.view).ok());
+    ASSERT_TRUE(gpu_->Linear(gx.view, gu.view, gup.view).ok());
+    ASSERT_TRUE(gpu_->SwiGlu(ggate.view, gup.view, rs.view).ok());
+    const std::vector<float> swi = Read(*gpu_, gs.view);
+    ExpectClose(swi, Read(*cpu_, cs.view), 1e-2, "LinearSwiGlu vs CPU");
+    ExpectClose(swi, Read(*gpu_, rs.view), 0, "LinearSwiGlu vs Linear, Linear, SwiGlu");
+
+    // AddRmsNorm against AddInPlace + RmsNorm: both the sum and the norm.
+    std::vector<float> h = Random(n * d, 2.f), y = Random(n * d), nw = Random(d);
+    TensorView hnw{nw.data(), DType::kF32, MemSpace::kHost, {d}};
+    auto gnw = gpu_->UploadWeight(hnw);
+    auto cnw = cpu_->UploadWeight(hnw);
+    ASSERT_TRUE(gnw.ok() && cnw.ok());
+    T gh = Gpu({n, d}, &h), rh = Gpu({n, d}, &h), ch = Cpu({n, d}, &h), gy = Gpu({n, d}, &y), cy = Cpu({n, d}, &y);
+    T gn = Gpu({n, d}, nullptr), rn = Gpu({n, d}, nullptr), cn = Cpu({n, d}, nullptr);
+    ASSERT_TRUE(gpu_->AddRmsNorm(gh.view, gy.view, gnw->view, 1e-5f, gn.view).ok());
+    ASSERT_TRUE(gpu_->AddInPlace(rh.view, gy.view).ok());
+    ASSERT_TRUE(gpu_->RmsNorm(rh.view, gnw->view, 1e-5f, rn.view).ok());
+    ASSERT_TRUE(cpu_->AddRmsNorm(ch.view, cy.view, cnw->view, 1e-5f, cn.view).ok());
+    ExpectClose(Read(*gpu_, gh.view), Read(*cpu_, ch.view), 1e-2, "AddRmsNorm sum vs CPU");
+    ExpectClose(Read(*gpu_, gh.view), Read(*gpu_, rh.view), 0, "AddRmsNorm sum vs AddInPlace");
+    ExpectClose(Read(*gpu_, gn.view), Read(*cpu_, cn.view), 1e-2, "AddRmsNorm norm vs CPU");
+    ExpectClose(Read(*gpu_, gn.view), Read(*gpu_, rn.view), 0, "AddRmsNorm norm vs RmsNorm");
+  }
+}
+
 TEST_F(CudaBackendTest, RopeAtShortAndLongPositions) {
   // 24: the scalar kernel; 64, 128, 256: the vector kernel (one CTA per token; 33 heads of 128
   // are more groups than its threads). n = 1 is a decode step.
