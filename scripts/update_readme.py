@@ -32,7 +32,7 @@ if new != text:
     print("README.md updated")
 
 GPU_RESULTS = ["bench/results/gpu_attention.md", "bench/results/gpu_e2e.md", "bench/results/gpu_e2e_analysis.md",
-               "bench/results/gpu_group.md"]
+               "bench/results/gpu_gemm.md", "bench/results/gpu_group.md"]
 parts = ["# GPU results", "",
          "Made by `scripts/update_readme.py` from the generated files below (do not edit by hand). Raw",
          "JSON: " + ", ".join(f"`{p[:-3]}.json`" for p in GPU_RESULTS if (root / (p[:-3] + ".json")).exists()) +

@@ -78,9 +78,13 @@ def main():
                                                                   r["ms_per_step"], floor, r["ms_per_step"] / floor))
     out.append("")
     graphs = any(r.get("cuda_graphs") for c in eng.values() for r in c["decode"])
+    skinny = any(c.get("skinny_gemm") for c in eng.values())
+    per_layer = ("batch <= 8: 10 kernels a layer, the projections on the skinny GEMM kernel with q/k/v and"
+                 " gate/up/SwiGLU fused, each kernel a programmatic dependent of the one before; batch 32:"
+                 " cuBLASLt, 14 a layer" if skinny else "16 kernels a layer")
     if graphs:
-        out.append("Decode rows with graphs=on replay one CUDA graph per step (~%d kernels: 16 per layer plus the"
-                   " final norm, LM head and sampler); graphs=off launches them one by one." % (16 * 16 + 6))
+        out.append("Decode rows with graphs=on replay one CUDA graph per step (%s, plus the final norm, LM head"
+                   " and sampler); graphs=off launches the same kernels one by one." % per_layer)
     else:
         out.append("Decode runs ~%d kernels per step (16 per layer plus the LM head) with host work between"
                    " them and no CUDA graph, so it sits well above the bandwidth floor." % (16 * 16 + 4))

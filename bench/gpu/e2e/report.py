@@ -83,8 +83,10 @@ def main():
     e0 = next(iter(eng.values())) if eng else {}
     lines.append("- model: sqa-mkmodel --preset 1b --dtype bf16 (d=%s, %s layers, H=%s, head_dim %s), random weights"
                  % (e0.get("hidden_size"), e0.get("layers"), e0.get("num_attention_heads"), e0.get("head_dim")))
-    lines.append("- engine: bf16, cuBLASLt GEMMs, own attention kernels, prefill chunk %s tokens, KV block %s"
-                 % (e0.get("chunk_tokens"), e0.get("block_size")))
+    skinny = e0.get("skinny_gemm", False)
+    lines.append("- engine: bf16, cuBLASLt GEMMs%s, own attention kernels, prefill chunk %s tokens, KV block %s"
+                 % (" (decode steps of up to 8 rows: the skinny GEMM kernel, with q/k/v and gate/up/SwiGLU fused)"
+                    if skinny else "", e0.get("chunk_tokens"), e0.get("block_size")))
     graphs_measured = any(r.get("cuda_graphs") for e in eng.values() for r in e["decode"])
     lines.append("- decode: batch B of %s-token prompts, %s greedy steps timed (%s)"
                  % (e0["decode"][0]["context"] if e0.get("decode") else "?", e0["decode"][0]["steps"] if e0.get("decode") else "?",

@@ -1,6 +1,9 @@
 // sqa-gemm-bench: the decode GEMMs of a model's projections (x [n, in] times W [out, in]^T, bf16,
 // n = 1..8 rows), through LtGemm with cuBLASLt only and with the skinny kernel, side by side in
-// one run on the same buffers.
+// one run on the same buffers; then the fused forms a layer runs (q, k, v in one launch; gate, up
+// and SwiGLU in one) against their unfused cuBLASLt sequence. The skinny launches are programmatic
+// dependents (as in a decode step: each starts reading its weights while the previous kernel
+// finishes); cuBLASLt's are not.
 //
 //   sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--json F]
 //
@@ -18,12 +21,14 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "nlohmann/json.hpp"
+#include "workers/engine/cuda/elementwise.h"
 #include "workers/engine/cuda/gemm.h"
 #include "workers/engine/cuda/skinny_gemm.h"
 
@@ -64,6 +69,37 @@ float ToFloat(const void* p, bool f32, size_t i) {
   float f;
   std::memcpy(&f, &u, 4);
   return f;
+}
+
+// Median per-launch microseconds of a graph of kLaunches calls of launch(l, stream).
+double TimeGraph(cudaStream_t stream, cudaEvent_t e0, cudaEvent_t e1,
+                 const std::function<absl::Status(int, cudaStream_t)>& launch) {
+  cudaGraph_t g;
+  CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  absl::Status st;
+  for (int l = 0; l < kLaunches && st.ok(); ++l) st = launch(l, stream);
+  CK(cudaStreamEndCapture(stream, &g));
+  if (!st.ok()) {
+    std::fprintf(stderr, "sqa-gemm-bench: %s\n", st.ToString().c_str());
+    std::exit(1);
+  }
+  cudaGraphExec_t ge;
+  CK(cudaGraphInstantiate(&ge, g, 0));
+  for (int r = 0; r < 5; ++r) CK(cudaGraphLaunch(ge, stream));
+  std::vector<float> t;
+  for (int r = 0; r < 32; ++r) {
+    CK(cudaEventRecord(e0, stream));
+    CK(cudaGraphLaunch(ge, stream));
+    CK(cudaEventRecord(e1, stream));
+    CK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    t.push_back(ms);
+  }
+  std::sort(t.begin(), t.end());
+  CK(cudaGraphExecDestroy(ge));
+  CK(cudaGraphDestroy(g));
+  return 1e3 * t[t.size() / 2] / kLaunches;
 }
 
 bool ParseInts(const std::string& s, std::vector<int64_t>* out) {
@@ -218,8 +254,75 @@ int main(int argc, char** argv) {
     CK(cudaFree(x));
     CK(cudaFree(y));
   }
+  // The fused forms a layer runs: q, k, v of one x (three cuBLASLt launches against one skinny
+  // launch over the three weights), and gate, up, SwiGLU (two cuBLASLt launches and the SwiGLU
+  // kernel against one skinny launch). Widths of the 1b preset: MHA's q/k/v (3 x 2048) and
+  // xSQA's (3 x 512), MLP 5632.
+  nlohmann::json fused = nlohmann::json::array();
+  std::printf("\nfused ops (d = 2048)\n%-22s %5s | %9s %7s | %9s %7s | %7s\n", "op", "rows", "cuBLASLt us", "GB/s",
+              "skinny us", "GB/s", "speedup");
+  struct Fused {
+    const char* name;
+    std::vector<int64_t> outs;
+    bool glu;
+  };
+  const int64_t d = 2048;
+  for (const Fused& f : {Fused{"q,k,v 3x2048", {2048, 2048, 2048}, false}, Fused{"q,k,v 3x512", {512, 512, 512}, false},
+                         Fused{"gate,up,SwiGLU 5632", {5632, 5632}, true}}) {
+    size_t set_bytes = 0;
+    for (int64_t o : f.outs) set_bytes += static_cast<size_t>(o * d) * 2;
+    const int copies = static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / set_bytes + 1)));
+    std::vector<std::vector<void*>> w(copies, std::vector<void*>(f.outs.size()));
+    for (auto& set : w) {
+      for (size_t i = 0; i < set.size(); ++i) {
+        const size_t b = static_cast<size_t>(f.outs[i] * d) * 2;
+        CK(cudaMalloc(&set[i], b));
+        const std::vector<uint16_t> hw = RandomBf16(b / 2, 1.f / std::sqrt(float(d)), rng);
+        CK(cudaMemcpy(set[i], hw.data(), b, cudaMemcpyHostToDevice));
+      }
+    }
+    const int64_t nmax = *std::max_element(rows.begin(), rows.end());
+    void* x;
+    const std::vector<uint16_t> hx = RandomBf16(static_cast<size_t>(nmax * d), 1.f, rng);
+    CK(cudaMalloc(&x, hx.size() * 2));
+    CK(cudaMemcpy(x, hx.data(), hx.size() * 2, cudaMemcpyHostToDevice));
+    std::vector<void*> y(f.outs.size() + 1);
+    for (size_t i = 0; i < y.size(); ++i) CK(cudaMalloc(&y[i], static_cast<size_t>(nmax * f.outs[0]) * 2));
+    for (int64_t n : rows) {
+      double us[2];
+      for (int path = 0; path < 2; ++path) {
+        gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
+        us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st) -> absl::Status {
+          const std::vector<void*>& set = w[l % copies];
+          if (path == 1 && f.glu) {
+            return sqa::cuda::LaunchSkinnySwiGlu(x, set[0], set[1], y[2], n, d, f.outs[0], st);
+          }
+          if (path == 1) {
+            std::vector<sqa::cuda::SkinnyOutput> so;
+            for (size_t i = 0; i < set.size(); ++i) so.push_back({set[i], y[i], f.outs[i]});
+            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st);
+          }
+          for (size_t i = 0; i < set.size(); ++i) {
+            absl::Status s2 = gemm.Linear(x, set[i], y[i], sqa::DType::kBF16, n, d, f.outs[i], st);
+            if (!s2.ok()) return s2;
+          }
+          return f.glu ? sqa::cuda::LaunchSwiGlu(y[0], y[1], y[2], sqa::DType::kBF16, n * f.outs[0], st)
+                       : absl::OkStatus();
+        });
+      }
+      const double g0 = set_bytes / (us[0] * 1e-6) / 1e9, g1 = set_bytes / (us[1] * 1e-6) / 1e9;
+      std::printf("%-22s %5ld | %9.2f %7.0f | %9.2f %7.0f | %6.2fx\n", f.name, n, us[0], g0, us[1], g1, us[0] / us[1]);
+      fused.push_back({{"op", f.name}, {"rows", n}, {"weight_bytes", set_bytes}, {"cublaslt_us", us[0]},
+                       {"skinny_us", us[1]}, {"cublaslt_gbs", g0}, {"skinny_gbs", g1}});
+    }
+    for (auto& set : w)
+      for (void* p : set) CK(cudaFree(p));
+    for (void* p : y) CK(cudaFree(p));
+    CK(cudaFree(x));
+  }
   if (!json_path.empty()) {
-    nlohmann::json doc = {{"gpu", prop.name}, {"ceiling_tbs", kCopyCeiling / 1e12}, {"launches", kLaunches}, {"rows", out}};
+    nlohmann::json doc = {{"gpu", prop.name}, {"ceiling_tbs", kCopyCeiling / 1e12}, {"launches", kLaunches},
+                          {"rows", out}, {"fused", fused}};
     std::ofstream(json_path) << doc.dump(1) << "\n";
   }
   return 0;
