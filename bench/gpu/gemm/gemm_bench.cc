@@ -209,31 +209,9 @@ int main(int argc, char** argv) {
       double us[2];
       for (int path = 0; path < 2; ++path) {
         gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
-        cudaGraph_t g;
-        CK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-        for (int l = 0; l < kLaunches; ++l) {
-          st = gemm.Linear(x, w[l % copies], y, ot, n, s.in, s.out, stream);
-          if (!st.ok()) break;
-        }
-        CK(cudaStreamEndCapture(stream, &g));
-        if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
-        cudaGraphExec_t ge;
-        CK(cudaGraphInstantiate(&ge, g, 0));
-        for (int r = 0; r < 5; ++r) CK(cudaGraphLaunch(ge, stream));
-        std::vector<float> t;
-        for (int r = 0; r < 32; ++r) {
-          CK(cudaEventRecord(e0, stream));
-          CK(cudaGraphLaunch(ge, stream));
-          CK(cudaEventRecord(e1, stream));
-          CK(cudaEventSynchronize(e1));
-          float ms = 0;
-          CK(cudaEventElapsedTime(&ms, e0, e1));
-          t.push_back(ms);
-        }
-        std::sort(t.begin(), t.end());
-        us[path] = 1e3 * t[t.size() / 2] / kLaunches;
-        CK(cudaGraphExecDestroy(ge));
-        CK(cudaGraphDestroy(g));
+        us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st2) {
+          return gemm.Linear(x, w[l % copies], y, ot, n, s.in, s.out, st2);
+        });
       }
       const double gbs0 = wbytes / (us[0] * 1e-6) / 1e9, gbs1 = wbytes / (us[1] * 1e-6) / 1e9;
       std::printf("%5ld %6ld %6ld %4s | %9.2f %7.0f %5.1f%% | %9.2f %7.0f %5.1f%% | %6.2fx %9.2e\n", n, s.in, s.out,

@@ -95,6 +95,23 @@ __global__ void EmbedKernel(const S* __restrict__ table, const int32_t* __restri
 }
 
 // ---- RMSNorm: one block per row, fp32 sum of squares, then scale ----------------------------
+// The sum of v over the block (every thread gets it); blockDim.x a multiple of 32, at most 1024.
+__device__ __forceinline__ float BlockSum(float v) {
+  __shared__ float partial[32];
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    const int nwarps = blockDim.x / 32;
+    v = lane < nwarps ? partial[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == 0) partial[0] = v;
+  }
+  __syncthreads();
+  return partial[0];
+}
+
 template <typename X, typename W, typename D>
 __global__ void RmsNormKernel(const X* __restrict__ x, const W* __restrict__ w, int64_t d, float eps,
                               D* __restrict__ out) {
@@ -107,19 +124,8 @@ __global__ void RmsNormKernel(const X* __restrict__ x, const W* __restrict__ w, 
     const float v = ToF(xr[j]);
     ss += v * v;
   }
-  __shared__ float partial[32];
-  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x / 32;
-    ss = lane < nwarps ? partial[lane] : 0.f;
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(partial[0] / static_cast<float>(d) + eps);
+  ss = BlockSum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(d) + eps);
   for (int64_t j = threadIdx.x; j < d; j += blockDim.x) orow[j] = FromF<D>(ToF(xr[j]) * inv * ToF(w[j]));
 }
 
@@ -239,19 +245,8 @@ __global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __res
 #pragma unroll
     for (int k = 0; k < 8; ++k) ss += f[k] * f[k];
   }
-  __shared__ float partial[32];
-  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x / 32;
-    ss = lane < nwarps ? partial[lane] : 0.f;
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(partial[0] / static_cast<float>(dv * 8) + eps);
+  ss = BlockSum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(dv * 8) + eps);
   for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
     float f[8];
     Unpack(xr[j], f);
@@ -284,19 +279,8 @@ __global__ void AddRmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __r
 #pragma unroll
     for (int k = 0; k < 8; ++k) ss += a[k] * a[k];
   }
-  __shared__ float partial[32];
-  for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  if (lane == 0) partial[warp] = ss;
-  __syncthreads();
-  if (warp == 0) {
-    const int nwarps = blockDim.x / 32;
-    ss = lane < nwarps ? partial[lane] : 0.f;
-    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) partial[0] = ss;
-  }
-  __syncthreads();
-  const float inv = rsqrtf(partial[0] / static_cast<float>(dv * 8) + eps);
+  ss = BlockSum(ss);
+  const float inv = rsqrtf(ss / static_cast<float>(dv * 8) + eps);
   for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
     float f[8];
     Unpack(xr[j], f);  // this thread's own store above
