@@ -115,6 +115,54 @@ TEST_F(CpuBackendTest, RopeRotateHalf) {
   EXPECT_FALSE(be_->Rope(View(x, {n, heads, dh}), neg.data(), r).ok());
 }
 
+// The fused layer ops' defaults (Backend::LinearMany, LinearSwiGlu, AddRmsNorm, RopeQK) give what
+// the unfused ops give, exactly, and reject mismatched arguments.
+TEST_F(CpuBackendTest, FusedOpDefaultsMatchTheUnfusedOps) {
+  const int64_t n = 3, d = 24, hq = 2, hk = 1, dh = 8, inter = 10;
+  auto x = Random(n * d, 11), wq = Random(hq * dh * d, 12), wk = Random(hk * dh * d, 13), wv = Random(hk * dh * d, 14);
+  std::vector<float> q(n * hq * dh), k(n * hk * dh), v(n * hk * dh), q2 = q, k2 = k, v2 = v;
+  const TensorView ws[3] = {View(wq, {hq * dh, d}), View(wk, {hk * dh, d}), View(wv, {hk * dh, d})};
+  const TensorView outs[3] = {View(q, {n, hq * dh}), View(k, {n, hk * dh}), View(v, {n, hk * dh})};
+  ASSERT_TRUE(be_->LinearMany(View(x, {n, d}), ws, outs).ok());
+  ASSERT_TRUE(be_->Linear(View(x, {n, d}), ws[0], View(q2, {n, hq * dh})).ok());
+  ASSERT_TRUE(be_->Linear(View(x, {n, d}), ws[1], View(k2, {n, hk * dh})).ok());
+  ASSERT_TRUE(be_->Linear(View(x, {n, d}), ws[2], View(v2, {n, hk * dh})).ok());
+  EXPECT_EQ(q, q2);
+  EXPECT_EQ(k, k2);
+  EXPECT_EQ(v, v2);
+  EXPECT_EQ(be_->LinearMany(View(x, {n, d}), ws, absl::MakeConstSpan(outs, 2)).code(),
+            absl::StatusCode::kInvalidArgument);
+
+  std::vector<int32_t> pos = {0, 5, 700};
+  RopeArgs r;
+  ASSERT_TRUE(be_->RopeQK(View(q, {n, hq, dh}), View(k, {n, hk, dh}), pos.data(), r).ok());
+  ASSERT_TRUE(be_->Rope(View(q2, {n, hq, dh}), pos.data(), r).ok());
+  ASSERT_TRUE(be_->Rope(View(k2, {n, hk, dh}), pos.data(), r).ok());
+  EXPECT_EQ(q, q2);
+  EXPECT_EQ(k, k2);
+
+  auto wg = Random(inter * d, 15), wu = Random(inter * d, 16);
+  std::vector<float> gate(n * inter), up(n * inter), out(n * inter), gate2 = gate, up2 = up, out2 = out;
+  ASSERT_TRUE(be_->LinearSwiGlu(View(x, {n, d}), View(wg, {inter, d}), View(wu, {inter, d}), View(gate, {n, inter}),
+                                View(up, {n, inter}), View(out, {n, inter}))
+                  .ok());
+  ASSERT_TRUE(be_->Linear(View(x, {n, d}), View(wg, {inter, d}), View(gate2, {n, inter})).ok());
+  ASSERT_TRUE(be_->Linear(View(x, {n, d}), View(wu, {inter, d}), View(up2, {n, inter})).ok());
+  ASSERT_TRUE(be_->SwiGlu(View(gate2, {n, inter}), View(up2, {n, inter}), View(out2, {n, inter})).ok());
+  EXPECT_EQ(out, out2);
+
+  auto h = Random(n * d, 17), y = Random(n * d, 18), nw = Random(d, 19);
+  auto h2 = h;
+  std::vector<float> nx(n * d), nx2(n * d);
+  ASSERT_TRUE(be_->AddRmsNorm(View(h, {n, d}), View(y, {n, d}), View(nw, {d}), 1e-5f, View(nx, {n, d})).ok());
+  ASSERT_TRUE(be_->AddInPlace(View(h2, {n, d}), View(y, {n, d})).ok());
+  ASSERT_TRUE(be_->RmsNorm(View(h2, {n, d}), View(nw, {d}), 1e-5f, View(nx2, {n, d})).ok());
+  EXPECT_EQ(h, h2);
+  EXPECT_EQ(nx, nx2);
+  // A bad shape in the second op is still reported.
+  EXPECT_FALSE(be_->AddRmsNorm(View(h, {n, d}), View(y, {n, d}), View(nw, {d - 1}), 1e-5f, View(nx, {n, d})).ok());
+}
+
 TEST_F(CpuBackendTest, SwiGluAddGatherEmbed) {
   const int64_t n = 3, d = 37;  // not a multiple of 16: exercises the tail
   auto g = Random(n * d, 6), u = Random(n * d, 7);
