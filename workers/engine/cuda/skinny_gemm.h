@@ -2,7 +2,8 @@
 // for n <= kSkinnyMaxRows, bf16 x and W, fp32 sums, bf16 or f32 out. With so few rows the product
 // is a read of W; cuBLASLt's heuristic picks tiles that leave most SMs idle for these shapes
 // (decode GEMMs of the 1b preset ran at about 1.4 TB/s), this kernel spreads W over every SM.
-// LtGemm::Linear calls it when SkinnyGemmApplies.
+// LtGemm::Linear calls it when SkinnyGemmApplies; the CUDA backend's LinearMany and LinearSwiGlu
+// call the multi-weight forms below (q/k/v in one launch; gate, up and SwiGLU in one).
 #pragma once
 
 #include <cuda_runtime_api.h>
