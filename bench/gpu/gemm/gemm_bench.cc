@@ -173,7 +173,8 @@ int main(int argc, char** argv) {
               "GB/s", "%ceil", "skinny us", "GB/s", "%ceil", "speedup", "max rel");
   for (const Shape& s : shapes) {
     const size_t wbytes = static_cast<size_t>(s.in * s.out) * 2;
-    const int copies = static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1)));
+    const int copies =
+        static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / wbytes + 1)));
     std::vector<void*> w(copies);
     const std::vector<uint16_t> hw = RandomBf16(static_cast<size_t>(s.in * s.out), 1.f / std::sqrt(float(s.in)), rng);
     for (auto& p : w) {
@@ -249,7 +250,8 @@ int main(int argc, char** argv) {
                          Fused{"gate,up,SwiGLU 5632", {5632, 5632}, true}}) {
     size_t set_bytes = 0;
     for (int64_t o : f.outs) set_bytes += static_cast<size_t>(o * d) * 2;
-    const int copies = static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / set_bytes + 1)));
+    const int copies =
+        static_cast<int>(std::min<size_t>(kLaunches, std::max<size_t>(2, (size_t{512} << 20) / set_bytes + 1)));
     std::vector<std::vector<void*>> w(copies, std::vector<void*>(f.outs.size()));
     for (auto& set : w) {
       for (size_t i = 0; i < set.size(); ++i) {

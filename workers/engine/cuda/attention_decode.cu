@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   constexpr int kTN = C::kTN;
   // Launched as a programmatic dependent (pdl.cuh): Q and the newest K/V come from the kernels
   // before this one.
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  PdlWait();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw + C::kQOffset);
@@ -499,7 +499,7 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
     CpAsyncCommit();
   }
   // Let the combine kernel (a programmatic dependent) launch; it waits for this grid to finish.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  PdlTrigger();
 
   CpAsyncWait<kStages - 1>();  // Q has landed
   __syncthreads();
@@ -687,9 +687,9 @@ constexpr int kCombineThreads = 256;
 
 template <int D>
 __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");  // the split kernel has finished
+  PdlWait();  // the split kernel has finished
   // The next kernel of the step (the output projection) may launch and start reading its weights.
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  PdlTrigger();
   constexpr int kPer = D / 32;  // output columns per lane
   __shared__ float sW[kMaxSplits];
   __shared__ float sAcc[kCombineThreads / 32][D];
@@ -789,17 +789,8 @@ absl::Status Launch(const DecodeKernelArgs& a, cudaStream_t stream) {
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaLaunchKernelEx");
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
   if (a.num_splits <= 1) return absl::OkStatus();
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(static_cast<int64_t>(a.batch) * a.ha));
-  cfg.blockDim = dim3(kCombineThreads);
-  cfg.dynamicSmemBytes = 0;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attr;
-  cfg.numAttrs = 1;
-  e = cudaLaunchKernelEx(&cfg, DecodeCombineKernelV4<D>, a);
+  e = LaunchPdl(DecodeCombineKernelV4<D>, dim3(static_cast<unsigned>(static_cast<int64_t>(a.batch) * a.ha)),
+                dim3(kCombineThreads), 0, stream, a);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode combine: cudaLaunchKernelEx");
   return LaunchStatus("attention decode combine");
 }

@@ -554,7 +554,8 @@ class CudaBackend final : public Backend {
     if (SkinnyInput(x, w_gate) && SkinnyInput(x, w_up) && w_gate.shape == w_up.shape &&
         out.space == MemSpace::kDevice && out.dtype == DType::kBF16) {
       const int64_t in = w_gate.dim(1), n = x.numel() / in, inter = w_gate.dim(0);
-      if (out.numel() == n * inter && cuda::SkinnyGemmApplies(x.data, w_gate.data, out.data, DType::kBF16, n, in, inter) &&
+      if (out.numel() == n * inter &&
+          cuda::SkinnyGemmApplies(x.data, w_gate.data, out.data, DType::kBF16, n, in, inter) &&
           reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0) {
         return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream());
       }
@@ -595,16 +596,10 @@ class CudaBackend final : public Backend {
     }
     const int64_t n = q.dim(0);
     if (n == 0) return absl::OkStatus();
-    if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
-    for (int64_t i = 0; i < n; ++i) {
-      if (positions[i] < 0) return absl::InvalidArgumentError(absl::StrCat("Rope: negative position ", positions[i]));
-    }
-    const void* dev_pos = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
+    SQA_ASSIGN_OR_RETURN(const int32_t* dev_pos, StagePositions(positions, n));
     bool done = false;
-    SQA_RETURN_IF_ERROR(cuda::LaunchRopeQK(q.data, q.dim(1), k.data, k.dim(1), q.dtype, n, q.dim(2),
-                                           static_cast<const int32_t*>(dev_pos), rope.theta, rope.position_scale,
-                                           stream(), &done));
+    SQA_RETURN_IF_ERROR(cuda::LaunchRopeQK(q.data, q.dim(1), k.data, k.dim(1), q.dtype, n, q.dim(2), dev_pos,
+                                           rope.theta, rope.position_scale, stream(), &done));
     return done ? absl::OkStatus() : Backend::RopeQK(q, k, positions, rope);
   }
 
@@ -625,14 +620,9 @@ class CudaBackend final : public Backend {
     if (x.shape.size() != 3) return absl::InvalidArgumentError("Rope: x must be [n, heads, head_dim]");
     const int64_t n = x.dim(0);
     if (n == 0) return absl::OkStatus();
-    if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
-    for (int64_t i = 0; i < n; ++i) {
-      if (positions[i] < 0) return absl::InvalidArgumentError(absl::StrCat("Rope: negative position ", positions[i]));
-    }
-    const void* dev_pos = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
-    return cuda::LaunchRope(x.data, x.dtype, n, x.dim(1), x.dim(2), static_cast<const int32_t*>(dev_pos), rope.theta,
-                            rope.position_scale, stream());
+    SQA_ASSIGN_OR_RETURN(const int32_t* dev_pos, StagePositions(positions, n));
+    return cuda::LaunchRope(x.data, x.dtype, n, x.dim(1), x.dim(2), dev_pos, rope.theta, rope.position_scale,
+                            stream());
   }
 
   absl::Status SwiGlu(const TensorView& gate, const TensorView& up, const TensorView& out) override {
@@ -1148,6 +1138,17 @@ class CudaBackend final : public Backend {
   cuda::LtGemm gemm_;
   // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with
   // x [n, in], n within the kernel's rows (and the backend's skinny setting).
+  // RoPE's host positions checked (present, none negative) and staged on the device.
+  absl::StatusOr<const int32_t*> StagePositions(const int32_t* positions, int64_t n) {
+    if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
+    for (int64_t i = 0; i < n; ++i) {
+      if (positions[i] < 0) return absl::InvalidArgumentError(absl::StrCat("Rope: negative position ", positions[i]));
+    }
+    const void* dev_pos = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
+    return static_cast<const int32_t*>(dev_pos);
+  }
+
   bool SkinnyInput(const TensorView& x, const TensorView& w) const {
     if (x.space != MemSpace::kDevice || x.dtype != DType::kBF16 || w.space != MemSpace::kDevice ||
         w.dtype != DType::kBF16 || w.shape.size() != 2 || x.shape.empty() || x.dim(-1) != w.dim(1) || w.dim(1) == 0) {

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "services/common/status.h"
 #include "workers/engine/cuda/cuda_check.h"
 #include "workers/engine/cuda/elementwise.h"
 #include "workers/engine/cuda/pdl.cuh"
@@ -381,23 +382,22 @@ absl::Status LaunchConvert(const void* src, DType src_type, void* dst, DType dst
   return DispatchAct(dst_type, "Convert", with_src);
 }
 
-absl::Status LaunchEmbed(const void* table, DType table_type, const int32_t* tokens, int64_t n, int64_t d,
-                         void* out, DType out_type, cudaStream_t stream) {
+absl::Status LaunchEmbed(const void* table, DType table_type, const int32_t* tokens, int64_t n, int64_t d, void* out,
+                         DType out_type, cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   return DispatchAct(table_type, "Embed", [&](auto s) -> absl::Status {
     using S = decltype(s);
     return DispatchAct(out_type, "Embed", [&](auto o) -> absl::Status {
       using D = decltype(o);
-      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(EmbedKernel<S, D>, GridFor(n * d), kThreads, 0, stream, static_cast<const S*>(table), tokens, n, d,
-                                                            static_cast<D*>(out)));
-      SQA_GPU_RETURN_IF_LAUNCH_ERROR("EmbedKernel");
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(EmbedKernel<S, D>, GridFor(n * d), kThreads, 0, stream,
+                                        static_cast<const S*>(table), tokens, n, d, static_cast<D*>(out)));
       return absl::OkStatus();
     });
   });
 }
 
-absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_type, int64_t n, int64_t d,
-                           float eps, void* out, DType out_type, cudaStream_t stream) {
+absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_type, int64_t n, int64_t d, float eps,
+                           void* out, DType out_type, cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   if (n > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("RmsNorm: too many rows");
   const int threads = d >= 1024 ? 512 : (d >= 256 ? 256 : 128);
@@ -405,8 +405,9 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
     const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
     return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
       using W = decltype(ws);
-      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream, static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps, static_cast<Bf16x8*>(out)));
-      SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormBf16x8Kernel");
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream,
+                                        static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps,
+                                        static_cast<Bf16x8*>(out)));
       return absl::OkStatus();
     });
   }
@@ -416,8 +417,9 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
       using W = decltype(ws);
       return DispatchAct(out_type, "RmsNorm", [&](auto os) -> absl::Status {
         using D = decltype(os);
-        SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormKernel<X, W, D>, static_cast<unsigned>(n), threads, 0, stream, static_cast<const X*>(x), static_cast<const W*>(w), d, eps, static_cast<D*>(out)));
-        SQA_GPU_RETURN_IF_LAUNCH_ERROR("RmsNormKernel");
+        SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormKernel<X, W, D>, static_cast<unsigned>(n), threads, 0, stream,
+                                          static_cast<const X*>(x), static_cast<const W*>(w), d, eps,
+                                          static_cast<D*>(out)));
         return absl::OkStatus();
       });
     });
@@ -446,45 +448,21 @@ absl::Status LaunchAddRmsNorm(void* x, const void* y, DType type, const void* w,
   });
 }
 
-absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count,
-                              cudaStream_t stream) {
+absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type, int64_t count, cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (x_type == DType::kBF16 && y_type == DType::kBF16 && count % 8 == 0 && Aligned16(x) && Aligned16(y)) {
     SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddBf16x8Kernel, GridFor(count / 8), kThreads, 0, stream, static_cast<Bf16x8*>(x),
-                                                                 static_cast<const Bf16x8*>(y), count / 8));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddBf16x8Kernel");
+                                      static_cast<const Bf16x8*>(y), count / 8));
     return absl::OkStatus();
   }
   return DispatchAct(x_type, "AddInPlace", [&](auto xs) -> absl::Status {
     using X = decltype(xs);
     return DispatchAct(y_type, "AddInPlace", [&](auto ys) -> absl::Status {
       using Y = decltype(ys);
-      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddKernel<X, Y>, GridFor(count), kThreads, 0, stream, static_cast<X*>(x), static_cast<const Y*>(y), count));
-      SQA_GPU_RETURN_IF_LAUNCH_ERROR("AddKernel");
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddKernel<X, Y>, GridFor(count), kThreads, 0, stream, static_cast<X*>(x),
+                                        static_cast<const Y*>(y), count));
       return absl::OkStatus();
     });
-  });
-}
-
-absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
-                        double theta, double position_scale, cudaStream_t stream) {
-  if (n == 0 || heads == 0) return absl::OkStatus();
-  if (dh % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", dh, " is odd"));
-  if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
-  if (x_type == DType::kBF16 && dh % 16 == 0 && dh <= 2 * kRopeMaxHalf && Aligned16(x)) {
-    const int grid = static_cast<int>(std::min<int64_t>(n, int64_t{1} << 20));
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(x),
-                                      heads, static_cast<__nv_bfloat16*>(nullptr), int64_t{0}, n, dh, positions, theta,
-                                      1.0 / position_scale));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeBf16x8Kernel");
-    return absl::OkStatus();
-  }
-  return DispatchAct(x_type, "Rope", [&](auto xs) -> absl::Status {
-    using T = decltype(xs);
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeKernel<T>, GridFor(n * dh / 2), kThreads, 0, stream, static_cast<T*>(x), n, heads, dh, positions, theta,
-                                                              1.0 / position_scale));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("RopeKernel");
-    return absl::OkStatus();
   });
 }
 
@@ -504,19 +482,35 @@ absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, 
   return absl::OkStatus();
 }
 
-absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,
-                          cudaStream_t stream) {
+absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
+                        double theta, double position_scale, cudaStream_t stream) {
+  if (n == 0 || heads == 0) return absl::OkStatus();
+  if (dh % 2 != 0) return absl::InvalidArgumentError(absl::StrCat("Rope: head_dim ", dh, " is odd"));
+  if (!(position_scale > 0)) return absl::InvalidArgumentError("Rope: position_scale must be > 0");
+  bool done = false;  // the vector kernel, with no second tensor
+  SQA_RETURN_IF_ERROR(
+      LaunchRopeQK(x, heads, nullptr, 0, x_type, n, dh, positions, theta, position_scale, stream, &done));
+  if (done) return absl::OkStatus();
+  return DispatchAct(x_type, "Rope", [&](auto xs) -> absl::Status {
+    using T = decltype(xs);
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeKernel<T>, GridFor(n * dh / 2), kThreads, 0, stream, static_cast<T*>(x), n,
+                                      heads, dh, positions, theta, 1.0 / position_scale));
+    return absl::OkStatus();
+  });
+}
+
+absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count, cudaStream_t stream) {
   if (count == 0) return absl::OkStatus();
   if (type == DType::kBF16 && count % 8 == 0 && Aligned16(gate) && Aligned16(up) && Aligned16(out)) {
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluBf16x8Kernel, GridFor(count / 8), kThreads, 0, stream, static_cast<const Bf16x8*>(gate), static_cast<const Bf16x8*>(up), static_cast<Bf16x8*>(out), count / 8));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluBf16x8Kernel");
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluBf16x8Kernel, GridFor(count / 8), kThreads, 0, stream,
+                                      static_cast<const Bf16x8*>(gate), static_cast<const Bf16x8*>(up),
+                                      static_cast<Bf16x8*>(out), count / 8));
     return absl::OkStatus();
   }
   return DispatchAct(type, "SwiGlu", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluKernel<T>, GridFor(count), kThreads, 0, stream, static_cast<const T*>(gate), static_cast<const T*>(up),
-                                                           static_cast<T*>(out), count));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("SwiGluKernel");
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(SwiGluKernel<T>, GridFor(count), kThreads, 0, stream, static_cast<const T*>(gate),
+                                      static_cast<const T*>(up), static_cast<T*>(out), count));
     return absl::OkStatus();
   });
 }
@@ -524,37 +518,35 @@ absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType typ
 absl::Status LaunchGatherRows(const void* x, const int64_t* rows, int64_t m, int64_t row_bytes, void* out,
                               cudaStream_t stream) {
   if (m == 0 || row_bytes == 0) return absl::OkStatus();
-  const bool words = row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0 &&
-                     reinterpret_cast<uintptr_t>(out) % 4 == 0;
+  const bool words =
+      row_bytes % 4 == 0 && reinterpret_cast<uintptr_t>(x) % 4 == 0 && reinterpret_cast<uintptr_t>(out) % 4 == 0;
   if (words) {
     const int64_t rw = row_bytes / 4;
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint32_t>, GridFor(m * rw), kThreads, 0, stream, static_cast<const uint32_t*>(x), rows, m, rw,
-                                                           static_cast<uint32_t*>(out)));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint32_t>, GridFor(m * rw), kThreads, 0, stream,
+                                      static_cast<const uint32_t*>(x), rows, m, rw, static_cast<uint32_t*>(out)));
   } else {
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint8_t>, GridFor(m * row_bytes), kThreads, 0, stream, static_cast<const uint8_t*>(x), rows, m,
-                                                                  row_bytes, static_cast<uint8_t*>(out)));
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(GatherKernel<uint8_t>, GridFor(m * row_bytes), kThreads, 0, stream,
+                                      static_cast<const uint8_t*>(x), rows, m, row_bytes, static_cast<uint8_t*>(out)));
   }
-  SQA_GPU_RETURN_IF_LAUNCH_ERROR("GatherKernel");
   return absl::OkStatus();
 }
 
-absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const int64_t* slots, int64_t n,
-                           int64_t hkv, int64_t dh, int64_t block_size, void* k_cache, void* v_cache,
-                           cudaStream_t stream) {
+absl::Status LaunchWriteKv(const void* k, const void* v, DType kv_type, const int64_t* slots, int64_t n, int64_t hkv,
+                           int64_t dh, int64_t block_size, void* k_cache, void* v_cache, cudaStream_t stream) {
   if (n == 0) return absl::OkStatus();
   if (block_size <= 0) return absl::InvalidArgumentError("WriteKv: block_size must be > 0");
   if (kv_type == DType::kBF16 && dh % 8 == 0 && Aligned16(k) && Aligned16(v) && Aligned16(k_cache) &&
       Aligned16(v_cache)) {
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvBf16x8Kernel, GridFor(n * hkv * dh / 8), kThreads, 0, stream, static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv, dh / 8,
-        static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache)));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvBf16x8Kernel");
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvBf16x8Kernel, GridFor(n * hkv * dh / 8), kThreads, 0, stream,
+                                      static_cast<const Bf16x8*>(k), static_cast<const Bf16x8*>(v), slots, n, hkv,
+                                      dh / 8, static_cast<Bf16x8*>(k_cache), static_cast<Bf16x8*>(v_cache)));
     return absl::OkStatus();
   }
   return DispatchAct(kv_type, "WriteKv", [&](auto ts) -> absl::Status {
     using T = decltype(ts);
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvKernel<T>, GridFor(n * hkv * dh), kThreads, 0, stream, static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh,
-        static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache)));
-    SQA_GPU_RETURN_IF_LAUNCH_ERROR("WriteKvKernel");
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(WriteKvKernel<T>, GridFor(n * hkv * dh), kThreads, 0, stream,
+                                      static_cast<const T*>(k), static_cast<const T*>(v), slots, n, hkv, dh,
+                                      static_cast<bf16*>(k_cache), static_cast<bf16*>(v_cache)));
     return absl::OkStatus();
   });
 }

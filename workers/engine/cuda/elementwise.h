@@ -42,8 +42,9 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
 absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
                         double theta, double position_scale, cudaStream_t stream);
 
-// LaunchRope on q [n, hq, dh] and k [n, hk, dh] in one kernel (bf16, dh % 16 == 0, aligned);
-// false in *done when that does not apply (the caller then runs LaunchRope twice).
+// LaunchRope on q [n, hq, dh] and k [n, hk, dh] (k may be null with hk = 0) in one kernel (bf16,
+// dh % 16 == 0, aligned); false in *done when that does not apply (the caller then runs LaunchRope
+// on each, which has a scalar kernel for the other cases).
 absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, int64_t n, int64_t dh,
                           const int32_t* positions, double theta, double position_scale, cudaStream_t stream,
                           bool* done);

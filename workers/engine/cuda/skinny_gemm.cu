@@ -205,9 +205,11 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
     a.nout[s] = o.out_features;
     a.first_block[s + 1] = a.first_block[s] + (o.out_features + kRows - 1) / kRows;
   }
-  if (a.first_block[a.count] > (int64_t{1} << 31) - 1) return absl::InvalidArgumentError("skinny GEMM: too many features");
-  const cudaError_t e = out_type == DType::kF32 ? LaunchRows<float, false>(n, a, stream)
-                                                : LaunchRows<__nv_bfloat16, false>(n, a, stream);
+  if (a.first_block[a.count] > (int64_t{1} << 31) - 1) {
+    return absl::InvalidArgumentError("skinny GEMM: too many features");
+  }
+  const cudaError_t e =
+      out_type == DType::kF32 ? LaunchRows<float, false>(n, a, stream) : LaunchRows<__nv_bfloat16, false>(n, a, stream);
   SQA_GPU_RETURN_IF_ERROR(e);
   return absl::OkStatus();
 }
