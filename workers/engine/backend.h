@@ -99,6 +99,10 @@ struct DecodeAttentionArgs {
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_kv_len = 0;
+  // How many of each sequence's last keys the ops issued just before this one may still be
+  // writing (1 when they appended one token per sequence); the keys before them come from
+  // earlier steps. A backend may start reading those early. Negative: unknown.
+  int64_t fresh_kv_tokens = -1;
 };
 
 // One row of device sampling (Backend::SampleTokens): the rule of sampling.h with the uniform draw
@@ -266,6 +270,10 @@ struct BackendOptions {
   // CUDA: GEMMs of up to 8 rows (decode) use the skinny kernel instead of cuBLASLt (off: cuBLASLt
   // for every GEMM, to compare the two).
   bool skinny_gemm = true;
+  // CUDA decode attention kernel, to compare them (cuda/attention.h): auto (= v5), v5, v5w (v5
+  // without reading any K/V before the kernels before it finish) or v4 (a second kernel merges
+  // the splits).
+  std::string decode_kernel = "auto";
 };
 // Makes the backend for `options`; kAuto picks CUDA when built with it and a GPU is present.
 // Asking for CUDA in a CPU-only build gives FAILED_PRECONDITION with a message saying so.

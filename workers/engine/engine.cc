@@ -888,6 +888,7 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
         da.seqs = decode_refs;
       }
       da.out = SubRows(attn, 0, {num_decode, ha, dh});
+      da.fresh_kv_tokens = 1;  // WriteKv above appended each decode row's one new token
       SQA_RETURN_IF_ERROR(be.AttentionDecode(da));
     }
     if (sequence_group()) {

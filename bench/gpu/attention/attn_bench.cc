@@ -17,7 +17,7 @@
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
 //                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
-//                       [--decode-kernels v4,v3]  (decode kernels to time, side by side)
+//                       [--decode-kernels v5,v4]  (decode kernels to time, side by side: v5, v5w, v4, v3)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 //                       [--read-floor-max-gb G]  (decode: time a read-only kernel over the same
 //                        bytes for calls up to G GB, default 1; 0 = off)
@@ -178,7 +178,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   double read_floor_max_gb = 1.0;  // decode rows: time the read-only floor for calls up to this size
-  std::vector<std::string> decode_kernels = {"v4", "v3"};
+  std::vector<std::string> decode_kernels = {"v5", "v4"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   double sustain_ms = 1500;                  // prefill rows: sustained load before timing (0: off)
   for (int i = 1; i < argc; ++i) {
@@ -214,8 +214,8 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "v4" && t != "v3") {
-          std::fprintf(stderr, "--decode-kernels takes v4 and/or v3, not %s\n", t.c_str());
+        if (t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
+          std::fprintf(stderr, "--decode-kernels takes v5, v5w, v4 and v3, not %s\n", t.c_str());
           return 2;
         }
         decode_kernels.push_back(t);
@@ -440,12 +440,17 @@ int main(int argc, char** argv) {
         }
         for (const std::string& dname : decode_kernels)
         for (int64_t want_splits : decode_splits) {
-          const sqa::cuda::DecodeKernel dk = dname == "v3" ? sqa::cuda::DecodeKernel::kV3 : sqa::cuda::DecodeKernel::kV4;
+          // v5 reads its first K/V tiles before waiting on the launch before it, as in a decode step
+          // (fresh_kv_tokens = 1: the step appends one token per sequence); v5w waits first.
+          const sqa::cuda::DecodeKernel dk = dname == "v3"   ? sqa::cuda::DecodeKernel::kV3
+                                             : dname == "v4" ? sqa::cuda::DecodeKernel::kV4
+                                                             : sqa::cuda::DecodeKernel::kV5;
           const size_t wsb =
               sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, static_cast<int>(want_splits), dk);
           ws = nullptr;
           if (wsb > 0) {
             CK(cudaMalloc(&ws, wsb));
+            CK(cudaMemset(ws, 0, wsb));  // v5's merge counters start at zero
           }
           sqa::cuda::DecodeParams p;
           p.q = q;
@@ -463,6 +468,7 @@ int main(int argc, char** argv) {
           p.workspace = ws;
           p.workspace_bytes = wsb;
           p.kernel = dk;
+          p.fresh_kv_tokens = dname == "v5" ? 1 : -1;
           p.num_splits = static_cast<int>(want_splits);
           // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
           // replays per decode step): time per launch without host launch cost, with cold L2.

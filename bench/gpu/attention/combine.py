@@ -2,9 +2,10 @@
 """Combines sqa-attn-bench JSON and sdpa.py JSON into one table.
 
 Usage: combine.py --attn attn.json --sdpa sdpa.json --out-md bench/results/gpu_attention.md
-                  --out-json bench/results/gpu_attention.json [--note "text"]
+                  --out-json bench/results/gpu_attention.json [--decode dec.json] [--note "text"]
 Prints the markdown table and writes it (plus the merged raw JSON). Every number comes from the
-two input files.
+input files: with --decode, the decode rows come from that run instead of --attn's (--attn may
+then be an earlier gpu_attention.json, whose raw_attn holds the prefill run).
 """
 import argparse
 import datetime
@@ -24,8 +25,15 @@ def main():
     ap.add_argument("--floor-run", default="",
                     help="sqa-attn-bench JSON of a run that timed the read-only floor beside the default decode "
                          "kernel: rendered as its own table (both columns from that one run)")
+    ap.add_argument("--decode", default="",
+                    help="sqa-attn-bench JSON whose decode rows replace those of --attn")
     args = ap.parse_args()
     attn = json.load(open(args.attn))
+    if "raw_attn" in attn:  # an earlier output of this script
+        attn = attn["raw_attn"]
+    if args.decode:
+        attn = dict(attn)
+        attn["decode"] = json.load(open(args.decode))["decode"]
     sdpa = json.load(open(args.sdpa))
     ours = {}   # the default (wgmma ping-pong, TMA producer) kernel
     cpa = {}    # the same kernel with its cp.async producer (--kernels cpasync)
@@ -134,13 +142,18 @@ def main():
                  "v17-v18), and the GPU runs these kernels at its power cap: the ncu profiles of earlier versions "
                  "and the clock trace are in bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
+    order_k = ["v5", "v4", "v3"]  # newest first: the first one a run timed is the default
+    timed = [k for k in order_k if any(r.get("kernel", "v3") == k for r in attn["decode"])]
+    dk = timed[0] if timed else "v4"
+    ck = timed[1] if len(timed) > 1 else order_k[min(order_k.index(dk) + 1, len(order_k) - 1)]
     lines.append("## Decode over the paged cache (block 64), bytes of K+V read per second")
     lines.append("")
     lines.append(f"Copy ceiling {COPY_CEILING / 1e12:.2f} TB/s (device copy, read + write). "
                  "Every sequence of the batch has `ctx` tokens; combinations above the benchmark's memory cap "
                  "are skipped. Timing: one CUDA graph of 32 launches, each over its own copy of the cache (K/V "
                  "comes from DRAM, not L2), per-launch median; `1 call` = one launch timed alone with events, "
-                 "host launch cost included. `v4` = the default kernel, `v3` = the earlier one, same run. "
+                 f"host launch cost included. `{dk}` = the default kernel, `{ck}` = the one before it, same "
+                 "run (when timed). "
                  "`read-only` (when timed) = a kernel that only reads the same bytes with every SM, in the "
                  "same kind of graph: what reading that much in one launch costs at that size, with no compute.")
     lines.append("")
@@ -153,33 +166,35 @@ def main():
         if key not in dec:
             dorder.append(key)
         dec.setdefault(key, {})[r.get("kernel", "v3")] = r
-    has_v3 = any("v3" in v for v in dec.values())
+    has_cmp = any(ck in v for v in dec.values())
     head = "| layout | Hq/Hkv | ctx | batch | splits | us | 1 call us | GB/s | % of ceiling |"
     sep = "|---|---|---|---|---|---|---|---|---|"
-    if has_v3:
-        head += " v3 us | v3 % of ceiling | v3 time / v4 |"
+    if has_cmp:
+        head += f" {ck} us | {ck} % of ceiling | {ck} time / {dk} |"
         sep += "---|---|---|"
     # The read-only floor (sqa-attn-bench, calls up to 1 GB): the same bytes read by a kernel that
     # does nothing else; shown only when the run measured it.
-    has_floor = any((v.get("v4") or v.get("v3") or {}).get("read_floor_ms", 0) > 0 for v in dec.values())
+    has_floor = any((v.get(dk) or {}).get("read_floor_ms", 0) > 0 for v in dec.values())
     if has_floor:
-        head += " read-only us | read-only % of ceiling | v4 time / read-only |"
+        head += f" read-only us | read-only % of ceiling | {dk} time / read-only |"
         sep += "---|---|---|"
     lines.append(head)
     lines.append(sep)
     dec_rows = []
     for key in dorder:
         k = dec[key]
-        r = k.get("v4") or k.get("v3")
+        r = k.get(dk)
+        if r is None:
+            continue
         single = f"{r['ms_single_launch'] * 1e3:.1f}" if "ms_single_launch" in r else "n/a"
         line = (f"| {r['layout']} | {r['hq']}/{r['hkv']} | {r['ctx']} | {r['batch']} | {r['splits']} | "
                 f"{r['ms'] * 1e3:.1f} | {single} | {r['bytes_per_s'] / 1e9:.0f} | "
                 f"{100 * r['fraction_of_copy_ceiling']:.1f}% |")
-        v3 = k.get("v3")
-        if has_v3:
-            if v3 and r is not v3:
-                line += (f" {v3['ms'] * 1e3:.1f} | {100 * v3['fraction_of_copy_ceiling']:.1f}% | "
-                         f"{v3['ms'] / r['ms']:.2f} |")
+        rc = k.get(ck)
+        if has_cmp:
+            if rc and r is not rc:
+                line += (f" {rc['ms'] * 1e3:.1f} | {100 * rc['fraction_of_copy_ceiling']:.1f}% | "
+                         f"{rc['ms'] / r['ms']:.2f} |")
             else:
                 line += " n/a | n/a | n/a |"
         if has_floor:
@@ -221,7 +236,7 @@ def floor_table(path):
     """The decode rows of one sqa-attn-bench run beside the read-only kernel of the same run."""
     run = json.load(open(path))
     kernels = [r for r in run.get("decode", []) if r.get("splits_requested", 0) in (0, None)]
-    default = next((k for k in ("v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
+    default = next((k for k in ("v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
     out = ["", "## Decode beside the read-only floor (one run)", ""]
     out.append(f"From `{path}`: the `{default}` rows and the read-only kernel (same bytes, every SM, no compute; "
                "the same graph of 32 launches over cache copies) timed in that one run. `75% allows` = the time "

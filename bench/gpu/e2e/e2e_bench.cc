@@ -2,7 +2,8 @@
 //
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
-//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--sustain-s 1.5] [--json F]
+//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v5|v5w|v4]
+//                 [--sustain-s 1.5] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
 // from the call to the last-token logits on the host; tokens/s = N / seconds. One untimed warm-up
@@ -15,7 +16,8 @@
 // after two warm-up steps (which also capture the step's CUDA graph); tokens/s =
 // B * steps / seconds. --cuda-graphs both measures every batch with graphs on and again off (one
 // decode row each, "cuda_graphs": true/false). --skinny-gemm off sends decode-sized GEMMs to
-// cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run. Prints one JSON object (also written to --json).
+// cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run; --decode-kernel picks the decode attention kernel
+// (BackendOptions::decode_kernel) the same way. Prints one JSON object (also written to --json).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +50,7 @@ struct Flags {
   int64_t block_size = 64;
   std::string cuda_graphs = "on";
   bool skinny_gemm = true;
+  std::string decode_kernel = "auto";
   double sustain_s = 1.5;
   std::string json;
 };
@@ -67,7 +70,8 @@ int Usage(const std::string& why) {
   std::cerr << "sqa-e2e-bench: " << why
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
-               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--sustain-s S] [--json F]\n";
+               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v5|v5w|v4]\n"
+               "         [--sustain-s S] [--json F]\n";
   return 2;
 }
 
@@ -101,6 +105,11 @@ int main(int argc, char** argv) {
     } else if (a == "--skinny-gemm") {
       if (v != "on" && v != "off") return Usage("--skinny-gemm wants on or off, got " + v);
       f.skinny_gemm = v == "on";
+    } else if (a == "--decode-kernel") {
+      if (v != "auto" && v != "v5" && v != "v5w" && v != "v4") {
+        return Usage("--decode-kernel wants auto, v5, v5w or v4, got " + v);
+      }
+      f.decode_kernel = v;
     } else if (a == "--sustain-s") {
       if (!absl::SimpleAtod(v, &f.sustain_s) || f.sustain_s < 0) return Usage("bad --sustain-s " + v);
     } else if (a == "--prefill") {
@@ -138,6 +147,7 @@ int main(int argc, char** argv) {
   sqa::BackendOptions bo;
   bo.device = *kind;
   bo.skinny_gemm = f.skinny_gemm;
+  bo.decode_kernel = f.decode_kernel;
   auto be = sqa::CreateBackend(bo);
   if (!be.ok()) {
     std::cerr << "sqa-e2e-bench: " << be.status() << "\n";
@@ -161,6 +171,7 @@ int main(int argc, char** argv) {
   out["model"] = f.model;
   out["layout"] = cfg.LayoutName();
   out["skinny_gemm"] = f.skinny_gemm;
+  out["decode_kernel"] = f.decode_kernel;
   out["hidden_size"] = cfg.hidden_size;
   out["layers"] = cfg.num_hidden_layers;
   out["num_attention_heads"] = cfg.num_attention_heads;

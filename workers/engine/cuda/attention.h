@@ -83,11 +83,17 @@ struct PrefillParams {
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.
 absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
 
-// Which decode kernel runs. kAuto is kV4: up to 16 heads per KV head run two CTAs per SM,
-// wider groups eight warps per CTA (two per K/V stream); the splits are merged by a second
-// kernel launched as a programmatic dependent. kV3 is the earlier kernel (four warps, one CTA
-// per SM, a serial combine), kept for comparison in tests and benchmarks.
-enum class DecodeKernel { kAuto, kV4, kV3 };
+// Which decode kernel runs. kAuto is kV5.
+//  - kV4: up to 16 heads per KV head run two CTAs per SM, wider groups eight warps per CTA (two
+//    per K/V stream); the splits are merged by a second kernel launched as a programmatic
+//    dependent.
+//  - kV5: kV4's split kernel, which also merges the splits itself when its grid fits on the GPU
+//    at once: the last CTAs of each (sequence, KV head) to finish each merge a 32-column slice
+//    of its heads (no second kernel). It can also issue its first K/V loads before waiting for
+//    the kernels before it (fresh_kv_tokens below). Larger grids use kV4's merge kernel.
+//  - kV3: the earlier kernel (four warps, one CTA per SM, a serial combine), kept for comparison
+//    in tests and benchmarks.
+enum class DecodeKernel { kAuto, kV5, kV4, kV3 };
 
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
@@ -109,12 +115,23 @@ struct DecodeParams {
   void* out = nullptr;                 // bf16 [B, Ha, dh]
   float* lse = nullptr;                // optional f32 [B, Ha]
   // Scratch for split-KV partial results, at least DecodeWorkspaceBytes(...) bytes (may be
-  // nullptr when that is 0). Must not be shared by launches running concurrently.
+  // nullptr when that is 0). Must not be shared by launches running concurrently. kV5 keeps
+  // counters in its last kDecodeCounterBytes: the buffer must be zero-filled once when it is
+  // allocated (cudaMemset), and every launch leaves those counters at zero again.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int num_splits = 0;                  // 0 = automatic (from max_kv_len and the SM count)
   DecodeKernel kernel = DecodeKernel::kAuto;
+  // kV5, launched as a programmatic dependent (pdl.cuh), may read the K/V of positions below
+  // kv_lens[b] - fresh_kv_tokens, the block tables and kv_lens before its predecessors finish.
+  // Set it to the number of trailing positions of each sequence that kernels still running
+  // may write (1 for a decode step that appends one token per sequence right before); those
+  // inputs must then come from earlier steps or copies. Negative: wait first, read nothing early.
+  int fresh_kv_tokens = -1;
 };
+
+// Bytes at the end of a kV5 workspace that hold its merge counters (zero between launches).
+inline constexpr size_t kDecodeCounterBytes = 16384;
 
 // Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only
 // on host values, so a backend can size it once for its largest batch / context.

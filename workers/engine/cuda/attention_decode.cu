@@ -6,7 +6,8 @@
 // read the KV twice). The CTA's 4 warps each stream their own 32-key tiles (cp.async, two stages,
 // warp-private shared memory), keep an online softmax, and are merged at the end through shared
 // memory. With more than one split the partial (o, lse) go to the workspace in f32 and a second
-// kernel merges them (same formula as MergeAttention).
+// kernel merges them (same formula as MergeAttention). v4 and v5 (the default) refine this: see
+// the notes above namespace v4 and above MergeSplitsInKernel.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -60,6 +61,10 @@ struct DecodeKernelArgs {
   float* part_o;      // [splits][B][Ha][D] when num_splits > 1
   float* part_lse;    // [splits][B][Ha]
   int batch;
+  // v5 only.
+  unsigned* counters;  // [B][Hkv x row groups] arrivals, zero between launches (fused merge)
+  bool fused;          // merge the splits in the split kernel (the grid fits on the GPU at once)
+  int fresh;           // DecodeParams::fresh_kv_tokens
 };
 
 // Writes element d of (sequence, head) row oidx after the CTA's merge: acc / l, and the LSE from
@@ -381,12 +386,21 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 //    each warp keeps its Q fragments in registers;
 //  - the combine reads all splits of a (sequence, head) at once (4 warps, vector loads) and is
 //    launched as a programmatic dependent of the split kernel, so its launch overlaps the tail.
+// v5 (DecodeKernelV4<D, RW, true>, the default) is the same split kernel with three changes:
+//  - when the grid fits on the GPU at once and splits hold >= kFuseMinSplitKeys keys, the last
+//    CTAs of each (sequence, KV head) to finish merge the splits (MergeSplitsInKernel): no
+//    second kernel and no second launch's latency;
+//  - with DecodeParams::fresh_kv_tokens >= 0 its first K/V tiles are issued before PdlWait when
+//    they end below the fresh keys, so they load while the kernels before it finish; Q follows
+//    with plain loads after the wait;
+//  - the stream partials in shared memory have rows padded by 8 floats (no bank conflicts in
+//    the epilogue's float2 stores).
 namespace v4 {
 
 constexpr int kStreams = 4;  // K/V tile streams per CTA
 constexpr int kStages = 3;   // cp.async stages per stream (two tiles in flight)
 
-template <int D, int RW>
+template <int D, int RW, bool V5 = false>
 struct Cfg {
   static constexpr int kTN = RW == 1 ? 16 : 32;          // keys per stream tile
   static constexpr int kRows = 16 * RW;                  // query heads of one CTA
@@ -395,7 +409,10 @@ struct Cfg {
   static constexpr int kTileElems = kTN * D;             // K (or V) of one tile
   static constexpr int kStreamElems = kStages * 2 * kTileElems;
   static constexpr int kKvBytes = kStreams * kStreamElems * 2;
-  static constexpr int kMergeBytes = kStreams * kRows * (D + 2) * 4;
+  // Row stride of the stream partials in shared memory. v5 pads rows by 8 floats: the float2
+  // stores of a half-warp (4 rows x 8 columns) then hit 32 different banks instead of 8.
+  static constexpr int kOS = V5 ? D + 8 : D;
+  static constexpr int kMergeBytes = kStreams * kRows * (kOS + 2) * 4;
   static constexpr int kQOffset = kKvBytes > kMergeBytes ? kKvBytes : kMergeBytes;
   static constexpr int kSmem = kQOffset + kRows * D * 2;
   static constexpr int kMinBlocks = RW == 1 ? 2 : 1;
@@ -416,13 +433,18 @@ __device__ __forceinline__ void StreamSync(int stream) {
   }
 }
 
-template <int D, int RW>
-__global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
-  using C = Cfg<D, RW>;
+template <int D, int kThreads>
+__device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* smem, int b, int head0, int rows);
+
+template <int D, int RW, bool V5>
+__global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
+  using C = Cfg<D, RW, V5>;
   constexpr int kTN = C::kTN;
   // Launched as a programmatic dependent (pdl.cuh): Q and the newest K/V come from the kernels
-  // before this one.
-  PdlWait();
+  // before this one. v5 with a.fresh >= 0 issues its first K/V tiles before waiting, when they
+  // lie below the fresh positions.
+  const bool early = V5 && a.fresh >= 0;
+  if (!early) PdlWait();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw + C::kQOffset);
@@ -442,14 +464,16 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   const int ks1 = static_cast<int>(min(static_cast<int64_t>(kv_len), static_cast<int64_t>(ks0) + split_len));
   const int32_t* table = a.block_tables + b * a.table_stride;
 
-  for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
-    const int r = i / C::kChunks, c = i % C::kChunks;
-    const bool valid = r < rows;
-    const bf16* src = a.q;
-    if (valid) src = a.q + (static_cast<int64_t>(b) * a.hq + (head0 + r) % a.hq) * D + c * 8;
-    CpAsync16(SmemAddr(sQ + Swz<D>(r, c)), src, valid);
+  if constexpr (!V5) {
+    for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
+      const int r = i / C::kChunks, c = i % C::kChunks;
+      const bool valid = r < rows;
+      const bf16* src = a.q;
+      if (valid) src = a.q + (static_cast<int64_t>(b) * a.hq + (head0 + r) % a.hq) * D + c * 8;
+      CpAsync16(SmemAddr(sQ + Swz<D>(r, c)), src, valid);
+    }
+    CpAsyncCommit();
   }
-  CpAsyncCommit();
 
   bf16* wK = sKV + stream * C::kStreamElems;  // [stage][K|V][kTN][D]
   const int li = rw * 32 + lane;              // this thread's place among the stream's loaders
@@ -493,16 +517,42 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
   const int n_tiles = (n_keys + kTN - 1) / kTN;
   // Stream s takes tiles s, s + kStreams, ...
   const int my_tiles = n_tiles > stream ? (n_tiles - stream + kStreams - 1) / kStreams : 0;
+  auto load_prologue = [&] {
 #pragma unroll
-  for (int st = 0; st < kStages - 1; ++st) {
-    if (st < my_tiles) load_tile(ks0 + (stream + st * kStreams) * kTN, st);
-    CpAsyncCommit();
+    for (int st = 0; st < kStages - 1; ++st) {
+      if (st < my_tiles) load_tile(ks0 + (stream + st * kStreams) * kTN, st);
+      CpAsyncCommit();
+    }
+  };
+  if constexpr (V5) {
+    // The stream's first tiles go out before the wait when they end below the fresh keys.
+    const int n_pro = min(kStages - 1, my_tiles);
+    const int pro_end = ks0 + (stream + (n_pro - 1) * kStreams) * kTN + kTN;
+    const bool pre = early && (n_pro == 0 || pro_end <= kv_len - a.fresh);
+    if (pre) load_prologue();
+    if (early) PdlWait();
+    if (!pre) load_prologue();
+    // Q with plain loads (it is the predecessor's output, so it cannot join the groups above),
+    // while the tiles are in flight.
+    for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
+      const int r = i / C::kChunks, c = i % C::kChunks;
+      uint4 x = make_uint4(0u, 0u, 0u, 0u);
+      if (r < rows) {
+        x = *reinterpret_cast<const uint4*>(a.q + (static_cast<int64_t>(b) * a.hq + (head0 + r) % a.hq) * D + c * 8);
+      }
+      *reinterpret_cast<uint4*>(sQ + Swz<D>(r, c)) = x;
+    }
+    // The next kernel may launch: it waits for this grid (or, for the merge kernel, reads only
+    // what this grid writes) before using anything.
+    PdlTrigger();
+    __syncthreads();  // Q is in shared memory
+  } else {
+    load_prologue();
+    // Let the combine kernel (a programmatic dependent) launch; it waits for this grid to finish.
+    PdlTrigger();
+    CpAsyncWait<kStages - 1>();  // Q has landed
+    __syncthreads();
   }
-  // Let the combine kernel (a programmatic dependent) launch; it waits for this grid to finish.
-  PdlTrigger();
-
-  CpAsyncWait<kStages - 1>();  // Q has landed
-  __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
@@ -603,13 +653,13 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
 
   // Stream partials -> shared: sO [stream][row][D] f32, sM/sL [stream][row].
   float* sO = reinterpret_cast<float*>(smem_raw);
-  float* sM = sO + kStreams * C::kRows * D;
+  float* sM = sO + kStreams * C::kRows * C::kOS;
   float* sL = sM + kStreams * C::kRows;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
     const int r = rw * 16 + lane / 4 + i * 8;
     const float l = QuadSum(l_i[i]);
-    float* dst = sO + (stream * C::kRows + r) * D + (lane % 4) * 2;
+    float* dst = sO + (stream * C::kRows + r) * C::kOS + (lane % 4) * 2;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd) *reinterpret_cast<float2*>(dst + nd * 8) = make_float2(o[nd][2 * i], o[nd][2 * i + 1]);
     if (lane % 4 == 0) {
@@ -656,7 +706,7 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
 #pragma unroll
     for (int w = 0; w < kStreams; ++w) {
       const float f = sM[w * C::kRows + r];
-      const float4 x = *reinterpret_cast<const float4*>(sO + (w * C::kRows + r) * D + d);
+      const float4 x = *reinterpret_cast<const float4*>(sO + (w * C::kRows + r) * C::kOS + d);
       acc.x += f * x.x;
       acc.y += f * x.y;
       acc.z += f * x.z;
@@ -677,6 +727,128 @@ __global__ void __launch_bounds__(Cfg<D, RW>::kThreads, Cfg<D, RW>::kMinBlocks) 
       dst[2] = __float2bfloat16(acc.z);
       dst[3] = __float2bfloat16(acc.w);
     }
+  }
+  if constexpr (V5) {
+    if (a.fused) MergeSplitsInKernel<D, C::kThreads>(a, smem_raw, b, head0, rows);
+  }
+}
+
+__device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+// v5's merge of the splits, run by every thread of a split CTA after its partial is written.
+// The CTAs of one (sequence, KV head, row group) take tickets in the order they finish; the last
+// M = min(splits, rows x D / 32) of them each wait for the rest and then merge the 32-column
+// slices u, u + M, ... (unit = row x D / 32 + slice) with u = splits - 1 - ticket. Waiting is
+// safe because the launcher uses this path only when the whole grid fits on the GPU at once:
+// the CTAs still to arrive are running or have a free slot. The last merger to finish resets
+// the counter to zero for the next launch.
+// A pass merges up to kLanes of the merger's units at once: 8 threads (one float4 each) per
+// unit and split lane, the kLanes / units split lanes of a unit each keeping an online (max,
+// sum, o) over their splits, combined in a fixed order (the result does not depend on timing).
+template <int D, int kThreads>
+__device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* smem, int b, int head0, int rows) {
+  constexpr int kSlices = D / 32;
+  constexpr int kLanes = kThreads / 8;          // (unit, split lane) pairs of one pass
+  constexpr int kBatch = 8;                     // splits a thread loads before using any
+  float* sRed = reinterpret_cast<float*>(smem);  // [kLanes][32]: the lanes' o sums
+  float* sMax = sRed + kLanes * 32;              // [kLanes]: the lanes' maxima
+  float* sSum = sMax + kLanes;                   // [kLanes]: the lanes' weight sums
+  unsigned* sTicket = reinterpret_cast<unsigned*>(sSum + kLanes);
+  const int tid = threadIdx.x;
+  const int S = a.num_splits;
+  unsigned* cnt = a.counters + static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
+  __syncthreads();  // this CTA's partial is stored; the stream partials in shared memory are read
+  if (tid == 0) {
+    __threadfence();
+    *sTicket = atomicAdd(cnt, 1u);
+  }
+  __syncthreads();
+  const int ticket = static_cast<int>(*sTicket);
+  const int units = rows * kSlices;
+  const int M = min(S, units);
+  if (ticket < S - M) return;
+  if (tid == 0) {
+    while (LoadAcquire(cnt) < static_cast<unsigned>(S)) __nanosleep(32);
+  }
+  __syncthreads();
+  const int64_t stride = static_cast<int64_t>(a.batch) * a.ha;
+  const int first = S - 1 - ticket;
+  const int mine = (units - first + M - 1) / M;  // units first, first + M, ...
+  const int chunk = tid % 8, lane8 = tid / 8;
+  for (int k0 = 0; k0 < mine; k0 += kLanes) {
+    const int n = min(kLanes, mine - k0);  // units of this pass
+    const int P = kLanes / n;              // split lanes per unit
+    const int ul = lane8 / P, ps = lane8 % P;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    float m = -INFINITY, wsum = 0.f;
+    if (ul < n) {
+      const int u = first + (k0 + ul) * M;
+      const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
+      const int col = (u % kSlices) * 32 + chunk * 4;
+      for (int s0 = ps; s0 < S; s0 += kBatch * P) {
+        float4 x[kBatch];
+        float ls[kBatch];
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          const int s = s0 + j * P;
+          x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+          ls[j] = -INFINITY;
+          if (s < S) {
+            // L2 reads: the partials come from other SMs.
+            x[j] = __ldcg(reinterpret_cast<const float4*>(a.part_o + (s * stride + oidx) * D + col));
+            ls[j] = __ldcg(a.part_lse + s * stride + oidx);
+          }
+        }
+#pragma unroll
+        for (int j = 0; j < kBatch; ++j) {
+          if (ls[j] == -INFINITY) continue;  // a split without keys (its o is 0)
+          const float m_new = fmaxf(m, ls[j]);
+          const float sc = __expf(m - m_new);  // 0 while m is -inf
+          const float w = __expf(ls[j] - m_new);
+          acc.x = acc.x * sc + w * x[j].x;
+          acc.y = acc.y * sc + w * x[j].y;
+          acc.z = acc.z * sc + w * x[j].z;
+          acc.w = acc.w * sc + w * x[j].w;
+          wsum = wsum * sc + w;
+          m = m_new;
+        }
+      }
+    }
+    *reinterpret_cast<float4*>(sRed + lane8 * 32 + chunk * 4) = acc;
+    if (chunk == 0) {
+      sMax[lane8] = m;
+      sSum[lane8] = wsum;
+    }
+    __syncthreads();
+    for (int o = tid; o < n * 32; o += kThreads) {
+      const int ul2 = o / 32, c = o % 32;
+      float mx = -INFINITY;
+      for (int p = 0; p < P; ++p) mx = fmaxf(mx, sMax[ul2 * P + p]);
+      float num = 0.f, den = 0.f;
+      if (mx != -INFINITY) {
+        for (int p = 0; p < P; ++p) {
+          const int l = ul2 * P + p;
+          const float f = __expf(sMax[l] - mx);  // 0 for a lane without keys
+          num += f * sRed[l * 32 + c];
+          den += f * sSum[l];
+        }
+      }
+      const int u = first + (k0 + ul2) * M;
+      const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
+      const int c0 = (u % kSlices) * 32;
+      a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+      if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
+    }
+    __syncthreads();  // the shared arrays are reused by the next pass
+  }
+  if (tid == 0) {
+    // Every merger has passed its wait (all S arrived) before any of these increments.
+    const unsigned old = atomicAdd(cnt, 1u);
+    if (old == static_cast<unsigned>(S + M - 1)) atomicExch(cnt, 0u);
   }
 }
 
@@ -779,16 +951,47 @@ int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
   return best;
 }
 
-template <int D, int RW>
-absl::Status Launch(const DecodeKernelArgs& a, cudaStream_t stream) {
-  using C = Cfg<D, RW>;
-  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+// v5 merges in the split kernel only when each split has at least this many keys.
+constexpr int64_t kFuseMinSplitKeys = 512;
+
+// CTAs of the split kernel that can be resident at once on the whole GPU.
+template <int D, int RW, bool V5>
+int ResidentCtas() {
+  static const int n = [] {
+    int per_sm = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernelV4<D, RW, V5>, Cfg<D, RW, V5>::kThreads,
+                                                      Cfg<D, RW, V5>::kSmem) != cudaSuccess) {
+      cudaGetLastError();
+      per_sm = 0;
+    }
+    return per_sm * NumSms();
+  }();
+  return n;
+}
+
+template <int D, int RW, bool V5>
+absl::Status Launch(DecodeKernelArgs a, cudaStream_t stream) {
+  using C = Cfg<D, RW, V5>;
+  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW, V5>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaFuncSetAttribute");
   dim3 grid(a.num_splits, a.hkv * a.row_groups, a.batch);
-  e = LaunchPdl(DecodeKernelV4<D, RW>, grid, dim3(C::kThreads), C::kSmem, stream, a);
+  if constexpr (V5) {
+    // The in-kernel merge waits for CTAs of its own grid, so the grid must fit at once.
+    const int64_t ctas = static_cast<int64_t>(grid.x) * grid.y * grid.z;
+    const int64_t groups = static_cast<int64_t>(grid.y) * grid.z;
+    // With few keys per split, the merge kernel (launched while the split kernel runs, and
+    // letting the next kernel start sooner) costs less than holding the split CTAs for the merge:
+    // at 64 keys a split (MHA, 1k context, batch 1) the step was 0.10 ms slower fused.
+    a.fused = a.num_splits > 1 && a.counters != nullptr && a.split_len >= kFuseMinSplitKeys &&
+              ctas <= ResidentCtas<D, RW, V5>() &&
+              groups * static_cast<int64_t>(sizeof(unsigned)) <= static_cast<int64_t>(kDecodeCounterBytes);
+  } else {
+    a.fused = false;
+  }
+  e = LaunchPdl(DecodeKernelV4<D, RW, V5>, grid, dim3(C::kThreads), C::kSmem, stream, a);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaLaunchKernelEx");
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
-  if (a.num_splits <= 1) return absl::OkStatus();
+  if (a.num_splits <= 1 || a.fused) return absl::OkStatus();
   e = LaunchPdl(DecodeCombineKernelV4<D>, dim3(static_cast<unsigned>(static_cast<int64_t>(a.batch) * a.ha)),
                 dim3(kCombineThreads), 0, stream, a);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode combine: cudaLaunchKernelEx");
@@ -800,6 +1003,7 @@ absl::Status Launch(const DecodeKernelArgs& a, cudaStream_t stream) {
 // The shape of one decode launch: rows per CTA, row groups, splits and keys per split.
 struct DecodePlan {
   bool v4 = true;
+  bool v5 = true;
   int rows_per_cta = 32;
   int row_groups = 1;
   int splits = 1;
@@ -812,6 +1016,7 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   const int ha = std::max(hq, hkv);
   const int g = ha / hkv;
   pl.v4 = kernel != DecodeKernel::kV3;
+  pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kAuto;
   if (pl.v4) {
     const bool narrow = g <= 16;
     pl.rows_per_cta = narrow ? 16 : 32;
@@ -842,7 +1047,8 @@ size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int he
   const int ha = std::max(num_q_heads, num_kv_heads);
   const DecodePlan pl = MakePlan(batch, num_q_heads, num_kv_heads, max_kv_len, num_splits, kernel);
   if (pl.splits <= 1) return 0;
-  return static_cast<size_t>(pl.splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float);
+  return static_cast<size_t>(pl.splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float) +
+         (pl.v5 ? kDecodeCounterBytes : 0);
 }
 
 int DecodeSplits(const DecodeParams& p) {
@@ -893,19 +1099,32 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.scale_log2 = scale * kLog2e;
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
+  a.fresh = p.fresh_kv_tokens;
   if (a.num_splits > 1) {
-    const size_t need = static_cast<size_t>(a.num_splits) * p.batch * a.ha * (p.head_dim + 1) * sizeof(float);
+    const size_t need = static_cast<size_t>(a.num_splits) * p.batch * a.ha * (p.head_dim + 1) * sizeof(float) +
+                        (pl.v5 ? kDecodeCounterBytes : 0);
     if (p.workspace == nullptr || p.workspace_bytes < need) {
       return absl::InvalidArgumentError(absl::StrCat("attention decode: workspace of ", p.workspace_bytes,
                                                      " bytes is too small; DecodeWorkspaceBytes says ", need));
     }
     a.part_o = static_cast<float*>(p.workspace);
     a.part_lse = a.part_o + static_cast<size_t>(a.num_splits) * p.batch * a.ha * p.head_dim;
+    if (pl.v5) {
+      // The counters sit at the end of the buffer as given, not of what this call needs, so that
+      // calls of other sizes never lay partials over them.
+      a.counters = reinterpret_cast<unsigned*>(static_cast<unsigned char*>(p.workspace) +
+                                               (p.workspace_bytes - kDecodeCounterBytes) / 4 * 4);
+    }
+  }
+  if (pl.v5) {
+    const bool wide = pl.rows_per_cta == 32;
+    if (p.head_dim == 64) return wide ? v4::Launch<64, 2, true>(a, stream) : v4::Launch<64, 1, true>(a, stream);
+    return wide ? v4::Launch<128, 2, true>(a, stream) : v4::Launch<128, 1, true>(a, stream);
   }
   if (pl.v4) {
     const bool wide = pl.rows_per_cta == 32;
-    if (p.head_dim == 64) return wide ? v4::Launch<64, 2>(a, stream) : v4::Launch<64, 1>(a, stream);
-    return wide ? v4::Launch<128, 2>(a, stream) : v4::Launch<128, 1>(a, stream);
+    if (p.head_dim == 64) return wide ? v4::Launch<64, 2, false>(a, stream) : v4::Launch<64, 1, false>(a, stream);
+    return wide ? v4::Launch<128, 2, false>(a, stream) : v4::Launch<128, 1, false>(a, stream);
   }
   const bool wide = a.g > 16;
   if (p.head_dim == 64) return wide ? LaunchDecodeV3<64, 2>(a, stream) : LaunchDecodeV3<64, 1>(a, stream);

@@ -348,9 +348,19 @@ class CudaBackend final : public Backend {
   friend class CudaStepGraphs;
 
  public:
-  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, bool skinny_gemm) {
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, bool skinny_gemm,
+                                                             const std::string& decode_kernel) {
     auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
     b->device_ = device;
+    if (decode_kernel == "v4") {
+      b->decode_kernel_ = cuda::DecodeKernel::kV4;
+    } else if (decode_kernel == "v5" || decode_kernel == "v5w") {
+      b->decode_kernel_ = cuda::DecodeKernel::kV5;
+      b->decode_early_reads_ = decode_kernel == "v5";
+    } else if (decode_kernel != "auto") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("decode kernel '", decode_kernel, "' is not one of auto, v5, v5w, v4"));
+    }
     SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device));
     b->ctx_ = std::make_shared<Context>();
     b->ctx_->device = device;
@@ -792,7 +802,7 @@ class CudaBackend final : public Backend {
     SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kDecodeTables, {{tables_.data(), sizeof(int32_t) * tables_.size(), &dev_tables},
                                        {lens_.data(), sizeof(int32_t) * lens_.size(), &dev_lens}}));
     const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
-                                                 static_cast<int>(s.head_dim), max_len);
+                                                 static_cast<int>(s.head_dim), max_len, 0, decode_kernel_);
     SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&decode_ws_, &decode_ws_bytes_, ws));
     cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, stride, dev_lens, max_len);
     p.workspace = decode_ws_;
@@ -816,7 +826,7 @@ class CudaBackend final : public Backend {
 
   // Decode parameters of both decode forms, less the workspace: tables and lengths already on the
   // device, `stride` entries per row.
-  static cuda::DecodeParams DecodeParamsFor(const DecodeAttentionArgs& a, const CudaKvCache* kc, int64_t batch,
+  cuda::DecodeParams DecodeParamsFor(const DecodeAttentionArgs& a, const CudaKvCache* kc, int64_t batch,
                                             int64_t hq, const void* dev_tables, int64_t stride, const void* dev_lens,
                                             int64_t max_len) {
     const KvCacheShape& s = kc->shape();
@@ -836,6 +846,10 @@ class CudaBackend final : public Backend {
     p.scale = a.scale;
     p.out = a.out.data;
     p.lse = a.lse;
+    p.kernel = decode_kernel_;
+    p.fresh_kv_tokens = decode_early_reads_ ? static_cast<int>(std::clamp<int64_t>(a.fresh_kv_tokens, -1,
+                                                                                   std::numeric_limits<int>::max()))
+                                            : -1;
     return p;
   }
 
@@ -1032,7 +1046,7 @@ class CudaBackend final : public Backend {
          {a.kv_lens, sizeof(int32_t) * static_cast<size_t>(batch), &dev_lens}},
         &in_block));
     const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
-                                                 static_cast<int>(s.head_dim), a.max_kv_len);
+                                                 static_cast<int>(s.head_dim), a.max_kv_len, 0, decode_kernel_);
     cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, a.table_stride, dev_lens, a.max_kv_len);
     if (in_block) {
       SQA_RETURN_IF_ERROR(EnsureStepWorkspace(step_decode_ws_, ws));
@@ -1055,6 +1069,8 @@ class CudaBackend final : public Backend {
     const size_t want = std::max(need, ws.size() * 2);
     ws.reset();
     SQA_ASSIGN_OR_RETURN(ws, DeviceMemory::Allocate(want));
+    // Zero-filled: the decode kernel keeps counters in it that every launch leaves at zero.
+    SQA_GPU_RETURN_IF_ERROR(cudaMemsetAsync(ws.get(), 0, want, stream()));
     ++generation_;
     return absl::OkStatus();
   }
@@ -1068,6 +1084,7 @@ class CudaBackend final : public Backend {
     *ws = nullptr;
     *bytes = 0;
     SQA_GPU_RETURN_IF_ERROR(cudaMallocAsync(ws, want, stream()));
+    SQA_GPU_RETURN_IF_ERROR(cudaMemsetAsync(*ws, 0, want, stream()));  // see EnsureStepWorkspace
     *bytes = want;
     return absl::OkStatus();
   }
@@ -1133,6 +1150,8 @@ class CudaBackend final : public Backend {
   }
 
   int device_ = 0;
+  cuda::DecodeKernel decode_kernel_ = cuda::DecodeKernel::kAuto;  // BackendOptions::decode_kernel
+  bool decode_early_reads_ = true;                                 // false for v5w
   std::string device_name_;
   std::shared_ptr<Context> ctx_;
   cuda::LtGemm gemm_;
@@ -1328,7 +1347,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions&
     return absl::FailedPreconditionError(
         absl::StrCat("GPU index ", options.gpu_index, " does not exist; this machine has ", count, " CUDA device(s)"));
   }
-  SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b, CudaBackend::Create(options.gpu_index, options.skinny_gemm));
+  SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b,
+                       CudaBackend::Create(options.gpu_index, options.skinny_gemm, options.decode_kernel));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

@@ -399,7 +399,8 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   std::vector<Layout> layouts(std::begin(kLayouts), std::end(kLayouts));
   layouts.push_back({24, 1, "MQA24"});
   layouts.push_back({64, 1, "MQA64"});
-  for (DecodeKernel kernel : {DecodeKernel::kV4, DecodeKernel::kV3})
+  auto name = [](DecodeKernel k) { return k == DecodeKernel::kV5 ? "v5" : k == DecodeKernel::kV4 ? "v4" : "v3"; };
+  for (DecodeKernel kernel : {DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
   for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
       // 200 splits: more than the longest sequence has tiles (empty splits in the combine).
@@ -407,7 +408,7 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         // Block 48 is not a multiple of either kernel's key tile (the per-key table path).
         const int bs = splits == 3 ? 48 : (dh == 64 ? 16 : 64);
         SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits << " bs=" << bs << " kernel="
-                                        << (kernel == DecodeKernel::kV4 ? "v4" : "v3"));
+                                        << name(kernel));
         const int ha = std::max(L.hq, L.hkv);
         const int B = static_cast<int>(lens.size());
         PagedPool pool(L.hkv, dh, bs, lens, rng_);
@@ -434,6 +435,7 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         dlse.Poison();
         const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits, kernel);
         DevBuf<unsigned char> ws(ws_bytes);
+        if (ws_bytes > 0) ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));  // v5's merge counters
         DecodeParams p;
         p.q = dq.p;
         p.batch = B;
@@ -456,6 +458,16 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         ASSERT_EQ(DecodeSplits(p) > 1, ws_bytes > 0);
         absl::Status st = LaunchAttentionDecode(p, stream_);
         ASSERT_TRUE(st.ok()) << st;
+        if (kernel == DecodeKernel::kV5) {
+          // Again on the same workspace (the merge counters must be back at zero), now reading the
+          // K/V below the last key before waiting; the second result is the one checked.
+          ASSERT_CUDA(cudaStreamSynchronize(stream_));
+          dout.Poison();
+          dlse.Poison();
+          p.fresh_kv_tokens = 1;
+          st = LaunchAttentionDecode(p, stream_);
+          ASSERT_TRUE(st.ok()) << st;
+        }
         ASSERT_CUDA(cudaStreamSynchronize(stream_));
         auto got = dout.Download();
         auto got_lse = dlse.Download();
