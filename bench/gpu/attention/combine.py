@@ -213,10 +213,11 @@ def main():
                  "a copy's reads plus writes; a read-only stream can exceed it (HBM3e datasheet peak 4.8 TB/s), "
                  "so values above 100% mean the KV stream runs at the memory's read rate. MQA at batch 1 and "
                  "short contexts reads 17-67 MB (4-15 us at the read rate): the launch, the first loads' "
-                 "latency and the merge of the splits are then most of the time, and with 32 query heads "
-                 "per key one CTA of eight warps per SM runs at ~2.8 TB/s even at 128k (NOTES.md, v15). Where a run "
-                 "timed it, the last table gives the read-only floor at those sizes; NOTES.md v19 has what was "
-                 "tried against these rows.")
+                 "latency and the merge of the splits are then most of the time (v5 merges inside the split "
+                 "kernel and issues its first loads before the kernel before it has finished: NOTES.md v20), "
+                 "and with 32 query heads per key one CTA of eight warps per SM streams at ~3.7 TB/s in its "
+                 "loop (NOTES.md v15, v19). Where a run timed it, the last table gives the read-only floor at "
+                 "those sizes; NOTES.md v19 and v20 have what was tried against these rows.")
     if args.floor_run:
         lines += floor_table(args.floor_run)
     md = "\n".join(lines) + "\n"
