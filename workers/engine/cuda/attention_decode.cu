@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -542,8 +543,8 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
       }
       *reinterpret_cast<uint4*>(sQ + Swz<D>(r, c)) = x;
     }
-    // The next kernel may launch: it waits for this grid (or, for the merge kernel, reads only
-    // what this grid writes) before using anything.
+    // The next kernel may launch; it waits for this grid to finish before it reads what this
+    // grid writes.
     PdlTrigger();
     __syncthreads();  // Q is in shared memory
   } else {
@@ -954,18 +955,29 @@ int ChooseSplits(int64_t ctas0, int slots, int64_t max_kv_len, int min_keys) {
 // v5 merges in the split kernel only when each split has at least this many keys.
 constexpr int64_t kFuseMinSplitKeys = 512;
 
-// CTAs of the split kernel that can be resident at once on the whole GPU.
+// CTAs of the split kernel that can be resident at once on the current GPU (queried once per
+// device; 0, which turns the in-kernel merge off, if a query fails). Per device, not per
+// process: a grid that fits on one GPU may not fit on a smaller one, and waiting inside a grid
+// that does not fit would never end.
 template <int D, int RW, bool V5>
 int ResidentCtas() {
-  static const int n = [] {
-    int per_sm = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernelV4<D, RW, V5>, Cfg<D, RW, V5>::kThreads,
-                                                      Cfg<D, RW, V5>::kSmem) != cudaSuccess) {
-      cudaGetLastError();
-      per_sm = 0;
-    }
-    return per_sm * NumSms();
-  }();
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];  // 0 = not queried yet, else count + 1
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+    cudaGetLastError();
+    return 0;
+  }
+  if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c - 1;
+  int sms = 0, per_sm = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernelV4<D, RW, V5>, Cfg<D, RW, V5>::kThreads,
+                                                    Cfg<D, RW, V5>::kSmem) != cudaSuccess) {
+    cudaGetLastError();
+    sms = per_sm = 0;
+  }
+  const int n = std::max(0, sms) * std::max(0, per_sm);
+  cache[dev].store(n + 1, std::memory_order_relaxed);
   return n;
 }
 

@@ -7,7 +7,8 @@
 //
 // The rule for a kernel launched with LaunchPdl: nothing before PdlWait may read what an earlier
 // kernel writes, or write anything at all; reading constants (weights) is allowed, which is what
-// the skinny GEMM does to start streaming W early. Launched without the attribute (<<<>>>), both
+// the skinny GEMM does to start streaming W early. The decode kernel v5 also reads K/V of
+// earlier steps early, under the contract of DecodeParams::fresh_kv_tokens. Launched without the attribute (<<<>>>), both
 // calls are no-ops, so a kernel may be launched either way.
 #pragma once
 

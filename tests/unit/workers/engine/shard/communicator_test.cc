@@ -1,3 +1,4 @@
+#include <atomic>
 #include <chrono>
 #include <numeric>
 #include <thread>
@@ -69,8 +70,18 @@ TEST(GlooCommunicatorTest, CollectivesGiveExactResults) {
 
 TEST(GlooCommunicatorTest, DeadPeerGivesErrorNotHang) {
   const auto t0 = std::chrono::steady_clock::now();
-  RunGroup(2, milliseconds(500), [](int rank, Communicator& comm) {
-    if (rank == 1) return;  // rank 1 "dies": never joins the collective
+  std::atomic<bool> rank0_connected{false};
+  RunGroup(2, milliseconds(500), [&](int rank, Communicator& comm) {
+    if (rank == 1) {
+      // Rank 1 "dies" (its connections close) without joining the collective, but only once
+      // rank 0's rendezvous is over: dying during it would fail rank 0's connect instead, which
+      // is another test. (Bounded, so that a failed rank 0 cannot hang the test.)
+      while (!rank0_connected.load() && std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5)) {
+        std::this_thread::sleep_for(milliseconds(1));
+      }
+      return;
+    }
+    rank0_connected.store(true);
     float v = 1.f;
     absl::Status s = comm.AllReduceSum(&v, 1, DType::kF32);
     EXPECT_FALSE(s.ok());
