@@ -1051,6 +1051,13 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   return pl;
 }
 
+// Workspace of one plan: the split partials (o and lse in f32) and, for v5, the merge counters.
+size_t PlanWorkspaceBytes(const DecodePlan& pl, int batch, int ha, int head_dim) {
+  if (pl.splits <= 1) return 0;
+  return static_cast<size_t>(pl.splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float) +
+         (pl.v5 ? kDecodeCounterBytes : 0);
+}
+
 }  // namespace
 
 size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
@@ -1058,9 +1065,7 @@ size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int he
   if (batch <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) return 0;
   const int ha = std::max(num_q_heads, num_kv_heads);
   const DecodePlan pl = MakePlan(batch, num_q_heads, num_kv_heads, max_kv_len, num_splits, kernel);
-  if (pl.splits <= 1) return 0;
-  return static_cast<size_t>(pl.splits) * batch * ha * (static_cast<size_t>(head_dim) + 1) * sizeof(float) +
-         (pl.v5 ? kDecodeCounterBytes : 0);
+  return PlanWorkspaceBytes(pl, batch, ha, head_dim);
 }
 
 int DecodeSplits(const DecodeParams& p) {
@@ -1113,8 +1118,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.lse = p.lse;
   a.fresh = p.fresh_kv_tokens;
   if (a.num_splits > 1) {
-    const size_t need = static_cast<size_t>(a.num_splits) * p.batch * a.ha * (p.head_dim + 1) * sizeof(float) +
-                        (pl.v5 ? kDecodeCounterBytes : 0);
+    const size_t need = PlanWorkspaceBytes(pl, p.batch, a.ha, p.head_dim);
     if (p.workspace == nullptr || p.workspace_bytes < need) {
       return absl::InvalidArgumentError(absl::StrCat("attention decode: workspace of ", p.workspace_bytes,
                                                      " bytes is too small; DecodeWorkspaceBytes says ", need));
