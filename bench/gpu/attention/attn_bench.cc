@@ -17,16 +17,22 @@
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
 //                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
-//                       [--decode-kernels v5,v4]  (decode kernels to time, side by side: v5, v5w, v4, v3)
+//                       [--decode-kernels v6,v5]  (decode kernels to time, side by side: v6, v5, v5w, v4, v3)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 //                       [--read-floor-max-gb G]  (decode: time a read-only kernel over the same
 //                        bytes for calls up to G GB, default 1; 0 = off)
+//                       [--decode-fuse-min-keys 0,128,...]  (v5: keys a split needs for the merge in
+//                        the split kernel, one row per value; 0 = the built-in 512)
+//                       [--decode-timeline]  (v5: also replay the graph once with the CTAs stamping
+//                        the phases of each launch, DecodeParams::timeline; prints when they begin
+//                        and end, as percentiles over CTAs, and writes them to the JSON)
 // Decode timing: a CUDA graph of 32 launches, each over its own copy of the cache (so that K/V
 // comes from DRAM, not L2), replayed; the per-launch time of a lone launch timed with events
 // (host launch cost included) is reported beside it.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -162,6 +168,114 @@ void Check(const absl::Status& st) {
   }
 }
 
+// --decode-timeline: replays a graph of kLaunches launches of p (over the cache copies in turn),
+// each stamping its CTAs' phases (DecodeParams::timeline) into its own slice, and reports the
+// phases of launches 8.. (past the graph's start) relative to each launch's first CTA entry.
+void TimelineRow(sqa::cuda::DecodeParams p, cudaStream_t s, int splits, int copies, int64_t nb, int32_t* tables,
+                 const std::string& layout, int64_t ctx, int64_t batch, const std::string& kernel,
+                 nlohmann::json& out) {
+  using namespace sqa::cuda;
+  constexpr int kLaunches = 32, kFirst = 8;
+  const int64_t ctas = static_cast<int64_t>(splits) * p.batch * std::max(p.num_q_heads, p.num_kv_heads);
+  const int64_t per = ctas * kDecodeTimelineSlots;
+  uint64_t* buf;
+  CK(cudaMalloc(&buf, kLaunches * per * sizeof(uint64_t)));
+  CK(cudaMemset(buf, 0, kLaunches * per * sizeof(uint64_t)));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < kLaunches; ++i) {
+    p.block_tables = tables + (i % copies) * nb;
+    p.timeline = buf + i * per;
+    Check(LaunchAttentionDecode(p, s));
+  }
+  CK(cudaStreamEndCapture(s, &graph));
+  CK(cudaGraphInstantiate(&exec, graph, 0));
+  CK(cudaGraphLaunch(exec, s));  // warm
+  CK(cudaMemsetAsync(buf, 0, kLaunches * per * sizeof(uint64_t), s));
+  CK(cudaGraphLaunch(exec, s));
+  CK(cudaStreamSynchronize(s));
+  std::vector<uint64_t> h(kLaunches * per);
+  CK(cudaMemcpy(h.data(), buf, h.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+  CK(cudaGraphExecDestroy(exec));
+  CK(cudaGraphDestroy(graph));
+  CK(cudaFree(buf));
+  // Per launch: min / median / max over CTAs of each time slot (us after the first entry).
+  constexpr int kTimes = 9;  // the time slots, in the order they are printed
+  const int slot[kTimes] = {kTlEntry, kTlWaited,      kTlFirstTile,     kTlLoopEnd, kTlStored,
+                            kTlMerge, kTlMergeLoaded, kTlMergeCombined, kTlExit};
+  const char* names[kTimes] = {"entry", "waited", "first_tile", "loop_end", "stored",
+                               "merge", "merge_loaded", "merge_combined", "exit"};
+  std::vector<std::array<std::vector<double>, 3>> stat(kTimes);
+  std::vector<double> gaps, spans;
+  nlohmann::json raw = nlohmann::json::array();
+  for (int l = kFirst; l < kLaunches; ++l) {
+    const uint64_t* t = h.data() + l * per;
+    uint64_t t0 = UINT64_MAX, tmax = 0;
+    for (int64_t c = 0; c < ctas; ++c) {
+      if (t[c * kDecodeTimelineSlots + kTlEntry] != 0) t0 = std::min(t0, t[c * kDecodeTimelineSlots + kTlEntry]);
+      tmax = std::max(tmax, t[c * kDecodeTimelineSlots + kTlExit]);
+    }
+    if (t0 == UINT64_MAX) continue;
+    spans.push_back((tmax - t0) * 1e-3);
+    if (l + 1 < kLaunches) {
+      const uint64_t* tn = h.data() + (l + 1) * per;
+      uint64_t n0 = UINT64_MAX;
+      for (int64_t c = 0; c < ctas; ++c)
+        if (tn[c * kDecodeTimelineSlots + kTlEntry] != 0) n0 = std::min(n0, tn[c * kDecodeTimelineSlots + kTlEntry]);
+      if (n0 != UINT64_MAX) gaps.push_back((static_cast<double>(n0) - static_cast<double>(tmax)) * 1e-3);
+    }
+    for (int k = 0; k < kTimes; ++k) {
+      std::vector<double> v;
+      for (int64_t c = 0; c < ctas; ++c) {
+        const uint64_t x = t[c * kDecodeTimelineSlots + slot[k]];
+        if (x != 0 && t[c * kDecodeTimelineSlots + kTlEntry] != 0) v.push_back((static_cast<double>(x) - static_cast<double>(t0)) * 1e-3);
+      }
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      stat[k][0].push_back(v.front());
+      stat[k][1].push_back(v[v.size() / 2]);
+      stat[k][2].push_back(v.back());
+    }
+    if (l == kLaunches / 2) {
+      for (int64_t c = 0; c < ctas; ++c) {
+        const uint64_t* e = t + c * kDecodeTimelineSlots;
+        if (e[kTlEntry] == 0) continue;
+        nlohmann::json row = nlohmann::json::array();
+        for (int k = 0; k < kTimes; ++k) {
+          const uint64_t x = e[slot[k]];
+          row.push_back(x == 0 ? -1.0 : (static_cast<double>(x) - static_cast<double>(t0)) * 1e-3);
+        }
+        row.push_back(e[kTlSm]);
+        raw.push_back(row);
+      }
+    }
+  }
+  auto med = [](std::vector<double> v) {
+    if (v.empty()) return std::nan("");
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  nlohmann::json phases;
+  std::printf("  timeline %s %s ctx %lld b %lld, %d splits (us after the first CTA entry, min/median/max over CTAs,\n"
+              "  median over launches %d-%d):",
+              layout.c_str(), kernel.c_str(), (long long)ctx, (long long)batch, splits, kFirst, kLaunches - 1);
+  for (int k = 0; k < kTimes; ++k) {
+    if (stat[k][0].empty()) continue;
+    const double a = med(stat[k][0]), b = med(stat[k][1]), c = med(stat[k][2]);
+    std::printf(" %s %.2f/%.2f/%.2f", names[k], a, b, c);
+    phases[names[k]] = {a, b, c};
+  }
+  std::printf(" | span %.2f, next launch's first entry %+.2f\n", med(spans), med(gaps));
+  out["decode_timeline"].push_back({{"layout", layout}, {"ctx", ctx}, {"batch", batch}, {"kernel", kernel},
+                                    {"splits", splits}, {"fuse_min_split_keys", p.fuse_min_split_keys},
+                                    {"phases_us_min_med_max", phases}, {"span_us", med(spans)},
+                                    {"next_entry_after_exit_us", med(gaps)},
+                                    {"launch_16_ctas", raw},
+                                    {"launch_16_columns", {"entry", "waited", "first_tile", "loop_end", "stored", "merge",
+                                                           "merge_loaded", "merge_combined", "exit", "sm"}}});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -178,8 +292,10 @@ int main(int argc, char** argv) {
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   double read_floor_max_gb = 1.0;  // decode rows: time the read-only floor for calls up to this size
-  std::vector<std::string> decode_kernels = {"v5", "v4"};
+  std::vector<std::string> decode_kernels = {"v6", "v5"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
+  std::vector<int64_t> decode_fuse_min = {0};  // 0 = the launcher's choice
+  bool decode_timeline = false;
   double sustain_ms = 1500;                  // prefill rows: sustained load before timing (0: off)
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
@@ -197,6 +313,8 @@ int main(int argc, char** argv) {
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--read-floor-max-gb") read_floor_max_gb = std::stod(next());
     else if (a == "--decode-splits") decode_splits = ParseList(next());
+    else if (a == "--decode-fuse-min-keys") decode_fuse_min = ParseList(next());
+    else if (a == "--decode-timeline") decode_timeline = true;
     else if (a == "--no-paged") paged = false;
     else if (a == "--sustain-ms") sustain_ms = std::stod(next());
     else if (a == "--paged-first") paged_first = true;
@@ -214,8 +332,8 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
-          std::fprintf(stderr, "--decode-kernels takes v5, v5w, v4 and v3, not %s\n", t.c_str());
+        if (t != "v6" && t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
+          std::fprintf(stderr, "--decode-kernels takes v6, v5, v5w, v4 and v3, not %s\n", t.c_str());
           return 2;
         }
         decode_kernels.push_back(t);
@@ -265,6 +383,7 @@ int main(int argc, char** argv) {
   out["prefill"] = nlohmann::json::array();
   out["decode"] = nlohmann::json::array();
   out["decode_read_floor"] = nlohmann::json::array();
+  out["decode_timeline"] = nlohmann::json::array();
   const int dh = 128;
   // Rewritten after every measurement so that a run cut short still leaves its numbers.
   auto save = [&] {
@@ -439,11 +558,14 @@ int main(int argc, char** argv) {
                                               {"kv_bytes", kv_bytes}, {"bytes_per_s", fbw}});
         }
         for (const std::string& dname : decode_kernels)
-        for (int64_t want_splits : decode_splits) {
+        for (int64_t want_splits : decode_splits)
+        for (int64_t fuse_min : decode_fuse_min) {
+          if (fuse_min != decode_fuse_min.front() && dname != "v6" && dname != "v5" && dname != "v5w") continue;
           // v5 reads its first K/V tiles before waiting on the launch before it, as in a decode step
           // (fresh_kv_tokens = 1: the step appends one token per sequence); v5w waits first.
           const sqa::cuda::DecodeKernel dk = dname == "v3"   ? sqa::cuda::DecodeKernel::kV3
                                              : dname == "v4" ? sqa::cuda::DecodeKernel::kV4
+                                             : dname == "v6" ? sqa::cuda::DecodeKernel::kV6
                                                              : sqa::cuda::DecodeKernel::kV5;
           const size_t wsb =
               sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, static_cast<int>(want_splits), dk);
@@ -468,8 +590,9 @@ int main(int argc, char** argv) {
           p.workspace = ws;
           p.workspace_bytes = wsb;
           p.kernel = dk;
-          p.fresh_kv_tokens = dname == "v5" ? 1 : -1;
+          p.fresh_kv_tokens = dname == "v5" || dname == "v6" ? 1 : -1;
           p.num_splits = static_cast<int>(want_splits);
+          p.fuse_min_split_keys = static_cast<int>(fuse_min);
           // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
           // replays per decode step): time per launch without host launch cost, with cold L2.
           constexpr int kGraphLaunches = 32;
@@ -485,17 +608,21 @@ int main(int argc, char** argv) {
           const double ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kGraphLaunches;
           CK(cudaGraphExecDestroy(exec));
           CK(cudaGraphDestroy(graph));
+          const int splits = sqa::cuda::DecodeSplits(p);
+          if (decode_timeline && (dk == sqa::cuda::DecodeKernel::kV5 || dk == sqa::cuda::DecodeKernel::kV6)) {
+            TimelineRow(p, s, splits, copies, nb, tables, L.name, ctx, batch, dname, out);
+          }
           // The same launch timed alone with events (host launch cost included), for reference.
           p.block_tables = tables;
           const double ms_single = MedianMs([&] { Check(sqa::cuda::LaunchAttentionDecode(p, s)); }, 3, 20, s);
           const double bw = kv_bytes / (ms * 1e-3);
-          const int splits = sqa::cuda::DecodeSplits(p);
-          std::printf("%-6s %8lld %5lld %-7s %7d %10.1f %10.1f %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx,
+          std::printf("%-6s %8lld %5lld %-7s %7d %10.1f %10.1f %9.1f %6.1f%%%s\n", L.name.c_str(), (long long)ctx,
                       (long long)batch, dname.c_str(), splits, ms * 1e3, ms_single * 1e3, bw / 1e9,
-                      100.0 * bw / ceiling);
+                      100.0 * bw / ceiling,
+                      fuse_min > 0 ? (" fuse-min " + std::to_string(fuse_min)).c_str() : "");
           std::fflush(stdout);
           out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
-                                   {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"ms", ms}, {"ms_single_launch", ms_single},
+                                   {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"fuse_min_split_keys", fuse_min}, {"ms", ms}, {"ms_single_launch", ms_single},
                                    {"kv_bytes", kv_bytes}, {"bytes_per_s", bw}, {"fraction_of_copy_ceiling", bw / ceiling},
                                    {"read_floor_ms", floor_ms},
                                    {"timing", "graph of 32 launches over rotating cache copies (cold L2)"}});

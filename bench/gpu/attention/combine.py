@@ -142,7 +142,7 @@ def main():
                  "v17-v18), and the GPU runs these kernels at its power cap: the ncu profiles of earlier versions "
                  "and the clock trace are in bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
-    order_k = ["v5", "v4", "v3"]  # newest first: the first one a run timed is the default
+    order_k = ["v6", "v5", "v4", "v3"]  # newest first: the first one a run timed is the default
     timed = [k for k in order_k if any(r.get("kernel", "v3") == k for r in attn["decode"])]
     dk = timed[0] if timed else "v4"
     ck = timed[1] if len(timed) > 1 else order_k[min(order_k.index(dk) + 1, len(order_k) - 1)]
@@ -213,11 +213,13 @@ def main():
                  "a copy's reads plus writes; a read-only stream can exceed it (HBM3e datasheet peak 4.8 TB/s), "
                  "so values above 100% mean the KV stream runs at the memory's read rate. MQA at batch 1 and "
                  "short contexts reads 17-67 MB (4-15 us at the read rate): the launch, the first loads' "
-                 "latency and the merge of the splits are then most of the time (v5 merges inside the split "
-                 "kernel and issues its first loads before the kernel before it has finished: NOTES.md v20), "
-                 "and with 32 query heads per key one CTA of eight warps per SM streams at ~3.7 TB/s in its "
-                 "loop (NOTES.md v15, v19). Where a run timed it, the last table gives the read-only floor at "
-                 "those sizes; NOTES.md v19 and v20 have what was tried against these rows.")
+                 "latency and the merge of the splits are then most of the time (v5 and v6 merge inside the "
+                 "split kernel and issue their first loads before the kernel before it has finished: NOTES.md "
+                 "v20). `sqa-attn-bench --decode-timeline` stamps each CTA's phases: at MQA 128k batch 1 a CTA's "
+                 "first tile lands about 5.5 us after it starts, its 512 KB then stream at ~29 GB/s, and the "
+                 "epilogue, the wait for the slowest split and the merge take another ~6 us (NOTES.md v21). "
+                 "Where a run timed it, the last table gives the read-only floor at those sizes; NOTES.md v19 "
+                 "to v21 have what was tried against these rows.")
     if args.floor_run:
         lines += floor_table(args.floor_run)
     md = "\n".join(lines) + "\n"
@@ -237,7 +239,7 @@ def floor_table(path):
     """The decode rows of one sqa-attn-bench run beside the read-only kernel of the same run."""
     run = json.load(open(path))
     kernels = [r for r in run.get("decode", []) if r.get("splits_requested", 0) in (0, None)]
-    default = next((k for k in ("v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
+    default = next((k for k in ("v6", "v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
     out = ["", "## Decode beside the read-only floor (one run)", ""]
     out.append(f"From `{path}`: the `{default}` rows and the read-only kernel (same bytes, every SM, no compute; "
                "the same graph of 32 launches over cache copies) timed in that one run. `75% allows` = the time "

@@ -2,7 +2,7 @@
 //
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
-//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v5|v5w|v4]
+//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v6|v5|v5w|v4]
 //                 [--sustain-s 1.5] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
@@ -70,7 +70,7 @@ int Usage(const std::string& why) {
   std::cerr << "sqa-e2e-bench: " << why
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
-               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v5|v5w|v4]\n"
+               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v6|v5|v5w|v4]\n"
                "         [--sustain-s S] [--json F]\n";
   return 2;
 }
@@ -106,8 +106,8 @@ int main(int argc, char** argv) {
       if (v != "on" && v != "off") return Usage("--skinny-gemm wants on or off, got " + v);
       f.skinny_gemm = v == "on";
     } else if (a == "--decode-kernel") {
-      if (v != "auto" && v != "v5" && v != "v5w" && v != "v4") {
-        return Usage("--decode-kernel wants auto, v5, v5w or v4, got " + v);
+      if (v != "auto" && v != "v6" && v != "v5" && v != "v5w" && v != "v4") {
+        return Usage("--decode-kernel wants auto, v6, v5, v5w or v4, got " + v);
       }
       f.decode_kernel = v;
     } else if (a == "--sustain-s") {

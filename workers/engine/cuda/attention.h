@@ -83,7 +83,7 @@ struct PrefillParams {
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.
 absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
 
-// Which decode kernel runs. kAuto is kV5.
+// Which decode kernel runs. kAuto is kV6.
 //  - kV4: up to 16 heads per KV head run two CTAs per SM, wider groups eight warps per CTA (two
 //    per K/V stream); the splits are merged by a second kernel launched as a programmatic
 //    dependent.
@@ -91,9 +91,11 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
 //    at once: the last CTAs of each (sequence, KV head) to finish each merge a 32-column slice
 //    of its heads (no second kernel). It can also issue its first K/V loads before waiting for
 //    the kernels before it (fresh_kv_tokens below). Larger grids use kV4's merge kernel.
+//  - kV6: kV5 whose in-kernel merge combines its split lanes without a serial chain (the
+//    lanes' weights first, then independent sums) and whose epilogue is unrolled.
 //  - kV3: the earlier kernel (four warps, one CTA per SM, a serial combine), kept for comparison
 //    in tests and benchmarks.
-enum class DecodeKernel { kAuto, kV5, kV4, kV3 };
+enum class DecodeKernel { kAuto, kV6, kV5, kV4, kV3 };
 
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
@@ -115,22 +117,44 @@ struct DecodeParams {
   void* out = nullptr;                 // bf16 [B, Ha, dh]
   float* lse = nullptr;                // optional f32 [B, Ha]
   // Scratch for split-KV partial results, at least DecodeWorkspaceBytes(...) bytes (may be
-  // nullptr when that is 0). Must not be shared by launches running concurrently. kV5 keeps
+  // nullptr when that is 0). Must not be shared by launches running concurrently. kV5/kV6 keep
   // counters in its last kDecodeCounterBytes: the buffer must be zero-filled once when it is
   // allocated (cudaMemset), and every launch leaves those counters at zero again.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int num_splits = 0;                  // 0 = automatic (from max_kv_len and the SM count)
   DecodeKernel kernel = DecodeKernel::kAuto;
-  // kV5, launched as a programmatic dependent (pdl.cuh), may read the K/V of positions below
+  // kV5/kV6, launched as a programmatic dependent (pdl.cuh), may read the K/V of positions below
   // kv_lens[b] - fresh_kv_tokens, the block tables and kv_lens before its predecessors finish.
   // Set it to the number of trailing positions of each sequence that kernels still running
   // may write (1 for a decode step that appends one token per sequence right before); those
   // inputs must then come from earlier steps or copies. Negative: wait first, read nothing early.
   int fresh_kv_tokens = -1;
+  // kV5/kV6 merge in the split kernel only when each split has at least this many keys (0: the
+  // built-in 512). A tuning knob for benchmarks; the grid must still fit on the GPU at once.
+  int fuse_min_split_keys = 0;
+  // Diagnostics (kV5/kV6): when set, thread 0 of every split CTA writes kDecodeTimelineSlots values at
+  // timeline[cta * kDecodeTimelineSlots], cta = split + splits * (group + groups * b), the groups
+  // being (KV head, row group) pairs: see DecodeTimelineSlot. Unset slots stay as they were.
+  uint64_t* timeline = nullptr;
 };
 
-// Bytes at the end of a kV5 workspace that hold its merge counters (zero between launches).
+// The slots of DecodeParams::timeline: %globaltimer (ns) at each point, and the CTA's SM.
+enum DecodeTimelineSlot {
+  kTlEntry = 0,      // kernel entry
+  kTlWaited = 1,     // after the wait on the kernels before it
+  kTlFirstTile = 2,  // the first K/V tile of stream 0 has landed
+  kTlLoopEnd = 3,    // every stream is done with its tiles
+  kTlStored = 4,     // the CTA's partial (or output) is stored
+  kTlMerge = 5,      // a merging CTA's wait for the other splits is over
+  kTlExit = 6,       // the CTA is done
+  kTlSm = 7,         // %smid
+  kTlMergeLoaded = 8,    // a merging CTA has its first pass's partials (loaded and summed)
+  kTlMergeCombined = 9,  // ... and has combined them and stored that pass's output
+};
+inline constexpr int kDecodeTimelineSlots = 10;
+
+// Bytes at the end of a kV5/kV6 workspace that hold its merge counters (zero between launches).
 inline constexpr size_t kDecodeCounterBytes = 16384;
 
 // Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only

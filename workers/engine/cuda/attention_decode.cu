@@ -6,7 +6,7 @@
 // read the KV twice). The CTA's 4 warps each stream their own 32-key tiles (cp.async, two stages,
 // warp-private shared memory), keep an online softmax, and are merged at the end through shared
 // memory. With more than one split the partial (o, lse) go to the workspace in f32 and a second
-// kernel merges them (same formula as MergeAttention). v4 and v5 (the default) refine this: see
+// kernel merges them (same formula as MergeAttention). v4, v5 and v6 (the default) refine this: see
 // the notes above namespace v4 and above MergeSplitsInKernel.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -66,7 +66,24 @@ struct DecodeKernelArgs {
   unsigned* counters;  // [B][Hkv x row groups] arrivals, zero between launches (fused merge)
   bool fused;          // merge the splits in the split kernel (the grid fits on the GPU at once)
   int fresh;           // DecodeParams::fresh_kv_tokens
+  uint64_t* timeline;  // DecodeParams::timeline
+  int fuse_min_keys;   // DecodeParams::fuse_min_split_keys
 };
+
+// DecodeParams::timeline: thread 0 records the time (or the SM) in its CTA's slot.
+__device__ __forceinline__ void Stamp(const DecodeKernelArgs& a, int slot) {
+  if (a.timeline == nullptr || threadIdx.x != 0) return;
+  uint64_t v;
+  if (slot == kTlSm) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+    v = sm;
+  } else {
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(v)::"memory");
+  }
+  const int64_t cta = blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
+  a.timeline[cta * kDecodeTimelineSlots + slot] = v;
+}
 
 // Writes element d of (sequence, head) row oidx after the CTA's merge: acc / l, and the LSE from
 // the log2-domain max mx, to the split's partial (f32) or, without splits, to out (bf16) and lse.
@@ -387,7 +404,7 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 //    each warp keeps its Q fragments in registers;
 //  - the combine reads all splits of a (sequence, head) at once (4 warps, vector loads) and is
 //    launched as a programmatic dependent of the split kernel, so its launch overlaps the tail.
-// v5 (DecodeKernelV4<D, RW, true>, the default) is the same split kernel with three changes:
+// v5 (DecodeKernelV4<D, RW, 5>) is the same split kernel with three changes:
 //  - when the grid fits on the GPU at once and splits hold >= kFuseMinSplitKeys keys, the last
 //    CTAs of each (sequence, KV head) to finish merge the splits (MergeSplitsInKernel): no
 //    second kernel and no second launch's latency;
@@ -396,12 +413,17 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 //    with plain loads after the wait;
 //  - the stream partials in shared memory have rows padded by 8 floats (no bank conflicts in
 //    the epilogue's float2 stores).
+// v6 (<D, RW, 6>, the default) is v5 with a faster merge tail (measured with DecodeParams::
+// timeline: MergeSplitsInKernel's combine of 32 split lanes per column was a serial chain of
+// shared loads and exps): each lane's weight is computed once, the column sums then use
+// independent loads; a batch of split partials is folded with one max instead of a running one;
+// and the epilogue's output loop has a fixed, unrolled trip count.
 namespace v4 {
 
 constexpr int kStreams = 4;  // K/V tile streams per CTA
 constexpr int kStages = 3;   // cp.async stages per stream (two tiles in flight)
 
-template <int D, int RW, bool V5 = false>
+template <int D, int RW, int V = 4>
 struct Cfg {
   static constexpr int kTN = RW == 1 ? 16 : 32;          // keys per stream tile
   static constexpr int kRows = 16 * RW;                  // query heads of one CTA
@@ -412,7 +434,7 @@ struct Cfg {
   static constexpr int kKvBytes = kStreams * kStreamElems * 2;
   // Row stride of the stream partials in shared memory. v5 pads rows by 8 floats: the float2
   // stores of a half-warp (4 rows x 8 columns) then hit 32 different banks instead of 8.
-  static constexpr int kOS = V5 ? D + 8 : D;
+  static constexpr int kOS = V >= 5 ? D + 8 : D;
   static constexpr int kMergeBytes = kStreams * kRows * (kOS + 2) * 4;
   static constexpr int kQOffset = kKvBytes > kMergeBytes ? kKvBytes : kMergeBytes;
   static constexpr int kSmem = kQOffset + kRows * D * 2;
@@ -434,17 +456,21 @@ __device__ __forceinline__ void StreamSync(int stream) {
   }
 }
 
-template <int D, int kThreads>
+template <int D, int kThreads, int V>
 __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* smem, int b, int head0, int rows);
 
-template <int D, int RW, bool V5>
-__global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
-  using C = Cfg<D, RW, V5>;
+template <int D, int RW, int V>
+__global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
+  using C = Cfg<D, RW, V>;
   constexpr int kTN = C::kTN;
   // Launched as a programmatic dependent (pdl.cuh): Q and the newest K/V come from the kernels
   // before this one. v5 with a.fresh >= 0 issues its first K/V tiles before waiting, when they
   // lie below the fresh positions.
-  const bool early = V5 && a.fresh >= 0;
+  const bool early = V >= 5 && a.fresh >= 0;
+  if constexpr (V >= 5) {
+    Stamp(a, kTlEntry);
+    Stamp(a, kTlSm);
+  }
   if (!early) PdlWait();
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
@@ -465,7 +491,7 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
   const int ks1 = static_cast<int>(min(static_cast<int64_t>(kv_len), static_cast<int64_t>(ks0) + split_len));
   const int32_t* table = a.block_tables + b * a.table_stride;
 
-  if constexpr (!V5) {
+  if constexpr (V < 5) {
     for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
       const int r = i / C::kChunks, c = i % C::kChunks;
       const bool valid = r < rows;
@@ -525,13 +551,14 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
       CpAsyncCommit();
     }
   };
-  if constexpr (V5) {
+  if constexpr (V >= 5) {
     // The stream's first tiles go out before the wait when they end below the fresh keys.
     const int n_pro = min(kStages - 1, my_tiles);
     const int pro_end = ks0 + (stream + (n_pro - 1) * kStreams) * kTN + kTN;
     const bool pre = early && (n_pro == 0 || pro_end <= kv_len - a.fresh);
     if (pre) load_prologue();
     if (early) PdlWait();
+    Stamp(a, kTlWaited);
     if (!pre) load_prologue();
     // Q with plain loads (it is the predecessor's output, so it cannot join the groups above),
     // while the tiles are in flight.
@@ -569,6 +596,9 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
   for (int it = 0; it < my_tiles; ++it) {
     CpAsyncWait<kStages - 2>();  // this thread's part of tile `it` has landed
     StreamSync<RW>(stream);      // ... everyone's, and the stage of tile it - 1 is free
+    if constexpr (V >= 5) {
+      if (it == 0) Stamp(a, kTlFirstTile);
+    }
     if (it + kStages - 1 < my_tiles) {
       load_tile(ks0 + (stream + (it + kStages - 1) * kStreams) * kTN, (it + kStages - 1) % kStages);
     }
@@ -651,6 +681,7 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
   }
   CpAsyncWait<0>();
   __syncthreads();  // all streams are done with their stages: reuse them for the merge
+  if constexpr (V >= 5) Stamp(a, kTlLoopEnd);
 
   // Stream partials -> shared: sO [stream][row][D] f32, sM/sL [stream][row].
   float* sO = reinterpret_cast<float*>(smem_raw);
@@ -701,7 +732,7 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
   __syncthreads();
   constexpr int kVec = 4;  // output columns per thread and step (float4 partials, 8-byte bf16 stores)
   const bool out_vec = (reinterpret_cast<uintptr_t>(a.out) & 7) == 0;
-  for (int i = tid; i < rows * (D / kVec); i += C::kThreads) {
+  auto out_step = [&](int i) {
     const int r = i / (D / kVec), d = (i % (D / kVec)) * kVec;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
@@ -728,9 +759,22 @@ __global__ void __launch_bounds__(Cfg<D, RW, V5>::kThreads, Cfg<D, RW, V5>::kMin
       dst[2] = __float2bfloat16(acc.z);
       dst[3] = __float2bfloat16(acc.w);
     }
+  };
+  if constexpr (V >= 6) {
+    // A fixed trip count, unrolled: the shared loads of every step go out together.
+    constexpr int kSteps = (C::kRows * (D / kVec) + C::kThreads - 1) / C::kThreads;
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      const int i = tid + k * C::kThreads;
+      if (i < rows * (D / kVec)) out_step(i);
+    }
+  } else {
+    for (int i = tid; i < rows * (D / kVec); i += C::kThreads) out_step(i);
   }
-  if constexpr (V5) {
-    if (a.fused) MergeSplitsInKernel<D, C::kThreads>(a, smem_raw, b, head0, rows);
+  if constexpr (V >= 5) {
+    Stamp(a, kTlStored);  // thread 0's stores; the merge below starts with a barrier
+    if (a.fused) MergeSplitsInKernel<D, C::kThreads, V>(a, smem_raw, b, head0, rows);
+    Stamp(a, kTlExit);
   }
 }
 
@@ -750,7 +794,7 @@ __device__ __forceinline__ unsigned LoadAcquire(const unsigned* p) {
 // A pass merges up to kLanes of the merger's units at once: 8 threads (one float4 each) per
 // unit and split lane, the kLanes / units split lanes of a unit each keeping an online (max,
 // sum, o) over their splits, combined in a fixed order (the result does not depend on timing).
-template <int D, int kThreads>
+template <int D, int kThreads, int V>
 __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* smem, int b, int head0, int rows) {
   constexpr int kSlices = D / 32;
   constexpr int kLanes = kThreads / 8;          // (unit, split lane) pairs of one pass
@@ -758,7 +802,9 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
   float* sRed = reinterpret_cast<float*>(smem);  // [kLanes][32]: the lanes' o sums
   float* sMax = sRed + kLanes * 32;              // [kLanes]: the lanes' maxima
   float* sSum = sMax + kLanes;                   // [kLanes]: the lanes' weight sums
-  unsigned* sTicket = reinterpret_cast<unsigned*>(sSum + kLanes);
+  float* sW = sSum + kLanes;                     // v6 [kLanes]: each lane's weight in its unit
+  float* sUnitMax = sW + kLanes;                 // v6 [kLanes]: each unit's max (one per unit)
+  unsigned* sTicket = reinterpret_cast<unsigned*>(sUnitMax + kLanes);
   const int tid = threadIdx.x;
   const int S = a.num_splits;
   unsigned* cnt = a.counters + static_cast<int64_t>(b) * gridDim.y + blockIdx.y;
@@ -775,6 +821,7 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
   if (tid == 0) {
     while (LoadAcquire(cnt) < static_cast<unsigned>(S)) __nanosleep(32);
   }
+  Stamp(a, kTlMerge);
   __syncthreads();
   const int64_t stride = static_cast<int64_t>(a.batch) * a.ha;
   const int first = S - 1 - ticket;
@@ -804,27 +851,90 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
             ls[j] = __ldcg(a.part_lse + s * stride + oidx);
           }
         }
+        if constexpr (V >= 6) {
+          // The batch's max first, then every weight at once (no chain through m).
+          float bm = m;
 #pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
-          if (ls[j] == -INFINITY) continue;  // a split without keys (its o is 0)
-          const float m_new = fmaxf(m, ls[j]);
-          const float sc = __expf(m - m_new);  // 0 while m is -inf
-          const float w = __expf(ls[j] - m_new);
-          acc.x = acc.x * sc + w * x[j].x;
-          acc.y = acc.y * sc + w * x[j].y;
-          acc.z = acc.z * sc + w * x[j].z;
-          acc.w = acc.w * sc + w * x[j].w;
-          wsum = wsum * sc + w;
-          m = m_new;
+          for (int j = 0; j < kBatch; ++j) bm = fmaxf(bm, ls[j]);
+          if (bm != -INFINITY) {
+            const float sc = __expf(m - bm);  // 0 while m is -inf
+            acc.x *= sc;
+            acc.y *= sc;
+            acc.z *= sc;
+            acc.w *= sc;
+            wsum *= sc;
+#pragma unroll
+            for (int j = 0; j < kBatch; ++j) {
+              const float w = __expf(ls[j] - bm);  // 0 for a split without keys (its o is 0)
+              acc.x += w * x[j].x;
+              acc.y += w * x[j].y;
+              acc.z += w * x[j].z;
+              acc.w += w * x[j].w;
+              wsum += w;
+            }
+            m = bm;
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < kBatch; ++j) {
+            if (ls[j] == -INFINITY) continue;  // a split without keys (its o is 0)
+            const float m_new = fmaxf(m, ls[j]);
+            const float sc = __expf(m - m_new);  // 0 while m is -inf
+            const float w = __expf(ls[j] - m_new);
+            acc.x = acc.x * sc + w * x[j].x;
+            acc.y = acc.y * sc + w * x[j].y;
+            acc.z = acc.z * sc + w * x[j].z;
+            acc.w = acc.w * sc + w * x[j].w;
+            wsum = wsum * sc + w;
+            m = m_new;
+          }
         }
       }
     }
+    if (k0 == 0) Stamp(a, kTlMergeLoaded);
     *reinterpret_cast<float4*>(sRed + lane8 * 32 + chunk * 4) = acc;
     if (chunk == 0) {
       sMax[lane8] = m;
       sSum[lane8] = wsum;
     }
     __syncthreads();
+    if constexpr (V >= 6) {
+      // Each lane's weight in its unit, one thread per lane, then the column sums over the
+      // lanes with every shared load independent (unrolled to kLanes, predicated to P).
+      if (tid < kLanes) {
+        const int ul2 = tid / P;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int p = 0; p < kLanes; ++p) {
+          if (p < P) mx = fmaxf(mx, sMax[ul2 * P + p]);
+        }
+        sW[tid] = mx == -INFINITY ? 0.f : __expf(sMax[tid] - mx);  // 0 for a lane without keys
+        if (tid % P == 0) sUnitMax[ul2] = mx;
+      }
+      __syncthreads();
+      for (int o = tid; o < n * 32; o += kThreads) {
+        const int ul2 = o / 32, c = o % 32;
+        float num = 0.f, den = 0.f;
+#pragma unroll
+        for (int p = 0; p < kLanes; ++p) {
+          if (p < P) {
+            const int l = ul2 * P + p;
+            const float f = sW[l];
+            num += f * sRed[l * 32 + c];
+            den += f * sSum[l];
+          }
+        }
+        const float mx = sUnitMax[ul2];
+        const int u = first + (k0 + ul2) * M;
+        const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
+        const int c0 = (u % kSlices) * 32;
+        a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+        if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
+      }
+      if (k0 == 0) Stamp(a, kTlMergeCombined);
+      __syncthreads();  // the shared arrays are reused by the next pass
+      continue;
+    }
     for (int o = tid; o < n * 32; o += kThreads) {
       const int ul2 = o / 32, c = o % 32;
       float mx = -INFINITY;
@@ -844,6 +954,7 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
       a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
       if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
     }
+    if (k0 == 0) Stamp(a, kTlMergeCombined);
     __syncthreads();  // the shared arrays are reused by the next pass
   }
   if (tid == 0) {
@@ -959,7 +1070,7 @@ constexpr int64_t kFuseMinSplitKeys = 512;
 // device; 0, which turns the in-kernel merge off, if a query fails). Per device, not per
 // process: a grid that fits on one GPU may not fit on a smaller one, and waiting inside a grid
 // that does not fit would never end.
-template <int D, int RW, bool V5>
+template <int D, int RW, int V>
 int ResidentCtas() {
   constexpr int kMaxDevices = 64;
   static std::atomic<int> cache[kMaxDevices];  // 0 = not queried yet, else count + 1
@@ -971,8 +1082,8 @@ int ResidentCtas() {
   if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c - 1;
   int sms = 0, per_sm = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess ||
-      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernelV4<D, RW, V5>, Cfg<D, RW, V5>::kThreads,
-                                                    Cfg<D, RW, V5>::kSmem) != cudaSuccess) {
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, DecodeKernelV4<D, RW, V>, Cfg<D, RW, V>::kThreads,
+                                                    Cfg<D, RW, V>::kSmem) != cudaSuccess) {
     cudaGetLastError();
     sms = per_sm = 0;
   }
@@ -981,26 +1092,27 @@ int ResidentCtas() {
   return n;
 }
 
-template <int D, int RW, bool V5>
+template <int D, int RW, int V>
 absl::Status Launch(DecodeKernelArgs a, cudaStream_t stream) {
-  using C = Cfg<D, RW, V5>;
-  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW, V5>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
+  using C = Cfg<D, RW, V>;
+  cudaError_t e = cudaFuncSetAttribute(DecodeKernelV4<D, RW, V>, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kSmem);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaFuncSetAttribute");
   dim3 grid(a.num_splits, a.hkv * a.row_groups, a.batch);
-  if constexpr (V5) {
+  if constexpr (V >= 5) {
     // The in-kernel merge waits for CTAs of its own grid, so the grid must fit at once.
     const int64_t ctas = static_cast<int64_t>(grid.x) * grid.y * grid.z;
     const int64_t groups = static_cast<int64_t>(grid.y) * grid.z;
     // With few keys per split, the merge kernel (launched while the split kernel runs, and
     // letting the next kernel start sooner) costs less than holding the split CTAs for the merge:
     // at 64 keys a split (MHA, 1k context, batch 1) the step was 0.10 ms slower fused.
-    a.fused = a.num_splits > 1 && a.counters != nullptr && a.split_len >= kFuseMinSplitKeys &&
-              ctas <= ResidentCtas<D, RW, V5>() &&
+    const int64_t min_keys = a.fuse_min_keys > 0 ? a.fuse_min_keys : kFuseMinSplitKeys;
+    a.fused = a.num_splits > 1 && a.counters != nullptr && a.split_len >= min_keys &&
+              ctas <= ResidentCtas<D, RW, V>() &&
               groups * static_cast<int64_t>(sizeof(unsigned)) <= static_cast<int64_t>(kDecodeCounterBytes);
   } else {
     a.fused = false;
   }
-  e = LaunchPdl(DecodeKernelV4<D, RW, V5>, grid, dim3(C::kThreads), C::kSmem, stream, a);
+  e = LaunchPdl(DecodeKernelV4<D, RW, V>, grid, dim3(C::kThreads), C::kSmem, stream, a);
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaLaunchKernelEx");
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
   if (a.num_splits <= 1 || a.fused) return absl::OkStatus();
@@ -1010,12 +1122,23 @@ absl::Status Launch(DecodeKernelArgs a, cudaStream_t stream) {
   return LaunchStatus("attention decode combine");
 }
 
+// Launch<D, RW, V> for the runtime version, head_dim and width, from version V0 up.
+template <int V0>
+absl::Status LaunchVersion(int ver, int head_dim, bool wide, const DecodeKernelArgs& a, cudaStream_t stream) {
+  if constexpr (V0 < 6) {
+    if (ver != V0) return LaunchVersion<V0 + 1>(ver, head_dim, wide, a, stream);
+  }
+  if (head_dim == 64) return wide ? Launch<64, 2, V0>(a, stream) : Launch<64, 1, V0>(a, stream);
+  return wide ? Launch<128, 2, V0>(a, stream) : Launch<128, 1, V0>(a, stream);
+}
+
 }  // namespace v4
 
 // The shape of one decode launch: rows per CTA, row groups, splits and keys per split.
 struct DecodePlan {
   bool v4 = true;
-  bool v5 = true;
+  bool v5 = true;  // v5 or v6 (the counters at the end of the workspace)
+  bool v6 = false;
   int rows_per_cta = 32;
   int row_groups = 1;
   int splits = 1;
@@ -1028,7 +1151,8 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   const int ha = std::max(hq, hkv);
   const int g = ha / hkv;
   pl.v4 = kernel != DecodeKernel::kV3;
-  pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kAuto;
+  pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto;
+  pl.v6 = kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto;
   if (pl.v4) {
     const bool narrow = g <= 16;
     pl.rows_per_cta = narrow ? 16 : 32;
@@ -1117,6 +1241,8 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.out = static_cast<bf16*>(p.out);
   a.lse = p.lse;
   a.fresh = p.fresh_kv_tokens;
+  a.timeline = p.timeline;
+  a.fuse_min_keys = p.fuse_min_split_keys;
   if (a.num_splits > 1) {
     const size_t need = PlanWorkspaceBytes(pl, p.batch, a.ha, p.head_dim);
     if (p.workspace == nullptr || p.workspace_bytes < need) {
@@ -1132,15 +1258,10 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
                                                (p.workspace_bytes - kDecodeCounterBytes) / 4 * 4);
     }
   }
-  if (pl.v5) {
-    const bool wide = pl.rows_per_cta == 32;
-    if (p.head_dim == 64) return wide ? v4::Launch<64, 2, true>(a, stream) : v4::Launch<64, 1, true>(a, stream);
-    return wide ? v4::Launch<128, 2, true>(a, stream) : v4::Launch<128, 1, true>(a, stream);
-  }
   if (pl.v4) {
     const bool wide = pl.rows_per_cta == 32;
-    if (p.head_dim == 64) return wide ? v4::Launch<64, 2, false>(a, stream) : v4::Launch<64, 1, false>(a, stream);
-    return wide ? v4::Launch<128, 2, false>(a, stream) : v4::Launch<128, 1, false>(a, stream);
+    const int ver = pl.v6 ? 6 : pl.v5 ? 5 : 4;
+    return v4::LaunchVersion<4>(ver, p.head_dim, wide, a, stream);
   }
   const bool wide = a.g > 16;
   if (p.head_dim == 64) return wide ? LaunchDecodeV3<64, 2>(a, stream) : LaunchDecodeV3<64, 1>(a, stream);

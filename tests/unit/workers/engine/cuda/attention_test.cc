@@ -399,8 +399,10 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   std::vector<Layout> layouts(std::begin(kLayouts), std::end(kLayouts));
   layouts.push_back({24, 1, "MQA24"});
   layouts.push_back({64, 1, "MQA64"});
-  auto name = [](DecodeKernel k) { return k == DecodeKernel::kV5 ? "v5" : k == DecodeKernel::kV4 ? "v4" : "v3"; };
-  for (DecodeKernel kernel : {DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
+  auto name = [](DecodeKernel k) {
+    return k == DecodeKernel::kV6 ? "v6" : k == DecodeKernel::kV5 ? "v5" : k == DecodeKernel::kV4 ? "v4" : "v3";
+  };
+  for (DecodeKernel kernel : {DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
   for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
       // 200 splits: more than the longest sequence has tiles (empty splits in the combine).
@@ -458,15 +460,20 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         ASSERT_EQ(DecodeSplits(p) > 1, ws_bytes > 0);
         absl::Status st = LaunchAttentionDecode(p, stream_);
         ASSERT_TRUE(st.ok()) << st;
-        if (kernel == DecodeKernel::kV5) {
-          // Again on the same workspace (the merge counters must be back at zero), now reading the
-          // K/V below the last key before waiting; the second result is the one checked.
-          ASSERT_CUDA(cudaStreamSynchronize(stream_));
-          dout.Poison();
-          dlse.Poison();
-          p.fresh_kv_tokens = 1;
-          st = LaunchAttentionDecode(p, stream_);
-          ASSERT_TRUE(st.ok()) << st;
+        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6) {
+          // Twice more on the same workspace with the merge in the split kernel from 32 keys a
+          // split (where the grid fits on the GPU), the last time also reading the K/V below the
+          // last key before waiting: the merge counters must be consistent again after each
+          // launch. The last result is the one checked.
+          p.fuse_min_split_keys = 32;
+          for (int rep = 0; rep < 2; ++rep) {
+            ASSERT_CUDA(cudaStreamSynchronize(stream_));
+            dout.Poison();
+            dlse.Poison();
+            p.fresh_kv_tokens = rep == 1 ? 1 : -1;
+            st = LaunchAttentionDecode(p, stream_);
+            ASSERT_TRUE(st.ok()) << st;
+          }
         }
         ASSERT_CUDA(cudaStreamSynchronize(stream_));
         auto got = dout.Download();
@@ -489,6 +496,83 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
       }
     }
   }
+}
+
+// DecodeParams::timeline (diagnostics): every CTA of a fused v6 launch stamps its phases in order
+// and its SM, and the output is the same as without the stamps.
+TEST_F(AttentionTest, DecodeTimelineStampsEveryCtaInOrder) {
+  const int hq = 32, hkv = 1, dh = 128, bs = 64, splits = 8;
+  const std::vector<int64_t> lens = {8192};
+  PagedPool pool(hkv, dh, bs, lens, rng_);
+  pool.Fill(0, lens[0], rng_);
+  const int64_t stride = (lens[0] + bs - 1) / bs;
+  std::vector<int32_t> tables(pool.tables[0].begin(), pool.tables[0].end());
+  tables.resize(stride, -1);
+  auto qh = RandomBf16(hq * dh, rng_);
+  DevBuf<uint16_t> dq(qh.size()), dk(pool.k.size()), dv(pool.v.size()), dout(hq * dh);
+  DevBuf<int32_t> dtables(tables.size()), dlens(1);
+  dq.Upload(qh);
+  dk.Upload(pool.k);
+  dv.Upload(pool.v);
+  dtables.Upload(tables);
+  dlens.Upload(std::vector<int32_t>{static_cast<int32_t>(lens[0])});
+  const size_t ws_bytes = DecodeWorkspaceBytes(1, hq, hkv, dh, lens[0], splits, DecodeKernel::kV6);
+  DevBuf<unsigned char> ws(ws_bytes);
+  ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));
+  DecodeParams p;
+  p.q = dq.p;
+  p.batch = 1;
+  p.k_cache = dk.p;
+  p.v_cache = dv.p;
+  p.block_size = bs;
+  p.block_tables = dtables.p;
+  p.block_table_stride = stride;
+  p.kv_lens = dlens.p;
+  p.max_kv_len = lens[0];
+  p.num_q_heads = hq;
+  p.num_kv_heads = hkv;
+  p.head_dim = dh;
+  p.out = dout.p;
+  p.workspace = ws.p;
+  p.workspace_bytes = ws_bytes;
+  p.num_splits = splits;
+  p.kernel = DecodeKernel::kV6;
+  p.fuse_min_split_keys = 32;  // 1024 keys a split: fused on any GPU with >= 8 SMs
+  ASSERT_EQ(DecodeSplits(p), splits);
+  dout.Poison();
+  ASSERT_TRUE(LaunchAttentionDecode(p, stream_).ok());
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  const auto plain = dout.Download();
+  DevBuf<uint64_t> tl(splits * kDecodeTimelineSlots);
+  ASSERT_CUDA(cudaMemset(tl.p, 0, splits * kDecodeTimelineSlots * sizeof(uint64_t)));
+  p.timeline = tl.p;
+  dout.Poison();
+  ASSERT_TRUE(LaunchAttentionDecode(p, stream_).ok());
+  ASSERT_CUDA(cudaStreamSynchronize(stream_));
+  EXPECT_EQ(dout.Download(), plain);
+  int sms = 0;
+  ASSERT_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+  const auto t = tl.Download();
+  int mergers = 0;
+  for (int c = 0; c < splits; ++c) {
+    SCOPED_TRACE(testing::Message() << "cta " << c);
+    const uint64_t* e = t.data() + c * kDecodeTimelineSlots;
+    for (int k : {kTlEntry, kTlWaited, kTlFirstTile, kTlLoopEnd, kTlStored, kTlExit}) EXPECT_NE(e[k], 0u) << k;
+    EXPECT_LE(e[kTlEntry], e[kTlWaited]);
+    EXPECT_LE(e[kTlWaited], e[kTlFirstTile]);
+    EXPECT_LE(e[kTlFirstTile], e[kTlLoopEnd]);
+    EXPECT_LE(e[kTlLoopEnd], e[kTlStored]);
+    EXPECT_LE(e[kTlStored], e[kTlExit]);
+    EXPECT_LT(e[kTlSm], static_cast<uint64_t>(sms));
+    if (e[kTlMerge] != 0) {
+      ++mergers;
+      EXPECT_LE(e[kTlStored], e[kTlMerge]);
+      EXPECT_LE(e[kTlMerge], e[kTlMergeLoaded]);
+      EXPECT_LE(e[kTlMergeLoaded], e[kTlMergeCombined]);
+      EXPECT_LE(e[kTlMergeCombined], e[kTlExit]);
+    }
+  }
+  EXPECT_EQ(mergers, splits);  // min(splits, 32 rows x 4 slices) CTAs merge
 }
 
 TEST_F(AttentionTest, DecodeRejectsSmallWorkspace) {
