@@ -827,6 +827,15 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
   const int first = S - 1 - ticket;
   const int mine = (units - first + M - 1) / M;  // units first, first + M, ...
   const int chunk = tid % 8, lane8 = tid / 8;
+  // Column c of this merger's k-th unit: the weighted sum over the splits (num / den) and, from
+  // column 0 of a row, the row's LSE (mx: the max of the split LSEs it was weighted against).
+  auto store = [&](int k, int c, float num, float den, float mx) {
+    const int u = first + k * M;
+    const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
+    const int c0 = (u % kSlices) * 32;
+    a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
+    if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
+  };
   for (int k0 = 0; k0 < mine; k0 += kLanes) {
     const int n = min(kLanes, mine - k0);  // units of this pass
     const int P = kLanes / n;              // split lanes per unit
@@ -924,12 +933,7 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
             den += f * sSum[l];
           }
         }
-        const float mx = sUnitMax[ul2];
-        const int u = first + (k0 + ul2) * M;
-        const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
-        const int c0 = (u % kSlices) * 32;
-        a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
-        if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
+        store(k0 + ul2, c, num, den, sUnitMax[ul2]);
       }
       if (k0 == 0) Stamp(a, kTlMergeCombined);
       __syncthreads();  // the shared arrays are reused by the next pass
@@ -948,11 +952,7 @@ __device__ void MergeSplitsInKernel(const DecodeKernelArgs& a, unsigned char* sm
           den += f * sSum[l];
         }
       }
-      const int u = first + (k0 + ul2) * M;
-      const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + u / kSlices;
-      const int c0 = (u % kSlices) * 32;
-      a.out[oidx * D + c0 + c] = __float2bfloat16(den > 0.f ? num / den : 0.f);
-      if (c == 0 && c0 == 0 && a.lse != nullptr) a.lse[oidx] = den > 0.f ? mx + logf(den) : -INFINITY;
+      store(k0 + ul2, c, num, den, mx);
     }
     if (k0 == 0) Stamp(a, kTlMergeCombined);
     __syncthreads();  // the shared arrays are reused by the next pass

@@ -232,51 +232,29 @@ __global__ void SwiGluBf16x8Kernel(const Bf16x8* __restrict__ gate, const Bf16x8
   }
 }
 
-template <typename W>
-__global__ void RmsNormBf16x8Kernel(const Bf16x8* __restrict__ x, const W* __restrict__ w, int64_t dv, float eps,
-                                    Bf16x8* __restrict__ out) {
-  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
-  const int64_t row = blockIdx.x;
-  const Bf16x8* xr = x + row * dv;
-  Bf16x8* orow = out + row * dv;
-  float ss = 0.f;
-  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
-    float f[8];
-    Unpack(xr[j], f);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) ss += f[k] * f[k];
-  }
-  ss = BlockSum(ss);
-  const float inv = rsqrtf(ss / static_cast<float>(dv * 8) + eps);
-  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
-    float f[8];
-    Unpack(xr[j], f);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
-    orow[j] = Pack(f);
-  }
-}
-
-// x += y (rounded to bf16 and stored), then out = RmsNorm(x) of the rounded sums: the two
-// kernels AddBf16x8 + RmsNormBf16x8 in one pass; one block per row.
-template <typename W>
-__global__ void AddRmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, const W* __restrict__ w,
-                                       int64_t dv, float eps, Bf16x8* __restrict__ out) {
+// out = RmsNorm(x) on 8-wide bf16 vectors, one block per row. kAdd: first x += y (rounded to bf16
+// and stored), and the norm is of the rounded sums (AddBf16x8 + RmsNormBf16x8 in one pass);
+// without kAdd, x is only read and y is unused.
+template <typename W, bool kAdd>
+__global__ void RmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, const W* __restrict__ w,
+                                    int64_t dv, float eps, Bf16x8* __restrict__ out) {
   PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t row = blockIdx.x;
   Bf16x8* xr = x + row * dv;
-  const Bf16x8* yr = y + row * dv;
   Bf16x8* orow = out + row * dv;
   float ss = 0.f;
   for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
-    float a[8], b[8];
+    float a[8];
     Unpack(xr[j], a);
-    Unpack(yr[j], b);
+    if constexpr (kAdd) {
+      float b[8];
+      Unpack(y[row * dv + j], b);
 #pragma unroll
-    for (int k = 0; k < 8; ++k) a[k] += b[k];
-    const Bf16x8 sum = Pack(a);
-    xr[j] = sum;
-    Unpack(sum, a);
+      for (int k = 0; k < 8; ++k) a[k] += b[k];
+      const Bf16x8 sum = Pack(a);
+      xr[j] = sum;
+      Unpack(sum, a);
+    }
 #pragma unroll
     for (int k = 0; k < 8; ++k) ss += a[k] * a[k];
   }
@@ -284,7 +262,7 @@ __global__ void AddRmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __r
   const float inv = rsqrtf(ss / static_cast<float>(dv * 8) + eps);
   for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
     float f[8];
-    Unpack(xr[j], f);  // this thread's own store above
+    Unpack(xr[j], f);  // with kAdd, this thread's own store above
 #pragma unroll
     for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
     orow[j] = Pack(f);
@@ -405,8 +383,10 @@ absl::Status LaunchRmsNorm(const void* x, DType x_type, const void* w, DType w_t
     const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
     return DispatchAct(w_type, "RmsNorm", [&](auto ws) -> absl::Status {
       using W = decltype(ws);
-      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream,
-                                        static_cast<const Bf16x8*>(x), static_cast<const W*>(w), d / 8, eps,
+      // Without the add the kernel only reads x.
+      SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W, false>, static_cast<unsigned>(n), vthreads, 0, stream,
+                                        const_cast<Bf16x8*>(static_cast<const Bf16x8*>(x)),
+                                        static_cast<const Bf16x8*>(nullptr), static_cast<const W*>(w), d / 8, eps,
                                         static_cast<Bf16x8*>(out)));
       return absl::OkStatus();
     });
@@ -440,7 +420,7 @@ absl::Status LaunchAddRmsNorm(void* x, const void* y, DType type, const void* w,
   const int vthreads = d >= 8192 ? 512 : (d >= 2048 ? 256 : 128);
   return DispatchAct(w_type, "AddRmsNorm", [&](auto ws) -> absl::Status {
     using W = decltype(ws);
-    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(AddRmsNormBf16x8Kernel<W>, static_cast<unsigned>(n), vthreads, 0, stream,
+    SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RmsNormBf16x8Kernel<W, true>, static_cast<unsigned>(n), vthreads, 0, stream,
                                       static_cast<Bf16x8*>(x), static_cast<const Bf16x8*>(y), static_cast<const W*>(w),
                                       d / 8, eps, static_cast<Bf16x8*>(out)));
     *done = true;
