@@ -5,6 +5,8 @@ combine.py: the prefill ratios against SDPA, the decode table's default kernel a
 the --floor-run table (ratios and the time that 75% of the copy ceiling allows) are computed
 from the inputs. step_kernels_ncu.py: two ncu logs that differ by four decode steps give one
 step's kernels, grouped by name, block and grid, with the prompt's prefill subtracted.
+analyze.py: the attention rate up to which an SQA layout's speed-up target holds, checked against
+the closed form for a made-up engine JSON.
 """
 import csv
 import json
@@ -127,10 +129,46 @@ def test_step_kernels(tmp):
     check(got == want, f"kernels by time per step, the prompt's prefill subtracted: {got}")
 
 
+def test_analyze(tmp):
+    # Two layouts of a 2-layer model, d = 1024, 8 heads of 128: MHA and Hq = Hkv = 2 (target
+    # 0.85 * 8 / 2 = 3.4x), one prefill size each.
+    n, d, L, dh, inter = 65536, 1024, 2, 128, 5632
+
+    def layout(hq, hkv, seconds):
+        return {"hidden_size": d, "layers": L, "head_dim": dh, "num_query_heads": hq, "num_key_value_heads": hkv,
+                "prefill": [{"tokens": n, "seconds": seconds}],
+                "decode": [{"batch": 1, "context": 1024, "steps": 64, "ms_per_step": 1.0, "cuda_graphs": True}]}
+
+    eng = {"MHA": layout(8, 8, 0.5), "xSQA": layout(2, 2, 0.2)}
+    (tmp / "e2e.json").write_text(json.dumps({"engine": eng}))
+    r = run([SRC / "bench/gpu/e2e/analyze.py", tmp / "e2e.json"])
+    check(r.returncode == 0, "analyze.py runs")
+    rows = table_rows(r.stdout, "| layout | Hq | target |") if "| layout | Hq | target |" in r.stdout else []
+    check(len(rows) == 1 and rows[0][0] == "xSQA", f"one SQA-family row: {rows}")
+    if len(rows) != 1:
+        return
+    target = 0.85 * 8 / 2
+    check(rows[0][2] == "%.2fx" % target and rows[0][3] == "%.2fx" % (0.5 / 0.2), f"target and measured: {rows[0]}")
+    # The closed form: (g_m / G + a_m / R) / (g_x / G + a_x / R) = target, solved for R.
+    for col, gemm in ((4, 600e12), (5, 727e12)):
+        def flops(hq):
+            params = L * (d * hq * dh + 2 * d * hq * dh + hq * dh * d + 3 * d * inter)
+            return 2.0 * params * n, L * 4.0 * hq * dh * n * n / 2
+        g_m, a_m = flops(8)
+        g_x, a_x = flops(2)
+        want = (a_m - target * a_x) / (target * g_x / gemm - g_m / gemm)
+        check(rows[0][col] == "<= %.0f TFLOP/s" % (want / 1e12), f"break-even rate, GEMMs at {gemm / 1e12:.0f}:"
+              f" {rows[0][col]} against {want / 1e12:.0f}")
+        # At that rate the ratio is the target.
+        ratio = (g_m / gemm + a_m / want) / (g_x / gemm + a_x / want)
+        check(abs(ratio - target) < 1e-9, f"ratio at the break-even rate: {ratio}")
+
+
 def main():
     with tempfile.TemporaryDirectory() as d:
         test_combine(pathlib.Path(d))
         test_step_kernels(pathlib.Path(d))
+        test_analyze(pathlib.Path(d))
     if failures:
         print(f"{len(failures)} check(s) failed")
         return 1

@@ -9,14 +9,64 @@ Prefill: FLOPs of the projections + MLP (2 * params * N; the LM head runs on one
 attention (4 * max(Hq, Hkv) * dh * N^2 / 2 per layer). Assuming the GEMMs run at GEMM_TFLOPS, the
 rest of the measured time is charged to attention, which gives its effective rate. The Amdahl
 bound of an SQA layout's speed-up over MHA follows from the same split (attention at MHA's
-effective rate, GEMMs at GEMM_TFLOPS).
+effective rate, GEMMs at GEMM_TFLOPS). The last prefill table asks the converse: the issue's target
+for an SQA-family layout (speed-up over MHA >= 0.85 * H / Hq) holds only while both layouts'
+attention runs at or below some rate R; R follows from the same FLOP split, for GEMMs at
+GEMM_TFLOPS and at the GEMM ceiling GEMM_CEILING_TFLOPS.
 Decode: the floor is reading every weight (bf16) plus the batch's KV once per step at 4.08 TB/s.
 """
 import json
 import sys
 
 GEMM_TFLOPS = 600.0
+GEMM_CEILING_TFLOPS = 727.0  # REFERENCE.md: bf16 GEMM measured on the H200
+TARGET_FRACTION = 0.85       # the issue's target: speed-up over MHA >= 0.85 * H / Hq
 COPY_TBS = 4.08
+
+
+def rate_for_target(tg_m, a_m, tg_x, a_x, target):
+    """The attention rate (FLOP/s) at or below which (tg_m + a_m / R) / (tg_x + a_x / R) >= target.
+
+    Returns (kind, R): kind "upto" (the target holds for R <= R), "any" (for every R) or "none"."""
+    num = a_m - target * a_x    # > 0: attention alone is more than target x cheaper
+    den = target * tg_x - tg_m  # > 0: the GEMMs alone are less than target x cheaper
+    if num <= 0:
+        return ("none", 0.0) if den >= 0 else ("from", num / den)
+    if den <= 0:
+        return ("any", 0.0)
+    return ("upto", num / den)
+
+
+def breakeven_table(eng, split, n):
+    if "MHA" not in eng or ("MHA", n) not in split:
+        return ""
+    h = eng["MHA"]["num_query_heads"]
+    rows = ["The target at %d tokens: speed-up over MHA >= %.2f x H / Hq (H = %d). With MHA and the layout both"
+            " running attention at R TFLOP/s, the target holds only for R at or below the rate in the last two"
+            " columns (GEMMs at %.0f and at the %.0f TFLOP/s ceiling); compare the attention rates of the first"
+            " table and of gpu_attention.md (ours and PyTorch SDPA's backends)." % (n, TARGET_FRACTION, h,
+                                                                                   GEMM_TFLOPS, GEMM_CEILING_TFLOPS),
+            "", "| layout | Hq | target | measured | target holds for attention at (GEMMs %.0f) |"
+            " (GEMMs %.0f) |" % (GEMM_TFLOPS, GEMM_CEILING_TFLOPS), "|---|---|---|---|---|---|"]
+    _, a_m = split[("MHA", n)]
+    mha_t = eng["MHA"]["prefill"][-1]["seconds"]
+    for lay, c in eng.items():
+        hq = c["num_query_heads"]
+        if lay == "MHA" or hq >= h or (lay, n) not in split:
+            continue
+        target = TARGET_FRACTION * h / hq
+        meas = mha_t / [r for r in c["prefill"] if r["tokens"] == n][0]["seconds"]
+        _, a_x = split[(lay, n)]
+        cells = []
+        for gemm in (GEMM_TFLOPS, GEMM_CEILING_TFLOPS):
+            tg_m = split[("MHA", n)][0] * GEMM_TFLOPS / gemm
+            tg_x = split[(lay, n)][0] * GEMM_TFLOPS / gemm
+            kind, r = rate_for_target(tg_m, a_m, tg_x, a_x, target)
+            cells.append({"none": "never", "any": "any rate", "upto": "<= %.0f TFLOP/s" % (r / 1e12),
+                          "from": ">= %.0f TFLOP/s" % (r / 1e12)}[kind])
+        rows.append("| %s | %d | %.2fx | %.2fx | %s | %s |" % (lay, hq, target, meas, cells[0], cells[1]))
+    rows.append("")
+    return "\n".join(rows)
 
 
 def main():
@@ -65,6 +115,7 @@ def main():
             meas = mha_t / [r for r in eng[lay]["prefill"] if r["tokens"] == n][0]["seconds"]
             out.append("| %s | %.2fx | %.2fx |" % (lay, bound, meas))
         out.append("")
+        out.append(breakeven_table(eng, split, n))
     out.append("| layout | decode batch | graphs | ms/step | floor ms (weights + KV at %.2f TB/s) | measured / floor |"
                % COPY_TBS)
     out.append("|---|---|---|---|---|---|")

@@ -433,11 +433,11 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         dv.Upload(pool.v);
         dtables.Upload(tables);
         dlens.Upload(kv_lens);
-        dout.Poison();
-        dlse.Poison();
         const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits, kernel);
         DevBuf<unsigned char> ws(ws_bytes);
-        if (ws_bytes > 0) ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));  // v5's merge counters
+        if (ws_bytes > 0) {
+          ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));  // the merge counters of v5 and later
+        }
         DecodeParams p;
         p.q = dq.p;
         p.batch = B;
@@ -458,40 +458,43 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         p.num_splits = splits;
         p.kernel = kernel;
         ASSERT_EQ(DecodeSplits(p) > 1, ws_bytes > 0);
-        absl::Status st = LaunchAttentionDecode(p, stream_);
-        ASSERT_TRUE(st.ok()) << st;
-        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6) {
-          // Twice more on the same workspace with the merge in the split kernel from 32 keys a
-          // split (where the grid fits on the GPU), the last time also reading the K/V below the
-          // last key before waiting: the merge counters must be consistent again after each
-          // launch. The last result is the one checked.
-          p.fuse_min_split_keys = 32;
-          for (int rep = 0; rep < 2; ++rep) {
-            ASSERT_CUDA(cudaStreamSynchronize(stream_));
-            dout.Poison();
-            dlse.Poison();
-            p.fresh_kv_tokens = rep == 1 ? 1 : -1;
-            st = LaunchAttentionDecode(p, stream_);
-            ASSERT_TRUE(st.ok()) << st;
-          }
-        }
-        ASSERT_CUDA(cudaStreamSynchronize(stream_));
-        auto got = dout.Download();
-        auto got_lse = dlse.Download();
+        std::vector<std::vector<double>> refs(B), ref_lses(B);
         for (int b = 0; b < B; ++b) {
-          SCOPED_TRACE(testing::Message() << "seq " << b << " len " << lens[b]);
           std::vector<float> qb(L.hq * dh);
           for (int i = 0; i < L.hq * dh; ++i) qb[i] = FromBf16(qh[b * L.hq * dh + i]);
-          std::vector<double> ref, ref_lse;
-          ReferenceAttention(qb, 1, lens[b] - 1, kvs[b], L.hq, L.hkv, dh, false, 1.0 / std::sqrt(double(dh)), &ref,
-                             &ref_lse);
-          std::vector<uint16_t> gb(got.begin() + b * ha * dh, got.begin() + (b + 1) * ha * dh);
-          std::vector<float> lb(got_lse.begin() + b * ha, got_lse.begin() + (b + 1) * ha);
-          Errors e = Compare(gb, ref, &lb, &ref_lse);
-          EXPECT_EQ(e.nonfinite, 0);
-          EXPECT_LT(e.rel, 1e-2);
-          EXPECT_LT(e.max_abs, 5e-2);
-          EXPECT_LT(e.lse_max, 1e-2);
+          ReferenceAttention(qb, 1, lens[b] - 1, kvs[b], L.hq, L.hkv, dh, false, 1.0 / std::sqrt(double(dh)), &refs[b],
+                             &ref_lses[b]);
+        }
+        auto launch_and_check = [&](const char* what) {
+          SCOPED_TRACE(what);
+          dout.Poison();
+          dlse.Poison();
+          absl::Status st = LaunchAttentionDecode(p, stream_);
+          ASSERT_TRUE(st.ok()) << st;
+          ASSERT_CUDA(cudaStreamSynchronize(stream_));
+          auto got = dout.Download();
+          auto got_lse = dlse.Download();
+          for (int b = 0; b < B; ++b) {
+            SCOPED_TRACE(testing::Message() << "seq " << b << " len " << lens[b]);
+            std::vector<uint16_t> gb(got.begin() + b * ha * dh, got.begin() + (b + 1) * ha * dh);
+            std::vector<float> lb(got_lse.begin() + b * ha, got_lse.begin() + (b + 1) * ha);
+            Errors e = Compare(gb, refs[b], &lb, &ref_lses[b]);
+            EXPECT_EQ(e.nonfinite, 0);
+            EXPECT_LT(e.rel, 1e-2);
+            EXPECT_LT(e.max_abs, 5e-2);
+            EXPECT_LT(e.lse_max, 1e-2);
+          }
+        };
+        launch_and_check("first launch");
+        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6) {
+          // Twice more on the same workspace with the merge in the split kernel from 32 keys a
+          // split (where the grid fits on the GPU), the second time also reading the K/V below
+          // the last key before waiting. Every launch is checked: the merge counters must be
+          // consistent again after each one.
+          p.fuse_min_split_keys = 32;
+          launch_and_check("fused");
+          p.fresh_kv_tokens = 1;
+          launch_and_check("fused, early reads");
         }
       }
     }
