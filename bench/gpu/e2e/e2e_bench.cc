@@ -2,7 +2,8 @@
 //
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
-//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v6|v5|v5w|v4]
+//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-warps auto|8|16]
+//                 [--decode-kernel auto|v6|v5|v5w|v4]
 //                 [--sustain-s 1.5] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
@@ -16,7 +17,8 @@
 // after two warm-up steps (which also capture the step's CUDA graph); tokens/s =
 // B * steps / seconds. --cuda-graphs both measures every batch with graphs on and again off (one
 // decode row each, "cuda_graphs": true/false). --skinny-gemm off sends decode-sized GEMMs to
-// cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run; --decode-kernel picks the decode attention kernel
+// cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run; --skinny-warps forces the
+// skinny kernel's CTA shape (BackendOptions::skinny_warps); --decode-kernel picks the decode attention kernel
 // (BackendOptions::decode_kernel) the same way. Prints one JSON object (also written to --json).
 #include <algorithm>
 #include <chrono>
@@ -50,6 +52,7 @@ struct Flags {
   int64_t block_size = 64;
   std::string cuda_graphs = "on";
   bool skinny_gemm = true;
+  std::string skinny_warps = "auto";
   std::string decode_kernel = "auto";
   double sustain_s = 1.5;
   std::string json;
@@ -70,7 +73,8 @@ int Usage(const std::string& why) {
   std::cerr << "sqa-e2e-bench: " << why
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
-               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--decode-kernel auto|v6|v5|v5w|v4]\n"
+               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-warps auto|8|16]\n"
+               "         [--decode-kernel auto|v6|v5|v5w|v4]\n"
                "         [--sustain-s S] [--json F]\n";
   return 2;
 }
@@ -105,6 +109,9 @@ int main(int argc, char** argv) {
     } else if (a == "--skinny-gemm") {
       if (v != "on" && v != "off") return Usage("--skinny-gemm wants on or off, got " + v);
       f.skinny_gemm = v == "on";
+    } else if (a == "--skinny-warps") {
+      if (v != "auto" && v != "8" && v != "16") return Usage("--skinny-warps wants auto, 8 or 16, got " + v);
+      f.skinny_warps = v;
     } else if (a == "--decode-kernel") {
       if (v != "auto" && v != "v6" && v != "v5" && v != "v5w" && v != "v4") {
         return Usage("--decode-kernel wants auto, v6, v5, v5w or v4, got " + v);
@@ -147,6 +154,7 @@ int main(int argc, char** argv) {
   sqa::BackendOptions bo;
   bo.device = *kind;
   bo.skinny_gemm = f.skinny_gemm;
+  bo.skinny_warps = f.skinny_warps;
   bo.decode_kernel = f.decode_kernel;
   auto be = sqa::CreateBackend(bo);
   if (!be.ok()) {
@@ -171,6 +179,7 @@ int main(int argc, char** argv) {
   out["model"] = f.model;
   out["layout"] = cfg.LayoutName();
   out["skinny_gemm"] = f.skinny_gemm;
+  out["skinny_warps"] = f.skinny_warps;
   out["decode_kernel"] = f.decode_kernel;
   out["hidden_size"] = cfg.hidden_size;
   out["layers"] = cfg.num_hidden_layers;

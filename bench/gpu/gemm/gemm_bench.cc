@@ -5,7 +5,7 @@
 // dependents (as in a decode step: each starts reading its weights while the previous kernel
 // finishes); cuBLASLt's are not.
 //
-//   sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--json F]
+//   sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--skinny-warps auto|8|16] [--json F]
 //
 // The default shapes are the 1b preset's (d 2048, MLP 5632, vocab 32000 with f32 logits) and the
 // narrow q/k/v of its SQA layouts (512, 1024 features). Timing: one CUDA graph of 32 launches, each
@@ -125,6 +125,8 @@ int main(int argc, char** argv) {
   std::vector<Shape> shapes = {{2048, 2048, false}, {2048, 512, false},  {2048, 1024, false},
                                {2048, 5632, false}, {5632, 2048, false}, {2048, 32000, true}};
   std::string json_path;
+  std::string warps_name = "auto";
+  sqa::cuda::SkinnyWarps warps = sqa::cuda::SkinnyWarps::kAuto;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string a = argv[i], v = argv[i + 1];
     if (a == "--rows") {
@@ -147,8 +149,13 @@ int main(int argc, char** argv) {
       }
     } else if (a == "--json") {
       json_path = v;
+    } else if (a == "--skinny-warps") {
+      if (v != "auto" && v != "8" && v != "16") return std::fprintf(stderr, "--skinny-warps: auto, 8 or 16\n"), 2;
+      warps_name = v;
+      warps = v == "8" ? sqa::cuda::SkinnyWarps::k8 : v == "16" ? sqa::cuda::SkinnyWarps::k16 : sqa::cuda::SkinnyWarps::kAuto;
     } else {
-      return std::fprintf(stderr, "usage: sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--json F]\n"), 2;
+      return std::fprintf(stderr, "usage: sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] "
+                                  "[--skinny-warps auto|8|16] [--json F]\n"), 2;
     }
   }
   for (int64_t n : rows) {
@@ -159,6 +166,7 @@ int main(int argc, char** argv) {
   auto gemm_or = sqa::cuda::LtGemm::Create();
   if (!gemm_or.ok()) return std::fprintf(stderr, "%s\n", gemm_or.status().ToString().c_str()), 1;
   sqa::cuda::LtGemm gemm = std::move(gemm_or).value();
+  gemm.set_skinny_warps(warps);
   cudaStream_t stream;
   CK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   cudaEvent_t e0, e1;
@@ -275,12 +283,12 @@ int main(int argc, char** argv) {
         us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st) -> absl::Status {
           const std::vector<void*>& set = w[l % copies];
           if (path == 1 && f.glu) {
-            return sqa::cuda::LaunchSkinnySwiGlu(x, set[0], set[1], y[2], n, d, f.outs[0], st);
+            return sqa::cuda::LaunchSkinnySwiGlu(x, set[0], set[1], y[2], n, d, f.outs[0], st, warps);
           }
           if (path == 1) {
             std::vector<sqa::cuda::SkinnyOutput> so;
             for (size_t i = 0; i < set.size(); ++i) so.push_back({set[i], y[i], f.outs[i]});
-            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st);
+            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st, warps);
           }
           for (size_t i = 0; i < set.size(); ++i) {
             absl::Status s2 = gemm.Linear(x, set[i], y[i], sqa::DType::kBF16, n, d, f.outs[i], st);
@@ -301,7 +309,7 @@ int main(int argc, char** argv) {
     CK(cudaFree(x));
   }
   if (!json_path.empty()) {
-    nlohmann::json doc = {{"gpu", prop.name}, {"ceiling_tbs", kCopyCeiling / 1e12}, {"launches", kLaunches},
+    nlohmann::json doc = {{"gpu", prop.name}, {"ceiling_tbs", kCopyCeiling / 1e12}, {"launches", kLaunches}, {"skinny_warps", warps_name},
                           {"rows", out}, {"fused", fused}};
     std::ofstream(json_path) << doc.dump(1) << "\n";
   }

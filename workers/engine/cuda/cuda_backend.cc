@@ -349,6 +349,7 @@ class CudaBackend final : public Backend {
 
  public:
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, bool skinny_gemm,
+                                                             const std::string& skinny_warps,
                                                              const std::string& decode_kernel) {
     auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
     b->device_ = device;
@@ -369,6 +370,13 @@ class CudaBackend final : public Backend {
     SQA_ASSIGN_OR_RETURN(b->ctx_->stream, CudaStream::Create());
     SQA_ASSIGN_OR_RETURN(b->gemm_, cuda::LtGemm::Create());
     b->gemm_.set_skinny_max_rows(skinny_gemm ? cuda::kSkinnyMaxRows : 0);
+    if (skinny_warps == "8") {
+      b->gemm_.set_skinny_warps(cuda::SkinnyWarps::k8);
+    } else if (skinny_warps == "16") {
+      b->gemm_.set_skinny_warps(cuda::SkinnyWarps::k16);
+    } else if (skinny_warps != "auto") {
+      return absl::InvalidArgumentError(absl::StrCat("skinny warps '", skinny_warps, "' is not one of auto, 8, 16"));
+    }
     SQA_RETURN_IF_ERROR(b->stager_.Init(b->ctx_));
     // Keep freed activation memory cached in the pool instead of returning it at each sync.
     cudaMemPool_t pool = nullptr;
@@ -556,7 +564,7 @@ class CudaBackend final : public Backend {
       }
       so.push_back({w.data, o.data, w.dim(0)});
     }
-    return cuda::LaunchSkinnyGemmMany(x.data, n, in, so, DType::kBF16, stream());
+    return cuda::LaunchSkinnyGemmMany(x.data, n, in, so, DType::kBF16, stream(), gemm_.skinny_warps());
   }
 
   // Gate, up and SwiGLU as one skinny launch for decode-sized x; otherwise the three ops.
@@ -569,7 +577,8 @@ class CudaBackend final : public Backend {
       if (out.numel() == n * inter &&
           cuda::SkinnyGemmApplies(x.data, w_gate.data, out.data, DType::kBF16, n, in, inter) &&
           reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0) {
-        return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream());
+        return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream(),
+                                        gemm_.skinny_warps());
       }
     }
     return Backend::LinearSwiGlu(x, w_gate, w_up, gate, up, out);
@@ -1350,7 +1359,8 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions&
         absl::StrCat("GPU index ", options.gpu_index, " does not exist; this machine has ", count, " CUDA device(s)"));
   }
   SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b,
-                       CudaBackend::Create(options.gpu_index, options.skinny_gemm, options.decode_kernel));
+                       CudaBackend::Create(options.gpu_index, options.skinny_gemm, options.skinny_warps,
+                                           options.decode_kernel));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

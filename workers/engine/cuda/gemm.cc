@@ -38,7 +38,7 @@ LtGemm::~LtGemm() {
 }
 LtGemm::LtGemm(LtGemm&& o) noexcept
     : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), plans_(std::move(o.plans_)),
-      skinny_max_rows_(o.skinny_max_rows_) {
+      skinny_max_rows_(o.skinny_max_rows_), skinny_warps_(o.skinny_warps_) {
   o.plans_.clear();
 }
 LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
@@ -48,6 +48,7 @@ LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
     workspace_ = std::move(o.workspace_);
     plans_ = std::move(o.plans_);
     skinny_max_rows_ = o.skinny_max_rows_;
+    skinny_warps_ = o.skinny_warps_;
     o.plans_.clear();
   }
   return *this;
@@ -106,7 +107,7 @@ absl::Status LtGemm::Linear(const void* x, const void* w, void* out, DType out_t
                                                    " unsupported on CUDA (bf16 or f32)"));
   }
   if (n <= skinny_max_rows_ && SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
-    return LaunchSkinnyGemm(x, w, out, out_type, n, in, out_features, stream);
+    return LaunchSkinnyGemm(x, w, out, out_type, n, in, out_features, stream, skinny_warps_);
   }
   // The largest power of two (<= 256) dividing every pointer: what the algorithm may assume.
   uintptr_t bits = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w) |

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "workers/engine/cuda/raii.h"
+#include "workers/engine/cuda/skinny_gemm.h"
 #include "workers/engine/model/tensor.h"
 
 namespace sqa::cuda {
@@ -33,6 +34,9 @@ class LtGemm {
   // Rows up to which Linear uses the skinny kernel (0: always cuBLASLt; at most kSkinnyMaxRows).
   void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
   int64_t skinny_max_rows() const { return skinny_max_rows_; }
+  // The skinny kernel's CTA shape (SkinnyWarps::kAuto unless a benchmark compares them).
+  void set_skinny_warps(SkinnyWarps w) { skinny_warps_ = w; }
+  SkinnyWarps skinny_warps() const { return skinny_warps_; }
 
  private:
   struct Plan;
@@ -43,6 +47,7 @@ class LtGemm {
   DeviceMemory workspace_;
   std::map<Key, Plan*> plans_;
   int64_t skinny_max_rows_ = 8;
+  SkinnyWarps skinny_warps_ = SkinnyWarps::kAuto;
 };
 
 }  // namespace sqa::cuda

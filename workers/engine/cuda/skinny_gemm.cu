@@ -1,7 +1,14 @@
 // Skinny GEMM (see skinny_gemm.h). A decode step multiplies one to eight activation rows by each
 // weight matrix: the work is reading W once, at the memory's rate. Each CTA owns 16 output
-// features (rows of W) and its 8 warps split K; a warp walks its 32-wide K blocks with mma.sync
+// features (rows of W) and its warps split K; a warp walks its 32-wide K blocks with mma.sync
 // m16n8k16, W as A (16 features) and x as B (its 8 columns are the x rows, zero past n).
+//
+// A CTA has 8 warps (two CTAs per SM) or 16 (one per SM). 16 run when the launch has no more
+// CTAs than the GPU has SMs and K is deep enough that 8 warps would load their blocks in more
+// rounds than 16: otherwise such a grid keeps one 8-warp CTA per SM, half the loads in flight
+// that the SM can hold, round after round (5632 -> 2048, the MLP's down projection, ran at 58%
+// of the copy ceiling that way). The two shapes split K differently, so their sums round
+// differently; the choice depends only on the launch's CTA count and K.
 //
 // The fragments come straight from global memory with 16-byte loads. A dot product does not care
 // in which order K is summed, so the kernel gives the mma a permuted K: in each 32-wide block,
@@ -16,6 +23,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
@@ -26,7 +34,6 @@
 namespace sqa::cuda {
 namespace {
 
-constexpr int kWarps = 8;     // warps per CTA, splitting K
 constexpr int kRows = 16;     // output features per CTA
 constexpr int kUnroll = 8;    // K blocks in flight per warp (two 16-byte W loads each)
 
@@ -65,10 +72,11 @@ struct SkinnyArgs {
   const __nv_bfloat16* w_up = nullptr;
 };
 
-// Two CTAs per SM (at most 128 registers): with one, each SM has half the loads in flight (an
-// earlier variant at 134 registers lost 10-15% on every shape).
-template <int NR, typename O, bool kGlu>
-__global__ void __launch_bounds__(kWarps * 32, 2) SkinnyGemmKernel(const SkinnyArgs a) {
+// At most 128 registers: two 8-warp CTAs or one 16-warp CTA per SM (an earlier variant at 134
+// registers, one 8-warp CTA per SM, had half the loads in flight and lost 10-15% on every shape).
+template <int NR, typename O, bool kGlu, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) SkinnyGemmKernel(const SkinnyArgs a) {
+  static_assert(kWarps == 8 || kWarps == 16, "8 or 16 warps");
   constexpr int kM = kGlu ? 2 : 1;         // weight matrices read per CTA
   constexpr int kU = kGlu ? kUnroll / 2 : kUnroll;
   __shared__ float red[kWarps][32][4 * kM];
@@ -153,23 +161,53 @@ __global__ void __launch_bounds__(kWarps * 32, 2) SkinnyGemmKernel(const SkinnyA
   }
 }
 
+// SMs of the current device, per device (0 until queried; 132 if the query fails).
+int DeviceSms() {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> cache[kMaxDevices];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
+    cudaGetLastError();
+    return 132;
+  }
+  if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c;
+  int n = 0;
+  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
+    cudaGetLastError();
+    n = 132;
+  }
+  cache[dev].store(n, std::memory_order_relaxed);
+  return n;
+}
+
+// SkinnyWarps::kAuto: 16-warp CTAs when the launch's CTAs fit on the GPU at one per SM and 16
+// warps load K in fewer rounds of kUnroll blocks than 8 (counted alike for the GLU form, whose
+// rounds are half as deep, so that it chooses as its unfused Linear calls do).
+bool UseWide(const SkinnyArgs& a, SkinnyWarps warps) {
+  if (warps != SkinnyWarps::kAuto) return warps == SkinnyWarps::k16;
+  const int64_t nkb = (a.in + 31) / 32;
+  const auto rounds = [&](int64_t w) { return (nkb + w * kUnroll - 1) / (w * kUnroll); };
+  return a.first_block[a.count] <= DeviceSms() && rounds(16) < rounds(8);
+}
+
 template <int NR, typename O, bool kGlu>
-cudaError_t Launch(const SkinnyArgs& a, cudaStream_t stream) {
-  return LaunchPdl(SkinnyGemmKernel<NR, O, kGlu>, dim3(static_cast<unsigned>(a.first_block[a.count])),
-                   dim3(kWarps * 32), 0, stream, a);
+cudaError_t Launch(const SkinnyArgs& a, SkinnyWarps warps, cudaStream_t stream) {
+  const dim3 grid(static_cast<unsigned>(a.first_block[a.count]));
+  if (UseWide(a, warps)) return LaunchPdl(SkinnyGemmKernel<NR, O, kGlu, 16>, grid, dim3(16 * 32), 0, stream, a);
+  return LaunchPdl(SkinnyGemmKernel<NR, O, kGlu, 8>, grid, dim3(8 * 32), 0, stream, a);
 }
 
 template <typename O, bool kGlu>
-cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, cudaStream_t stream) {
+cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, SkinnyWarps warps, cudaStream_t stream) {
   switch (n) {
-    case 1: return Launch<1, O, kGlu>(a, stream);
-    case 2: return Launch<2, O, kGlu>(a, stream);
-    case 3: return Launch<3, O, kGlu>(a, stream);
-    case 4: return Launch<4, O, kGlu>(a, stream);
-    case 5: return Launch<5, O, kGlu>(a, stream);
-    case 6: return Launch<6, O, kGlu>(a, stream);
-    case 7: return Launch<7, O, kGlu>(a, stream);
-    default: return Launch<8, O, kGlu>(a, stream);
+    case 1: return Launch<1, O, kGlu>(a, warps, stream);
+    case 2: return Launch<2, O, kGlu>(a, warps, stream);
+    case 3: return Launch<3, O, kGlu>(a, warps, stream);
+    case 4: return Launch<4, O, kGlu>(a, warps, stream);
+    case 5: return Launch<5, O, kGlu>(a, warps, stream);
+    case 6: return Launch<6, O, kGlu>(a, warps, stream);
+    case 7: return Launch<7, O, kGlu>(a, warps, stream);
+    default: return Launch<8, O, kGlu>(a, warps, stream);
   }
 }
 
@@ -184,7 +222,7 @@ bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_
 }
 
 absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
-                                  DType out_type, cudaStream_t stream) {
+                                  DType out_type, cudaStream_t stream, SkinnyWarps warps) {
   if (outs.empty() || outs.size() > static_cast<size_t>(kSkinnyMaxSegments)) {
     return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: 1..", kSkinnyMaxSegments, " weights, got ",
                                                    outs.size()));
@@ -208,20 +246,20 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
   if (a.first_block[a.count] > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError("skinny GEMM: too many features");
   }
-  const cudaError_t e =
-      out_type == DType::kF32 ? LaunchRows<float, false>(n, a, stream) : LaunchRows<__nv_bfloat16, false>(n, a, stream);
+  const cudaError_t e = out_type == DType::kF32 ? LaunchRows<float, false>(n, a, warps, stream)
+                                                : LaunchRows<__nv_bfloat16, false>(n, a, warps, stream);
   SQA_GPU_RETURN_IF_ERROR(e);
   return absl::OkStatus();
 }
 
 absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
-                              int64_t out_features, cudaStream_t stream) {
+                              int64_t out_features, cudaStream_t stream, SkinnyWarps warps) {
   const SkinnyOutput o{w, out, out_features};
-  return LaunchSkinnyGemmMany(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream);
+  return LaunchSkinnyGemmMany(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream, warps);
 }
 
 absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
-                                int64_t inter, cudaStream_t stream) {
+                                int64_t inter, cudaStream_t stream, SkinnyWarps warps) {
   if (!SkinnyGemmApplies(x, w_gate, out, DType::kBF16, n, in, inter) ||
       reinterpret_cast<uintptr_t>(w_up) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("skinny SwiGLU: n=", n, " in=", in, " inter=", inter,
@@ -236,7 +274,7 @@ absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w
   a.out[0] = out;
   a.nout[0] = inter;
   a.first_block[1] = (inter + kRows - 1) / kRows;
-  SQA_GPU_RETURN_IF_ERROR((LaunchRows<__nv_bfloat16, true>(n, a, stream)));
+  SQA_GPU_RETURN_IF_ERROR((LaunchRows<__nv_bfloat16, true>(n, a, warps, stream)));
   return absl::OkStatus();
 }
 

@@ -19,12 +19,19 @@ namespace sqa::cuda {
 inline constexpr int64_t kSkinnyMaxRows = 8;
 inline constexpr int kSkinnyMaxSegments = 3;  // weights sharing x in one launch (q, k, v)
 
+// CTA shape: kAuto runs 16-warp CTAs (one per SM) when a launch has no more CTAs than the GPU has
+// SMs and K is deeper than 8 warps load in one round (more than 2048), 8-warp CTAs (two per SM)
+// otherwise; k8 and k16 force one (benchmarks). The two sum K in different orders: the last bits
+// of a result can depend on the shape chosen (LinearMany and Linear agree to the last bit while
+// they choose alike: always, for K <= 2048).
+enum class SkinnyWarps { kAuto, k8, k16 };
+
 // n in 1..kSkinnyMaxRows, in a multiple of 8, x and w 16-byte aligned, out bf16 or f32 and aligned.
 bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
                        int64_t out_features);
 
 absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
-                              int64_t out_features, cudaStream_t stream);
+                              int64_t out_features, cudaStream_t stream, SkinnyWarps warps = SkinnyWarps::kAuto);
 
 // One launch for up to kSkinnyMaxSegments weights of the same x: outs[i].out = x * outs[i].w^T.
 struct SkinnyOutput {
@@ -33,11 +40,11 @@ struct SkinnyOutput {
   int64_t out_features;
 };
 absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
-                                  DType out_type, cudaStream_t stream);
+                                  DType out_type, cudaStream_t stream, SkinnyWarps warps = SkinnyWarps::kAuto);
 
 // out = silu(x * w_gate^T) * (x * w_up^T), bf16 [n, inter], gate and up rounded to bf16 before
 // the product (as Linear, Linear, SwiGlu would): one launch, no gate/up buffers.
 absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
-                                int64_t inter, cudaStream_t stream);
+                                int64_t inter, cudaStream_t stream, SkinnyWarps warps = SkinnyWarps::kAuto);
 
 }  // namespace sqa::cuda

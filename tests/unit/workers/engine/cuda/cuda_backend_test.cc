@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -236,6 +237,74 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
     // Shape mismatch is an error.
     T bad = Gpu({n, out + 1}, nullptr);
     EXPECT_EQ(gpu_->Linear(gx.view, gw->view, bad.view).code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
+// The skinny kernel's two CTA shapes (8 warps, two CTAs per SM; 16 warps, one per SM: what auto
+// picks for a launch of at most one CTA per SM with K > 2048), each forced on its own backend:
+// Linear (f32 and bf16 out), LinearMany and LinearSwiGlu against the CPU backend, and within one
+// shape LinearMany's outputs equal to the last bit what Linear gives for each weight. Shapes on
+// both sides of the SM count (out = 5632 is 352 CTAs), K tails (in = 520, 136), deep K (5632).
+TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
+  std::unique_ptr<Backend> shaped[2];
+  const char* names[2] = {"8", "16"};
+  for (int i = 0; i < 2; ++i) {
+    BackendOptions o;
+    o.device = DeviceKind::kCuda;
+    o.skinny_warps = names[i];
+    auto b = CreateCudaBackend(o);
+    ASSERT_TRUE(b.ok()) << b.status();
+    shaped[i] = std::move(b).value();
+  }
+  BackendOptions bad;
+  bad.device = DeviceKind::kCuda;
+  bad.skinny_warps = "12";
+  EXPECT_EQ(CreateCudaBackend(bad).status().code(), absl::StatusCode::kInvalidArgument);
+
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 2048, 2048}, {3, 5632, 2048}, {8, 520, 5632},
+                            {5, 136, 129}, {2, 2048, 300}}) {
+    SCOPED_TRACE(testing::Message() << "n=" << n << " in=" << in << " out=" << out);
+    std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
+                       w2 = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
+    TensorView hw{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
+    TensorView hw2{w2.data(), DType::kF32, MemSpace::kHost, {out, in}};
+    auto cw = cpu_->UploadWeight(hw);
+    auto cw2 = cpu_->UploadWeight(hw2);
+    ASSERT_TRUE(cw.ok() && cw2.ok());
+    T cx = Cpu({n, in}, &x), co = Cpu({n, out}, nullptr), cg = Cpu({n, out}, nullptr), cu = Cpu({n, out}, nullptr),
+      cs = Cpu({n, out}, nullptr);
+    ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
+    ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
+    const std::vector<float> want = Read(*cpu_, co.view), want_glu = Read(*cpu_, cs.view);
+    for (int i = 0; i < 2; ++i) {
+      Backend& be = *shaped[i];
+      auto gw = be.UploadWeight(hw);
+      auto gw2 = be.UploadWeight(hw2);
+      ASSERT_TRUE(gw.ok() && gw2.ok());
+      T gx = Make(be, {n, in}, &x, DType::kBF16), of = Make(be, {n, out}, nullptr, DType::kF32),
+        ob = Make(be, {n, out}, nullptr, DType::kBF16), ob2 = Make(be, {n, out}, nullptr, DType::kBF16),
+        m0 = Make(be, {n, out}, nullptr, DType::kBF16), m1 = Make(be, {n, out}, nullptr, DType::kBF16),
+        gate = Make(be, {n, out}, nullptr, DType::kBF16), up = Make(be, {n, out}, nullptr, DType::kBF16),
+        sw = Make(be, {n, out}, nullptr, DType::kBF16);
+      ASSERT_TRUE(be.Linear(gx.view, gw->view, of.view).ok());
+      ASSERT_TRUE(be.Linear(gx.view, gw->view, ob.view).ok());
+      ASSERT_TRUE(be.Linear(gx.view, gw2->view, ob2.view).ok());
+      const TensorView ws[2] = {gw->view, gw2->view}, os[2] = {m0.view, m1.view};
+      ASSERT_TRUE(be.LinearMany(gx.view, ws, os).ok());
+      ASSERT_TRUE(be.LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
+      const std::string what = std::string(names[i]) + " warps";
+      ExpectClose(Read(be, of.view), want, 2e-3, what + ": Linear f32 vs CPU");
+      ExpectClose(Read(be, ob.view), want, 1e-2, what + ": Linear bf16 vs CPU");
+      ExpectClose(Read(be, sw.view), want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
+      for (int k = 0; k < 2; ++k) {
+        const std::vector<float> many = Read(be, (k == 0 ? m0 : m1).view), one = Read(be, (k == 0 ? ob : ob2).view);
+        ASSERT_EQ(many.size(), one.size());
+        size_t differ = 0;
+        for (size_t e = 0; e < many.size(); ++e) differ += std::memcmp(&many[e], &one[e], sizeof(float)) != 0;
+        EXPECT_EQ(differ, 0u) << what << ": LinearMany output " << k << " differs from Linear in " << differ << " of "
+                              << many.size() << " elements";
+      }
+    }
   }
 }
 
