@@ -234,10 +234,20 @@ __global__ void SwiGluBf16x8Kernel(const Bf16x8* __restrict__ gate, const Bf16x8
 
 // out = RmsNorm(x) on 8-wide bf16 vectors, one block per row. kAdd: first x += y (rounded to bf16
 // and stored), and the norm is of the rounded sums (AddBf16x8 + RmsNormBf16x8 in one pass);
-// without kAdd, x is only read and y is unused.
+// without kAdd, x is only read and y is unused. The norm weights are constants: a thread's first
+// kPreW vectors of them are loaded before PdlWait, so that in a decode step (one block, a row of
+// a few KB) their load overlaps the kernel before instead of following the block's reduction.
+constexpr int kPreW = 2;
 template <typename W, bool kAdd>
 __global__ void RmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __restrict__ y, const W* __restrict__ w,
                                     int64_t dv, float eps, Bf16x8* __restrict__ out) {
+  float wf[kPreW][8];
+#pragma unroll
+  for (int i = 0; i < kPreW; ++i) {
+    const int64_t j = threadIdx.x + static_cast<int64_t>(i) * blockDim.x;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) wf[i][k] = j < dv ? ToF(w[j * 8 + k]) : 0.f;
+  }
   PdlEnter();  // launched with LaunchPdl (pdl.cuh)
   const int64_t row = blockIdx.x;
   Bf16x8* xr = x + row * dv;
@@ -260,11 +270,17 @@ __global__ void RmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __rest
   }
   ss = BlockSum(ss);
   const float inv = rsqrtf(ss / static_cast<float>(dv * 8) + eps);
-  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x) {
+  int i = 0;
+  for (int64_t j = threadIdx.x; j < dv; j += blockDim.x, ++i) {
     float f[8];
     Unpack(xr[j], f);  // with kAdd, this thread's own store above
+    if (i < kPreW) {
 #pragma unroll
-    for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
+      for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * wf[i < kPreW ? i : 0][k];
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);
+    }
     orow[j] = Pack(f);
   }
 }
