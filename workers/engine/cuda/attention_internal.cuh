@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/attention.h"
+#include "workers/engine/cuda/device_sms.h"
 
 namespace sqa::cuda::attn_detail {
 
@@ -29,18 +30,6 @@ inline absl::Status LaunchStatus(const char* what) {
     return absl::InternalError(absl::StrCat(what, " launch failed: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e)));
   }
   return absl::OkStatus();
-}
-
-// SMs of the current device (queried once; 132 if the query fails).
-inline int NumSms() {
-  static const int sms = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      return 132;
-    }
-    return n > 0 ? n : 132;
-  }();
-  return sms;
 }
 
 inline absl::Status CudaStatus(cudaError_t e, const char* what) {

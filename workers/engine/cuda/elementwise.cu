@@ -276,7 +276,7 @@ __global__ void RmsNormBf16x8Kernel(Bf16x8* __restrict__ x, const Bf16x8* __rest
     Unpack(xr[j], f);  // with kAdd, this thread's own store above
     if (i < kPreW) {
 #pragma unroll
-      for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * wf[i < kPreW ? i : 0][k];
+      for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * wf[i][k];
     } else {
 #pragma unroll
       for (int k = 0; k < 8; ++k) f[k] = f[k] * inv * ToF(w[j * 8 + k]);

@@ -23,11 +23,11 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/cuda_check.h"
+#include "workers/engine/cuda/device_sms.h"
 #include "workers/engine/cuda/pdl.cuh"
 #include "workers/engine/cuda/skinny_gemm.h"
 
@@ -161,25 +161,6 @@ __global__ void __launch_bounds__(kWarps * 32, 16 / kWarps) SkinnyGemmKernel(con
   }
 }
 
-// SMs of the current device, per device (0 until queried; 132 if the query fails).
-int DeviceSms() {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> cache[kMaxDevices];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= kMaxDevices) {
-    cudaGetLastError();
-    return 132;
-  }
-  if (const int c = cache[dev].load(std::memory_order_relaxed); c > 0) return c;
-  int n = 0;
-  if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0) {
-    cudaGetLastError();
-    n = 132;
-  }
-  cache[dev].store(n, std::memory_order_relaxed);
-  return n;
-}
-
 // SkinnyWarps::kAuto: 16-warp CTAs when the launch's CTAs fit on the GPU at one per SM and 16
 // warps load K in fewer rounds of kUnroll blocks than 8 (counted alike for the GLU form, whose
 // rounds are half as deep, so that it chooses as its unfused Linear calls do).
@@ -187,7 +168,7 @@ bool UseWide(const SkinnyArgs& a, SkinnyWarps warps) {
   if (warps != SkinnyWarps::kAuto) return warps == SkinnyWarps::k16;
   const int64_t nkb = (a.in + 31) / 32;
   const auto rounds = [&](int64_t w) { return (nkb + w * kUnroll - 1) / (w * kUnroll); };
-  return a.first_block[a.count] <= DeviceSms() && rounds(16) < rounds(8);
+  return a.first_block[a.count] <= NumSms() && rounds(16) < rounds(8);
 }
 
 template <int NR, typename O, bool kGlu>
