@@ -99,6 +99,11 @@ struct DecodeAttentionArgs {
   const int32_t* block_tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_kv_len = 0;
+  // The longest-sequence length the work is planned for, when it can be less than max_kv_len (a
+  // captured step serves longest sequences from just over half its bound up to the bound): the
+  // backend then splits the keys for this length and spreads each sequence's real length over
+  // the splits. 0: plan for max_kv_len.
+  int64_t plan_kv_len = 0;
   // How many of each sequence's last keys the ops issued just before this one may still be
   // writing (1 when they appended one token per sequence); the keys before them come from
   // earlier steps. A backend may start reading those early. Negative: unknown.
@@ -198,6 +203,11 @@ class Backend {
   // Rope on q ([n, Hq, dh]) and on k ([n, Hkv, dh]) with the same positions.
   virtual absl::Status RopeQK(const TensorView& q, const TensorView& k, const int32_t* positions,
                               const RopeArgs& rope);
+  // RopeQK, then WriteKv(cache, layer, k, v, slots) of the rotated k and of v (every row; a row
+  // with slot -1 is not stored).
+  virtual absl::Status RopeQKWriteKv(const TensorView& q, const TensorView& k, const TensorView& v,
+                                     const int32_t* positions, const RopeArgs& rope, KvCacheStorage& cache,
+                                     int64_t layer, const int64_t* slots);
 
   // KV cache.
   virtual absl::StatusOr<std::unique_ptr<KvCacheStorage>> CreateKvCache(const KvCacheShape& shape) = 0;
@@ -260,6 +270,13 @@ inline absl::Status Backend::RopeQK(const TensorView& q, const TensorView& k, co
   return st.ok() ? Rope(k, positions, rope) : st;
 }
 
+inline absl::Status Backend::RopeQKWriteKv(const TensorView& q, const TensorView& k, const TensorView& v,
+                                           const int32_t* positions, const RopeArgs& rope, KvCacheStorage& cache,
+                                           int64_t layer, const int64_t* slots) {
+  absl::Status st = RopeQK(q, k, positions, rope);
+  return st.ok() ? WriteKv(cache, layer, k, v, slots) : st;
+}
+
 enum class DeviceKind { kCpu, kCuda, kAuto };
 absl::StatusOr<DeviceKind> ParseDeviceKind(const std::string& s);  // "cpu", "cuda", "auto"
 
@@ -276,6 +293,13 @@ struct BackendOptions {
   // without reading any K/V before the kernels before it finish) or v4 (a second kernel merges
   // the splits).
   std::string decode_kernel = "auto";
+  // CUDA decode attention: splits per (sequence, KV head), 0 = the kernel's own choice; and the
+  // fewest keys per split at which the splits merge inside the split kernel, 0 = the default.
+  // Both to compare choices (sqa-e2e-bench).
+  int decode_splits = 0;
+  int decode_fuse_min_keys = 0;
+  // CUDA: RopeQKWriteKv as one kernel (off: RoPE and the cache write as two, to compare them).
+  bool fuse_rope_kv = true;
 };
 // Makes the backend for `options`; kAuto picks CUDA when built with it and a GPU is present.
 // Asking for CUDA in a CPU-only build gives FAILED_PRECONDITION with a message saying so.

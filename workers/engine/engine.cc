@@ -112,6 +112,7 @@ struct StepArrays {
   const int32_t* tables = nullptr;
   int64_t table_stride = 0;
   int64_t max_kv_len = 0;
+  int64_t plan_kv_len = 0;            // DecodeAttentionArgs::plan_kv_len
 };
 
 // Graph steps: batches up to this many rows; KV length bounds of at least this many tokens.
@@ -867,10 +868,15 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
     const TensorView qkv_w[3] = {w.q.view, w.k.view, w.v.view};
     const TensorView qkv_out[3] = {q, k, v};
     SQA_RETURN_IF_ERROR(be.LinearMany(x, qkv_w, qkv_out));
-    SQA_RETURN_IF_ERROR(be.RopeQK(q3, k3, arr.positions, rope));
-    for (auto [r0, r1] : kv_runs) {
-      SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, SubRows(k3, r0, {r1 - r0, hkv, dh}), SubRows(v3, r0, {r1 - r0, hkv, dh}),
-                                     arr.slots + r0));
+    if (kv_runs.size() == 1 && kv_runs[0].first == 0 && kv_runs[0].second == total) {
+      // Every row's K/V is stored here: RoPE and the cache write in one op (one kernel on CUDA).
+      SQA_RETURN_IF_ERROR(be.RopeQKWriteKv(q3, k3, v3, arr.positions, rope, *kv, l, arr.slots));
+    } else {
+      SQA_RETURN_IF_ERROR(be.RopeQK(q3, k3, arr.positions, rope));
+      for (auto [r0, r1] : kv_runs) {
+        SQA_RETURN_IF_ERROR(be.WriteKv(*kv, l, SubRows(k3, r0, {r1 - r0, hkv, dh}),
+                                       SubRows(v3, r0, {r1 - r0, hkv, dh}), arr.slots + r0));
+      }
     }
     if (num_decode > 0 && sequence_group()) {
       SQA_RETURN_IF_ERROR(DecodeAttentionGroup(l, q, num_decode, attn));
@@ -884,6 +890,7 @@ absl::Status Engine::Impl::RunLayers(int64_t total, int64_t num_decode, absl::Sp
         da.block_tables = arr.tables;
         da.table_stride = arr.table_stride;
         da.max_kv_len = arr.max_kv_len;
+        da.plan_kv_len = arr.plan_kv_len;
       } else {
         da.seqs = decode_refs;
       }
@@ -1074,6 +1081,9 @@ absl::StatusOr<Logits> Engine::Impl::GraphDecode(absl::Span<const Segment> segme
   arr.tables = tab;
   arr.table_stride = stride;
   arr.max_kv_len = bound;
+  // The graph of this bound serves steps whose longest sequence has more than bound / 2 keys
+  // (any length at the smallest bound).
+  arr.plan_kv_len = bound > kMinGraphKvBound ? bound / 2 + 1 : 0;
   TensorView lg;
   auto body = [&]() -> absl::Status {
     SQA_RETURN_IF_ERROR(RunLayers(bp, bp, {}, arr));

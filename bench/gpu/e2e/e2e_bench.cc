@@ -3,8 +3,8 @@
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
 //                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-warps auto|8|16]
-//                 [--decode-kernel auto|v6|v5|v5w|v4]
-//                 [--sustain-s 1.5] [--json F]
+//                 [--decode-kernel auto|v6|v5|v5w|v4] [--decode-splits 0] [--decode-fuse-min-keys 0]
+//                 [--fuse-rope-kv on|off] [--sustain-s 1.5] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
 // from the call to the last-token logits on the host; tokens/s = N / seconds. One untimed warm-up
@@ -19,7 +19,10 @@
 // decode row each, "cuda_graphs": true/false). --skinny-gemm off sends decode-sized GEMMs to
 // cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run; --skinny-warps forces the
 // skinny kernel's CTA shape (BackendOptions::skinny_warps); --decode-kernel picks the decode attention kernel
-// (BackendOptions::decode_kernel) the same way. Prints one JSON object (also written to --json).
+// (BackendOptions::decode_kernel) the same way, --decode-splits and --decode-fuse-min-keys its
+// split count and in-kernel merge threshold (0: automatic), --fuse-rope-kv off runs RoPE and the
+// K/V cache write as two kernels (BackendOptions::fuse_rope_kv). Prints one JSON object (also
+// written to --json).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -54,6 +57,9 @@ struct Flags {
   bool skinny_gemm = true;
   std::string skinny_warps = "auto";
   std::string decode_kernel = "auto";
+  int64_t decode_splits = 0;
+  int64_t decode_fuse_min_keys = 0;
+  bool fuse_rope_kv = true;
   double sustain_s = 1.5;
   std::string json;
 };
@@ -74,8 +80,8 @@ int Usage(const std::string& why) {
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
                "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-warps auto|8|16]\n"
-               "         [--decode-kernel auto|v6|v5|v5w|v4]\n"
-               "         [--sustain-s S] [--json F]\n";
+               "         [--decode-kernel auto|v6|v5|v5w|v4] [--decode-splits N] [--decode-fuse-min-keys K]\n"
+               "         [--fuse-rope-kv on|off] [--sustain-s S] [--json F]\n";
   return 2;
 }
 
@@ -117,6 +123,12 @@ int main(int argc, char** argv) {
         return Usage("--decode-kernel wants auto, v6, v5, v5w or v4, got " + v);
       }
       f.decode_kernel = v;
+    } else if (a == "--decode-splits" || a == "--decode-fuse-min-keys") {
+      if (!absl::SimpleAtoi(v, &n) || n < 0 || n > (1 << 20)) return Usage("bad " + a + " " + v + " (0: automatic)");
+      (a == "--decode-splits" ? f.decode_splits : f.decode_fuse_min_keys) = n;
+    } else if (a == "--fuse-rope-kv") {
+      if (v != "on" && v != "off") return Usage("--fuse-rope-kv wants on or off, got " + v);
+      f.fuse_rope_kv = v == "on";
     } else if (a == "--sustain-s") {
       if (!absl::SimpleAtod(v, &f.sustain_s) || f.sustain_s < 0) return Usage("bad --sustain-s " + v);
     } else if (a == "--prefill") {
@@ -156,6 +168,9 @@ int main(int argc, char** argv) {
   bo.skinny_gemm = f.skinny_gemm;
   bo.skinny_warps = f.skinny_warps;
   bo.decode_kernel = f.decode_kernel;
+  bo.decode_splits = static_cast<int>(f.decode_splits);
+  bo.decode_fuse_min_keys = static_cast<int>(f.decode_fuse_min_keys);
+  bo.fuse_rope_kv = f.fuse_rope_kv;
   auto be = sqa::CreateBackend(bo);
   if (!be.ok()) {
     std::cerr << "sqa-e2e-bench: " << be.status() << "\n";
@@ -181,6 +196,9 @@ int main(int argc, char** argv) {
   out["skinny_gemm"] = f.skinny_gemm;
   out["skinny_warps"] = f.skinny_warps;
   out["decode_kernel"] = f.decode_kernel;
+  out["decode_splits"] = f.decode_splits;
+  out["decode_fuse_min_keys"] = f.decode_fuse_min_keys;
+  out["fuse_rope_kv"] = f.fuse_rope_kv;
   out["hidden_size"] = cfg.hidden_size;
   out["layers"] = cfg.num_hidden_layers;
   out["num_attention_heads"] = cfg.num_attention_heads;

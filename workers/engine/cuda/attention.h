@@ -110,6 +110,11 @@ struct DecodeParams {
   // (keys beyond num_splits * split length would be left out; kv_lens is device data and cannot
   // be checked here). A graph captured for max_kv_len stays valid while lengths grow up to it.
   int64_t max_kv_len = 0;
+  // kV4 and later: the longest-sequence length the split count is chosen for (0: max_kv_len;
+  // at most max_kv_len). Each sequence's own kv_len is spread over the splits at run time, so a
+  // graph captured for a bound can plan for the shortest longest sequence it serves (the bound's
+  // half) instead of leaving the splits past the real length empty. kV3 plans for max_kv_len.
+  int64_t plan_kv_len = 0;
   int num_q_heads = 0;
   int num_kv_heads = 0;
   int head_dim = 0;
@@ -158,9 +163,14 @@ inline constexpr int kDecodeTimelineSlots = 10;
 inline constexpr size_t kDecodeCounterBytes = 16384;
 
 // Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only
-// on host values, so a backend can size it once for its largest batch / context.
-size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
+// on host values, so a backend can size it once for its largest batch / context. plan_kv_len:
+// the length the launch plans for (DecodePlanKvLen of its params).
+size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t plan_kv_len,
                             int num_splits = 0, DecodeKernel kernel = DecodeKernel::kAuto);
+
+// The length a launch with these params plans its splits for: plan_kv_len when set (kV4 and
+// later), capped at max_kv_len; else max_kv_len.
+int64_t DecodePlanKvLen(const DecodeParams& p);
 
 // The number of KV splits LaunchAttentionDecode uses for these params (1 = no split).
 int DecodeSplits(const DecodeParams& p);

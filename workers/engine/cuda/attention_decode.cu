@@ -55,7 +55,11 @@ struct DecodeKernelArgs {
   bool tile_in_block;  // block_size % kTileN == 0
   int hq, hkv, ha, g, row_groups;
   int num_splits;
-  int64_t split_len;  // keys per split (multiple of kTileN)
+  int64_t split_len;  // the plan's keys per split (multiple of kTileN); v3 splits every sequence so
+  // v4+: a sequence's own keys are spread evenly over min(num_splits, ceil(kv_len / min_split_keys))
+  // splits (SplitLen): a shorter sequence of a ragged batch still uses its splits, and a longer
+  // one than the plan's length (DecodeParams::plan_kv_len) is still covered.
+  int min_split_keys;
   float scale_log2;
   bf16* out;
   float* lse;
@@ -418,6 +422,18 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 // shared loads and exps): each lane's weight is computed once, the column sums then use
 // independent loads; a batch of split partials is folded with one max instead of a running one;
 // and the epilogue's output loop has a fixed, unrolled trip count.
+// Keys per split of one sequence (DecodeKernelArgs::min_split_keys): its kv_len spread over
+// min(splits, ceil(kv_len / min_keys)) splits, rounded up to whole tiles. When kv_len is the plan's
+// max_kv_len this is the plan's split length; for a shorter sequence (a graph's length bound, a
+// ragged batch) the work stays spread over the splits instead of crowding into the first ones.
+// 32-bit unsigned arithmetic (kv_len < 2^31 - 2 tiles, min_keys and splits small): no 64-bit
+// division on the way to the first loads.
+__device__ __forceinline__ int SplitLen(int kv_len, int splits, int min_keys, int tile) {
+  const unsigned len = static_cast<unsigned>(kv_len);
+  const unsigned active = max(1u, min(static_cast<unsigned>(splits), (len + min_keys - 1) / min_keys));
+  return static_cast<int>(((len + active - 1) / active + tile - 1) / tile * tile);
+}
+
 namespace v4 {
 
 constexpr int kStreams = 4;  // K/V tile streams per CTA
@@ -485,7 +501,7 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   const int head0 = kvh * a.g + rg * C::kRows;
   const int rows = min(C::kRows, a.g - rg * C::kRows);
   const int kv_len = a.kv_lens[b];
-  const int split_len = static_cast<int>(a.split_len);
+  const int split_len = SplitLen(kv_len, a.num_splits, a.min_split_keys, kTN);
   const int ks0 = split * split_len;
   // ks0 + split_len can pass 2^31 for the last split of a near-2^31 context: add in 64 bits.
   const int ks1 = static_cast<int>(min(static_cast<int64_t>(kv_len), static_cast<int64_t>(ks0) + split_len));
@@ -1143,6 +1159,7 @@ struct DecodePlan {
   int row_groups = 1;
   int splits = 1;
   int64_t split_len = 0;
+  int64_t min_split_keys = kTileN;  // DecodeKernelArgs::min_split_keys
   int tile = kTileN;
 };
 
@@ -1164,6 +1181,8 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
     // outputs per split) would otherwise add more traffic than they save (H200, MQA batch 1).
     const int min_keys = v4::kStreams * (narrow ? 2 : 4) * pl.tile;
     pl.splits = requested > 0 ? std::min(requested, kMaxSplits) : v4::ChooseSplits(ctas0, slots, max_kv_len, min_keys);
+    // A requested count is used as given, however short the sequence.
+    pl.min_split_keys = requested > 0 ? pl.tile : min_keys;
   } else {
     pl.rows_per_cta = kRowsPerGroupMax;
     pl.tile = kTileN;
@@ -1184,17 +1203,22 @@ size_t PlanWorkspaceBytes(const DecodePlan& pl, int batch, int ha, int head_dim)
 
 }  // namespace
 
-size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t max_kv_len,
+size_t DecodeWorkspaceBytes(int batch, int num_q_heads, int num_kv_heads, int head_dim, int64_t plan_kv_len,
                             int num_splits, DecodeKernel kernel) {
   if (batch <= 0 || num_q_heads <= 0 || num_kv_heads <= 0 || head_dim <= 0) return 0;
   const int ha = std::max(num_q_heads, num_kv_heads);
-  const DecodePlan pl = MakePlan(batch, num_q_heads, num_kv_heads, max_kv_len, num_splits, kernel);
+  const DecodePlan pl = MakePlan(batch, num_q_heads, num_kv_heads, plan_kv_len, num_splits, kernel);
   return PlanWorkspaceBytes(pl, batch, ha, head_dim);
+}
+
+int64_t DecodePlanKvLen(const DecodeParams& p) {
+  if (p.kernel == DecodeKernel::kV3 || p.plan_kv_len <= 0) return p.max_kv_len;
+  return std::min(p.plan_kv_len, p.max_kv_len);
 }
 
 int DecodeSplits(const DecodeParams& p) {
   if (p.num_q_heads <= 0 || p.num_kv_heads <= 0) return 1;
-  return MakePlan(p.batch, p.num_q_heads, p.num_kv_heads, p.max_kv_len, p.num_splits, p.kernel).splits;
+  return MakePlan(p.batch, p.num_q_heads, p.num_kv_heads, DecodePlanKvLen(p), p.num_splits, p.kernel).splits;
 }
 
 absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
@@ -1218,7 +1242,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
       p.block_tables == nullptr || p.kv_lens == nullptr) {
     return absl::InvalidArgumentError("attention decode: null pointer");
   }
-  const DecodePlan pl = MakePlan(p.batch, hq, hkv, p.max_kv_len, p.num_splits, p.kernel);
+  const DecodePlan pl = MakePlan(p.batch, hq, hkv, DecodePlanKvLen(p), p.num_splits, p.kernel);
   DecodeKernelArgs a{};
   a.q = static_cast<const bf16*>(p.q);
   a.k = static_cast<const bf16*>(p.k_cache);
@@ -1236,6 +1260,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.batch = p.batch;
   a.num_splits = pl.splits;
   a.split_len = pl.split_len;
+  a.min_split_keys = static_cast<int>(pl.min_split_keys);
   const float scale = p.scale > 0.f ? p.scale : 1.f / std::sqrt(static_cast<float>(p.head_dim));
   a.scale_log2 = scale * kLog2e;
   a.out = static_cast<bf16*>(p.out);

@@ -348,11 +348,19 @@ class CudaBackend final : public Backend {
   friend class CudaStepGraphs;
 
  public:
-  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(int device, bool skinny_gemm,
-                                                             const std::string& skinny_warps,
-                                                             const std::string& decode_kernel) {
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const BackendOptions& o) {
+    const int device = o.gpu_index;
+    const std::string& decode_kernel = o.decode_kernel;
+    const std::string& skinny_warps = o.skinny_warps;
+    if (o.decode_splits < 0 || o.decode_fuse_min_keys < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("decode splits (", o.decode_splits, ") and fuse-min-keys (",
+                                                     o.decode_fuse_min_keys, ") must be >= 0 (0: automatic)"));
+    }
     auto b = std::unique_ptr<CudaBackend>(new CudaBackend());
     b->device_ = device;
+    b->decode_splits_ = o.decode_splits;
+    b->decode_fuse_min_keys_ = o.decode_fuse_min_keys;
+    b->fuse_rope_kv_ = o.fuse_rope_kv;
     if (decode_kernel == "v4") {
       b->decode_kernel_ = cuda::DecodeKernel::kV4;
     } else if (decode_kernel == "v6") {
@@ -369,7 +377,7 @@ class CudaBackend final : public Backend {
     b->ctx_->device = device;
     SQA_ASSIGN_OR_RETURN(b->ctx_->stream, CudaStream::Create());
     SQA_ASSIGN_OR_RETURN(b->gemm_, cuda::LtGemm::Create());
-    b->gemm_.set_skinny_max_rows(skinny_gemm ? cuda::kSkinnyMaxRows : 0);
+    b->gemm_.set_skinny_max_rows(o.skinny_gemm ? cuda::kSkinnyMaxRows : 0);
     if (skinny_warps == "8") {
       b->gemm_.set_skinny_warps(cuda::SkinnyWarps::k8);
     } else if (skinny_warps == "16") {
@@ -712,29 +720,34 @@ class CudaBackend final : public Backend {
   absl::Status WriteKv(KvCacheStorage& cache, int64_t layer, const TensorView& k, const TensorView& v,
                        const int64_t* slots) override {
     SQA_RETURN_IF_ERROR(Enter());
-    SQA_ASSIGN_OR_RETURN(const CudaKvCache* kc, Cache(&cache, "WriteKv"));
-    const KvCacheShape& s = kc->shape();
-    SQA_RETURN_IF_ERROR(CheckLayer(s, layer, "WriteKv"));
-    SQA_RETURN_IF_ERROR(ExpectAct(k, "WriteKv", "k"));
-    SQA_RETURN_IF_ERROR(ExpectAct(v, "WriteKv", "v"));
-    if (k.shape.empty()) return absl::InvalidArgumentError("WriteKv: k must be [n, Hkv, head_dim]");
-    const int64_t n = k.dim(0);
-    SQA_RETURN_IF_ERROR(ExpectShape(k, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "k"));
-    SQA_RETURN_IF_ERROR(ExpectShape(v, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "v"));
-    if (k.dtype != v.dtype) return absl::InvalidArgumentError("WriteKv: k and v differ in dtype");
-    if (n == 0) return absl::OkStatus();
-    if (slots == nullptr) return absl::InvalidArgumentError("WriteKv: null slots");
-    const int64_t capacity = s.num_blocks * s.block_size;
-    for (int64_t i = 0; i < n; ++i) {
-      if (slots[i] >= capacity) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("WriteKv: slot ", slots[i], " is beyond the cache's ", capacity, " slots"));
-      }
+    SQA_ASSIGN_OR_RETURN(const KvWrite w, PrepareWriteKv(cache, layer, k, v, slots));
+    if (w.n == 0) return absl::OkStatus();
+    const KvCacheShape& s = w.kc->shape();
+    return cuda::LaunchWriteKv(k.data, v.data, k.dtype, w.dev_slots, w.n, s.num_kv_heads, s.head_dim, s.block_size,
+                               w.kc->k(layer), w.kc->v(layer), stream());
+  }
+
+  absl::Status RopeQKWriteKv(const TensorView& q, const TensorView& k, const TensorView& v, const int32_t* positions,
+                             const RopeArgs& rope, KvCacheStorage& cache, int64_t layer,
+                             const int64_t* slots) override {
+    SQA_RETURN_IF_ERROR(Enter());
+    if (!fuse_rope_kv_ || q.shape.size() != 3 || k.shape.size() != 3 || q.dim(0) != k.dim(0) ||
+        q.dim(2) != k.dim(2) || q.dtype != DType::kBF16 || k.dtype != DType::kBF16) {
+      return Backend::RopeQKWriteKv(q, k, v, positions, rope, cache, layer, slots);
     }
-    const void* dev_slots = nullptr;
-    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kSlots, {{slots, sizeof(int64_t) * n, &dev_slots}}));
-    return cuda::LaunchWriteKv(k.data, v.data, k.dtype, static_cast<const int64_t*>(dev_slots), n, s.num_kv_heads,
-                               s.head_dim, s.block_size, kc->k(layer), kc->v(layer), stream());
+    SQA_RETURN_IF_ERROR(ExpectAct(q, "Rope", "q"));
+    SQA_ASSIGN_OR_RETURN(const KvWrite w, PrepareWriteKv(cache, layer, k, v, slots));
+    if (w.n == 0) return absl::OkStatus();
+    SQA_ASSIGN_OR_RETURN(const int32_t* dev_pos, StagePositions(positions, w.n));
+    cuda::RopeKvStore store;
+    store.v = v.data;
+    store.slots = w.dev_slots;
+    store.k_cache = w.kc->k(layer);
+    store.v_cache = w.kc->v(layer);
+    bool done = false;
+    SQA_RETURN_IF_ERROR(cuda::LaunchRopeQK(q.data, q.dim(1), k.data, k.dim(1), q.dtype, w.n, q.dim(2), dev_pos,
+                                           rope.theta, rope.position_scale, stream(), &done, &store));
+    return done ? absl::OkStatus() : Backend::RopeQKWriteKv(q, k, v, positions, rope, cache, layer, slots);
   }
 
   absl::Status AttentionPrefill(const PrefillAttentionArgs& a) override {
@@ -812,10 +825,11 @@ class CudaBackend final : public Backend {
     const void* dev_lens = nullptr;
     SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kDecodeTables, {{tables_.data(), sizeof(int32_t) * tables_.size(), &dev_tables},
                                        {lens_.data(), sizeof(int32_t) * lens_.size(), &dev_lens}}));
-    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
-                                                 static_cast<int>(s.head_dim), max_len, 0, decode_kernel_);
-    SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&decode_ws_, &decode_ws_bytes_, ws));
     cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, stride, dev_lens, max_len);
+    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
+                                                 static_cast<int>(s.head_dim), cuda::DecodePlanKvLen(p), decode_splits_,
+                                                 decode_kernel_);
+    SQA_RETURN_IF_ERROR(GrowPoolWorkspace(&decode_ws_, &decode_ws_bytes_, ws));
     p.workspace = decode_ws_;
     p.workspace_bytes = decode_ws_bytes_;
     return cuda::LaunchAttentionDecode(p, stream());
@@ -851,6 +865,7 @@ class CudaBackend final : public Backend {
     p.block_table_stride = stride;
     p.kv_lens = static_cast<const int32_t*>(dev_lens);
     p.max_kv_len = max_len;
+    p.plan_kv_len = a.plan_kv_len;
     p.num_q_heads = static_cast<int>(hq);
     p.num_kv_heads = static_cast<int>(s.num_kv_heads);
     p.head_dim = static_cast<int>(s.head_dim);
@@ -858,6 +873,8 @@ class CudaBackend final : public Backend {
     p.out = a.out.data;
     p.lse = a.lse;
     p.kernel = decode_kernel_;
+    p.num_splits = decode_splits_;
+    p.fuse_min_split_keys = decode_fuse_min_keys_;
     p.fresh_kv_tokens = decode_early_reads_ ? static_cast<int>(std::clamp<int64_t>(a.fresh_kv_tokens, -1,
                                                                                    std::numeric_limits<int>::max()))
                                             : -1;
@@ -1056,9 +1073,10 @@ class CudaBackend final : public Backend {
         {{a.block_tables, sizeof(int32_t) * static_cast<size_t>(batch * a.table_stride), &dev_tables},
          {a.kv_lens, sizeof(int32_t) * static_cast<size_t>(batch), &dev_lens}},
         &in_block));
-    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
-                                                 static_cast<int>(s.head_dim), a.max_kv_len, 0, decode_kernel_);
     cuda::DecodeParams p = DecodeParamsFor(a, kc, batch, hq, dev_tables, a.table_stride, dev_lens, a.max_kv_len);
+    const size_t ws = cuda::DecodeWorkspaceBytes(static_cast<int>(batch), static_cast<int>(hq), static_cast<int>(hkv),
+                                                 static_cast<int>(s.head_dim), cuda::DecodePlanKvLen(p), decode_splits_,
+                                                 decode_kernel_);
     if (in_block) {
       SQA_RETURN_IF_ERROR(EnsureStepWorkspace(step_decode_ws_, ws));
       p.workspace = step_decode_ws_.get();
@@ -1162,12 +1180,50 @@ class CudaBackend final : public Backend {
 
   int device_ = 0;
   cuda::DecodeKernel decode_kernel_ = cuda::DecodeKernel::kAuto;  // BackendOptions::decode_kernel
+  int decode_splits_ = 0;          // BackendOptions::decode_splits
+  int decode_fuse_min_keys_ = 0;   // BackendOptions::decode_fuse_min_keys
+  bool fuse_rope_kv_ = true;       // BackendOptions::fuse_rope_kv
   bool decode_early_reads_ = true;                                 // false for v5w
   std::string device_name_;
   std::shared_ptr<Context> ctx_;
   cuda::LtGemm gemm_;
   // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with
   // x [n, in], n within the kernel's rows (and the backend's skinny setting).
+  // WriteKv's checks of its arguments, and its slots staged on the device (not staged for n = 0).
+  struct KvWrite {
+    const CudaKvCache* kc = nullptr;
+    const int64_t* dev_slots = nullptr;
+    int64_t n = 0;
+  };
+  absl::StatusOr<KvWrite> PrepareWriteKv(KvCacheStorage& cache, int64_t layer, const TensorView& k,
+                                         const TensorView& v, const int64_t* slots) {
+    KvWrite w;
+    SQA_ASSIGN_OR_RETURN(w.kc, Cache(&cache, "WriteKv"));
+    const KvCacheShape& s = w.kc->shape();
+    SQA_RETURN_IF_ERROR(CheckLayer(s, layer, "WriteKv"));
+    SQA_RETURN_IF_ERROR(ExpectAct(k, "WriteKv", "k"));
+    SQA_RETURN_IF_ERROR(ExpectAct(v, "WriteKv", "v"));
+    if (k.shape.empty()) return absl::InvalidArgumentError("WriteKv: k must be [n, Hkv, head_dim]");
+    const int64_t n = k.dim(0);
+    SQA_RETURN_IF_ERROR(ExpectShape(k, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "k"));
+    SQA_RETURN_IF_ERROR(ExpectShape(v, {n, s.num_kv_heads, s.head_dim}, "WriteKv", "v"));
+    if (k.dtype != v.dtype) return absl::InvalidArgumentError("WriteKv: k and v differ in dtype");
+    if (n == 0) return w;
+    if (slots == nullptr) return absl::InvalidArgumentError("WriteKv: null slots");
+    const int64_t capacity = s.num_blocks * s.block_size;
+    for (int64_t i = 0; i < n; ++i) {
+      if (slots[i] >= capacity) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("WriteKv: slot ", slots[i], " is beyond the cache's ", capacity, " slots"));
+      }
+    }
+    const void* dev_slots = nullptr;
+    SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kSlots, {{slots, sizeof(int64_t) * n, &dev_slots}}));
+    w.dev_slots = static_cast<const int64_t*>(dev_slots);
+    w.n = n;
+    return w;
+  }
+
   // RoPE's host positions checked (present, none negative) and staged on the device.
   absl::StatusOr<const int32_t*> StagePositions(const int32_t* positions, int64_t n) {
     if (positions == nullptr) return absl::InvalidArgumentError("Rope: null positions");
@@ -1359,8 +1415,7 @@ absl::StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const BackendOptions&
         absl::StrCat("GPU index ", options.gpu_index, " does not exist; this machine has ", count, " CUDA device(s)"));
   }
   SQA_ASSIGN_OR_RETURN(std::unique_ptr<CudaBackend> b,
-                       CudaBackend::Create(options.gpu_index, options.skinny_gemm, options.skinny_warps,
-                                           options.decode_kernel));
+                       CudaBackend::Create(options));
   return std::unique_ptr<Backend>(std::move(b));
 }
 

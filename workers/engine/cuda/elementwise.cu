@@ -306,19 +306,28 @@ __global__ void WriteKvBf16x8Kernel(const Bf16x8* __restrict__ k, const Bf16x8* 
 // cos/sin pairs are computed once (angle in double, as the CPU backend does) into shared memory,
 // then the CTA rotates every head's 8-pair groups with 16-byte loads of both halves. A decode
 // token thus runs heads x groups threads at once, not the groups alone with the heads in a loop.
+// The positions (and slots) are host-staged constants, never a predecessor kernel's output, so
+// the first token's angles are computed before PdlWait, while the kernel before (the q/k/v
+// projection) finishes. With `slots` (RopeKvStore), the rotated k heads and v are also stored in
+// the paged cache at the token's slot (WriteKv's layout; slot < 0: not stored), so that the cache
+// write needs no kernel of its own.
 constexpr int kRopeMaxHalf = 256;
 constexpr int kRopeThreads = 128;
 __global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* __restrict__ x, int64_t heads,
                                                                  __nv_bfloat16* __restrict__ x2, int64_t heads2,
                                                                  int64_t n, int64_t dh,
                                                                  const int32_t* __restrict__ positions, double theta,
-                                                                 double inv_scale) {
-  PdlEnter();  // launched with LaunchPdl (pdl.cuh)
+                                                                 double inv_scale, const Bf16x8* __restrict__ v,
+                                                                 const int64_t* __restrict__ slots,
+                                                                 __nv_bfloat16* __restrict__ kc,
+                                                                 Bf16x8* __restrict__ vc) {
   // x: [n, heads, dh]; x2 (may be null, heads2 = 0): [n, heads2, dh], rotated with the same angles.
+  // With slots: x2 is k, v is [n, heads2, dh], kc / vc the layer's caches.
   __shared__ float sc[kRopeMaxHalf], ss[kRopeMaxHalf];
   const int half = static_cast<int>(dh / 2), groups = half / 8;
   const int items = static_cast<int>(heads + heads2) * groups;
-  for (int64_t t = blockIdx.x; t < n; t += gridDim.x) {
+  const int64_t per_tok = heads2 * dh;  // cache elements of one token
+  auto angles = [&](int64_t t) {
     const double p = static_cast<double>(positions[t]) * inv_scale;
     for (int j = threadIdx.x; j < half; j += blockDim.x) {
       const double inv_freq = pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(dh));
@@ -326,6 +335,20 @@ __global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* 
       sincos(p * inv_freq, &sd, &cd);
       ss[j] = static_cast<float>(sd);
       sc[j] = static_cast<float>(cd);
+    }
+  };
+  PdlTrigger();  // launched with LaunchPdl (pdl.cuh)
+  int64_t t = blockIdx.x;
+  int64_t slot = -1;
+  if (t < n) {
+    angles(t);
+    if (slots != nullptr) slot = slots[t];
+  }
+  PdlWait();  // q and k (and v) are the predecessor's output
+  for (; t < n; t += gridDim.x) {
+    if (t != blockIdx.x) {
+      angles(t);
+      if (slots != nullptr) slot = slots[t];
     }
     __syncthreads();
     for (int i = threadIdx.x; i < items; i += blockDim.x) {
@@ -342,8 +365,18 @@ __global__ void __launch_bounds__(kRopeThreads) RopeBf16x8Kernel(__nv_bfloat16* 
         ra[k] = a[k] * c - b[k] * s;
         rb[k] = b[k] * c + a[k] * s;
       }
-      *lo = Pack(ra);
-      *hi = Pack(rb);
+      const Bf16x8 plo = Pack(ra), phi = Pack(rb);
+      *lo = plo;
+      *hi = phi;
+      if (h >= heads && slot >= 0) {
+        __nv_bfloat16* ch = kc + slot * per_tok + (h - heads) * dh;
+        *reinterpret_cast<Bf16x8*>(ch + j0) = plo;
+        *reinterpret_cast<Bf16x8*>(ch + j0 + half) = phi;
+      }
+    }
+    if (slot >= 0) {
+      const int64_t pv = per_tok / 8;
+      for (int64_t i = threadIdx.x; i < pv; i += blockDim.x) vc[slot * pv + i] = v[t * pv + i];
     }
     __syncthreads();  // the next token overwrites sc / ss
   }
@@ -464,17 +497,25 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
 
 absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, int64_t n, int64_t dh,
                           const int32_t* positions, double theta, double position_scale, cudaStream_t stream,
-                          bool* done) {
+                          bool* done, const RopeKvStore* store) {
   *done = false;
   if (type != DType::kBF16 || dh % 16 != 0 || dh > 2 * kRopeMaxHalf || !Aligned16(q) || !Aligned16(k) ||
       !(position_scale > 0)) {
     return absl::OkStatus();
   }
+  if (store != nullptr && (k == nullptr || hk == 0 || store->slots == nullptr || !Aligned16(store->v) ||
+                           !Aligned16(store->k_cache) || !Aligned16(store->v_cache))) {
+    return absl::OkStatus();
+  }
   *done = true;
   if (n == 0 || hq + hk == 0) return absl::OkStatus();
   const int grid = static_cast<int>(std::min<int64_t>(n, int64_t{1} << 20));
-  SQA_GPU_RETURN_IF_ERROR(LaunchPdl(RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(q), hq,
-                                    static_cast<__nv_bfloat16*>(k), hk, n, dh, positions, theta, 1.0 / position_scale));
+  SQA_GPU_RETURN_IF_ERROR(LaunchPdl(
+      RopeBf16x8Kernel, grid, kRopeThreads, 0, stream, static_cast<__nv_bfloat16*>(q), hq,
+      static_cast<__nv_bfloat16*>(k), hk, n, dh, positions, theta, 1.0 / position_scale,
+      store ? static_cast<const Bf16x8*>(store->v) : nullptr, store ? store->slots : nullptr,
+      store ? static_cast<__nv_bfloat16*>(store->k_cache) : nullptr,
+      store ? static_cast<Bf16x8*>(store->v_cache) : nullptr));
   return absl::OkStatus();
 }
 

@@ -42,12 +42,23 @@ absl::Status LaunchAddInPlace(void* x, DType x_type, const void* y, DType y_type
 absl::Status LaunchRope(void* x, DType x_type, int64_t n, int64_t heads, int64_t dh, const int32_t* positions,
                         double theta, double position_scale, cudaStream_t stream);
 
+// Where LaunchRopeQK also stores the rotated k and v: v [n, hk, dh] bf16, device slots (as
+// LaunchWriteKv's), and one layer's bf16 caches.
+struct RopeKvStore {
+  const void* v = nullptr;
+  const int64_t* slots = nullptr;
+  void* k_cache = nullptr;
+  void* v_cache = nullptr;
+};
+
 // LaunchRope on q [n, hq, dh] and k [n, hk, dh] (k may be null with hk = 0) in one kernel (bf16,
 // dh % 16 == 0, aligned); false in *done when that does not apply (the caller then runs LaunchRope
-// on each, which has a scalar kernel for the other cases).
+// on each, which has a scalar kernel for the other cases). With `store`, the same kernel also
+// does LaunchWriteKv(k after rotation, v); false in *done as well when that does not apply (k
+// null, or v or a cache not 16-byte aligned).
 absl::Status LaunchRopeQK(void* q, int64_t hq, void* k, int64_t hk, DType type, int64_t n, int64_t dh,
                           const int32_t* positions, double theta, double position_scale, cudaStream_t stream,
-                          bool* done);
+                          bool* done, const RopeKvStore* store = nullptr);
 
 // out = silu(gate) * up over count elements.
 absl::Status LaunchSwiGlu(const void* gate, const void* up, void* out, DType type, int64_t count,

@@ -405,18 +405,22 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   for (DecodeKernel kernel : {DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
   for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
-      // 200 splits: more than the longest sequence has tiles (empty splits in the combine).
-      for (int splits : {1, 3, 200, 0}) {
+      // 200 splits: more than the longest sequence has tiles (empty splits in the combine). -1:
+      // automatic under a bound twice the longest sequence (as a captured graph's), planned for
+      // half the longest.
+      for (int splits_arg : {1, 3, 200, 0, -1}) {
+        const int splits = std::max(splits_arg, 0);
         // Block 48 is not a multiple of either kernel's key tile (the per-key table path).
         const int bs = splits == 3 ? 48 : (dh == 64 ? 16 : 64);
-        SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits << " bs=" << bs << " kernel="
-                                        << name(kernel));
+        SCOPED_TRACE(testing::Message() << L.name << " dh=" << dh << " splits=" << splits_arg << " bs=" << bs
+                                        << " kernel=" << name(kernel));
         const int ha = std::max(L.hq, L.hkv);
         const int B = static_cast<int>(lens.size());
         PagedPool pool(L.hkv, dh, bs, lens, rng_);
         std::vector<HostKv> kvs;
         for (int b = 0; b < B; ++b) kvs.push_back(pool.Fill(b, lens[b], rng_));
-        const int64_t max_len = *std::max_element(lens.begin(), lens.end());
+        const int64_t longest = *std::max_element(lens.begin(), lens.end());
+        const int64_t max_len = splits_arg < 0 ? 2 * longest + 100 : longest;
         const int64_t stride = (max_len + bs - 1) / bs + 2;
         std::vector<int32_t> tables(B * stride, -1);
         std::vector<int32_t> kv_lens(B);
@@ -433,12 +437,10 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         dv.Upload(pool.v);
         dtables.Upload(tables);
         dlens.Upload(kv_lens);
-        const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, max_len, splits, kernel);
-        DevBuf<unsigned char> ws(ws_bytes);
-        if (ws_bytes > 0) {
-          ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));  // the merge counters of v5 and later
-        }
         DecodeParams p;
+        // The loose bound's plan is made for a quarter of it (half the longest sequence): every
+        // kernel from v4 on must still cover each sequence's keys (v3 plans for the bound).
+        p.plan_kv_len = splits_arg < 0 ? longest / 2 : 0;
         p.q = dq.p;
         p.batch = B;
         p.k_cache = dk.p;
@@ -453,10 +455,15 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
         p.head_dim = dh;
         p.out = dout.p;
         p.lse = dlse.p;
-        p.workspace = ws_bytes > 0 ? ws.p : nullptr;
-        p.workspace_bytes = ws_bytes;
         p.num_splits = splits;
         p.kernel = kernel;
+        const size_t ws_bytes = DecodeWorkspaceBytes(B, L.hq, L.hkv, dh, DecodePlanKvLen(p), splits, kernel);
+        DevBuf<unsigned char> ws(ws_bytes);
+        if (ws_bytes > 0) {
+          ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));  // the merge counters of v5 and later
+        }
+        p.workspace = ws_bytes > 0 ? ws.p : nullptr;
+        p.workspace_bytes = ws_bytes;
         ASSERT_EQ(DecodeSplits(p) > 1, ws_bytes > 0);
         std::vector<std::vector<double>> refs(B), ref_lses(B);
         for (int b = 0; b < B; ++b) {

@@ -561,6 +561,90 @@ TEST_F(CudaBackendTest, KvCacheAttentionAndMerge) {
   }
 }
 
+// RopeQKWriteKv (RoPE and the cache write in one kernel) against RopeQK + WriteKv on the same
+// backend, bit for bit (the rotated q and k, and decode attention over the two caches), and
+// against the CPU backend. The GPU calls get one padding row more, with slot -1: rotated, not
+// stored. Positions reach 200k; one case has more head groups than the kernel's threads cover in
+// one pass; n = 1 is a decode step.
+TEST_F(CudaBackendTest, RopeAndKvWriteInOneKernel) {
+  struct Case {
+    int64_t hq, hkv, dh, n;
+  };
+  for (Case c : {Case{8, 2, 128, 37}, Case{4, 4, 64, 20}, Case{32, 32, 128, 1}, Case{16, 8, 128, 3}}) {
+    SCOPED_TRACE("hq=" + std::to_string(c.hq) + " hkv=" + std::to_string(c.hkv) + " dh=" + std::to_string(c.dh) +
+                 " n=" + std::to_string(c.n));
+    const int64_t ha = std::max(c.hq, c.hkv), rows = c.n + 1;
+    KvCacheShape shape;
+    shape.num_layers = 2;
+    shape.num_blocks = 16;
+    shape.block_size = 16;
+    shape.num_kv_heads = c.hkv;
+    shape.head_dim = c.dh;
+    auto fused_kv = gpu_->CreateKvCache(shape), split_kv = gpu_->CreateKvCache(shape), ckv = cpu_->CreateKvCache(shape);
+    ASSERT_TRUE(fused_kv.ok() && split_kv.ok() && ckv.ok());
+    std::vector<int32_t> table(static_cast<size_t>(shape.num_blocks));
+    std::iota(table.begin(), table.end(), 0);
+    std::shuffle(table.begin(), table.end(), rng_);
+    // The sequence's n tokens sit at the end of a context of `len` keys whose earlier keys come
+    // from a plain WriteKv (a decode step appends to a cache that holds a prompt).
+    const int64_t len = 150 + c.n, first = len - c.n;
+    {
+      std::vector<float> k0 = Random(first * c.hkv * c.dh), v0 = Random(first * c.hkv * c.dh);
+      std::vector<int64_t> slots0(static_cast<size_t>(first));
+      for (int64_t p = 0; p < first; ++p) slots0[p] = int64_t{table[p / 16]} * 16 + p % 16;
+      T gk = Gpu({first, c.hkv, c.dh}, &k0), gv = Gpu({first, c.hkv, c.dh}, &v0);
+      T ck = Cpu({first, c.hkv, c.dh}, &k0), cv = Cpu({first, c.hkv, c.dh}, &v0);
+      for (auto* kv : {&fused_kv, &split_kv}) ASSERT_TRUE(gpu_->WriteKv(***kv, 1, gk.view, gv.view, slots0.data()).ok());
+      ASSERT_TRUE(cpu_->WriteKv(**ckv, 1, ck.view, cv.view, slots0.data()).ok());
+    }
+    std::vector<float> q = Random(rows * c.hq * c.dh), k = Random(rows * c.hkv * c.dh), v = Random(rows * c.hkv * c.dh);
+    std::vector<int32_t> pos(static_cast<size_t>(rows));
+    std::vector<int64_t> slots(static_cast<size_t>(rows));
+    for (int64_t i = 0; i < c.n; ++i) {
+      pos[i] = static_cast<int32_t>(first + i + (c.n == 3 ? 200000 : 0));
+      slots[i] = int64_t{table[(first + i) / 16]} * 16 + (first + i) % 16;
+    }
+    pos[c.n] = 7;
+    slots[c.n] = -1;
+    RopeArgs r;
+    r.theta = 500000.0;
+    T fq = Gpu({rows, c.hq, c.dh}, &q), fk = Gpu({rows, c.hkv, c.dh}, &k), fv = Gpu({rows, c.hkv, c.dh}, &v);
+    T sq = Gpu({rows, c.hq, c.dh}, &q), sk = Gpu({rows, c.hkv, c.dh}, &k), sv = Gpu({rows, c.hkv, c.dh}, &v);
+    ASSERT_TRUE(gpu_->RopeQKWriteKv(fq.view, fk.view, fv.view, pos.data(), r, **fused_kv, 1, slots.data()).ok());
+    ASSERT_TRUE(gpu_->RopeQK(sq.view, sk.view, pos.data(), r).ok());
+    ASSERT_TRUE(gpu_->WriteKv(**split_kv, 1, sk.view, sv.view, slots.data()).ok());
+    EXPECT_EQ(Read(*gpu_, fq.view), Read(*gpu_, sq.view)) << "q";
+    EXPECT_EQ(Read(*gpu_, fk.view), Read(*gpu_, sk.view)) << "k";
+    // The CPU backend: its n real rows (its WriteKv takes no padding slot).
+    std::vector<float> qn(q.begin(), q.begin() + c.n * c.hq * c.dh), kn(k.begin(), k.begin() + c.n * c.hkv * c.dh),
+        vn(v.begin(), v.begin() + c.n * c.hkv * c.dh);
+    T cq = Cpu({c.n, c.hq, c.dh}, &qn), ck = Cpu({c.n, c.hkv, c.dh}, &kn), cv = Cpu({c.n, c.hkv, c.dh}, &vn);
+    ASSERT_TRUE(cpu_->RopeQKWriteKv(cq.view, ck.view, cv.view, pos.data(), r, **ckv, 1, slots.data()).ok());
+    std::vector<float> gq_all = Read(*gpu_, fq.view);
+    ExpectClose(std::vector<float>(gq_all.begin(), gq_all.begin() + c.n * c.hq * c.dh), Read(*cpu_, cq.view), 1e-2,
+                "rotated q against the CPU");
+    // Decode attention of random queries over each cache.
+    std::vector<float> qd = Random(c.hq * c.dh);
+    T gqd = Gpu({1, c.hq, c.dh}, &qd), cqd = Cpu({1, c.hq, c.dh}, &qd);
+    auto decode = [&](Backend& be, KvCacheStorage* cache, const TensorView& qv, const TensorView& out) {
+      DecodeAttentionArgs d;
+      d.layer = 1;
+      d.cache = cache;
+      d.q = qv;
+      d.out = out;
+      d.seqs = {{table.data(), len}};
+      return be.AttentionDecode(d);
+    };
+    T fo = Gpu({1, ha, c.dh}, nullptr), so = Gpu({1, ha, c.dh}, nullptr), co = Cpu({1, ha, c.dh}, nullptr);
+    ASSERT_TRUE(decode(*gpu_, fused_kv->get(), gqd.view, fo.view).ok());
+    ASSERT_TRUE(decode(*gpu_, split_kv->get(), gqd.view, so.view).ok());
+    ASSERT_TRUE(decode(*cpu_, ckv->get(), cqd.view, co.view).ok());
+    const std::vector<float> fused_out = Read(*gpu_, fo.view);
+    EXPECT_EQ(fused_out, Read(*gpu_, so.view)) << "attention over the fused op's cache";
+    ExpectClose(fused_out, Read(*cpu_, co.view), 1e-2, "attention against the CPU");
+  }
+}
+
 TEST_F(CudaBackendTest, BadKvArgumentsAreErrors) {
   KvCacheShape shape{2, 8, 16, 2, 64};
   auto gkv = gpu_->CreateKvCache(shape);
