@@ -130,9 +130,13 @@ def main():
     out.append("")
     graphs = any(r.get("cuda_graphs") for c in eng.values() for r in c["decode"])
     skinny = any(c.get("skinny_gemm") for c in eng.values())
-    per_layer = ("batch <= 8: 10 kernels a layer, the projections on the skinny GEMM kernel with q/k/v and"
-                 " gate/up/SwiGLU fused, each kernel a programmatic dependent of the one before; batch 32:"
-                 " cuBLASLt, 14 a layer" if skinny else "16 kernels a layer")
+    # RoPE and the K/V cache write as one kernel (runs that record fuse_rope_kv): one kernel less.
+    fused_rope = 1 if any(c.get("fuse_rope_kv") for c in eng.values()) else 0
+    per_layer = ("batch <= 8: %d kernels a layer, the projections on the skinny GEMM kernel with q/k/v and"
+                 " gate/up/SwiGLU fused%s, each kernel a programmatic dependent of the one before; batch 32:"
+                 " cuBLASLt, %d a layer" % (10 - fused_rope, ", RoPE and the cache write fused" if fused_rope else "",
+                                            14 - fused_rope)
+                 if skinny else "%d kernels a layer" % (16 - fused_rope))
     if graphs:
         out.append("Decode rows with graphs=on replay one CUDA graph per step (%s, plus the final norm, LM head"
                    " and sampler); graphs=off launches the same kernels one by one." % per_layer)

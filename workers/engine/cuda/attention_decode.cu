@@ -55,7 +55,7 @@ struct DecodeKernelArgs {
   bool tile_in_block;  // block_size % kTileN == 0
   int hq, hkv, ha, g, row_groups;
   int num_splits;
-  int64_t split_len;  // the plan's keys per split (multiple of kTileN); v3 splits every sequence so
+  int64_t split_len;  // the plan's keys per split (multiple of kTileN): v3's split length
   // v4+: a sequence's own keys are spread evenly over min(num_splits, ceil(kv_len / min_split_keys))
   // splits (SplitLen): a shorter sequence of a ragged batch still uses its splits, and a longer
   // one than the plan's length (DecodeParams::plan_kv_len) is still covered.

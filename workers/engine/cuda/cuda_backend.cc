@@ -1187,8 +1187,6 @@ class CudaBackend final : public Backend {
   std::string device_name_;
   std::shared_ptr<Context> ctx_;
   cuda::LtGemm gemm_;
-  // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with
-  // x [n, in], n within the kernel's rows (and the backend's skinny setting).
   // WriteKv's checks of its arguments, and its slots staged on the device (not staged for n = 0).
   struct KvWrite {
     const CudaKvCache* kc = nullptr;
@@ -1235,6 +1233,8 @@ class CudaBackend final : public Backend {
     return static_cast<const int32_t*>(dev_pos);
   }
 
+  // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with
+  // x [n, in], n within the kernel's rows (and the backend's skinny setting).
   bool SkinnyInput(const TensorView& x, const TensorView& w) const {
     if (x.space != MemSpace::kDevice || x.dtype != DType::kBF16 || w.space != MemSpace::kDevice ||
         w.dtype != DType::kBF16 || w.shape.size() != 2 || x.shape.empty() || x.dim(-1) != w.dim(1) || w.dim(1) == 0) {
