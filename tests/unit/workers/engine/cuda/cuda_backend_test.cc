@@ -670,6 +670,27 @@ TEST_F(CudaBackendTest, BadKvArgumentsAreErrors) {
   auto ckv = cpu_->CreateKvCache(shape);
   ASSERT_TRUE(ckv.ok());
   EXPECT_EQ(gpu_->WriteKv(**ckv, 0, gk.view, gk.view, slots.data()).code(), absl::StatusCode::kInvalidArgument);
+  // The fused RoPE + cache write checks the same: a slot beyond the cache, a missing or negative
+  // position, a layer the cache lacks, a foreign cache.
+  std::vector<float> q3 = Random(3 * 4 * 64);
+  T fq = Gpu({3, 4, 64}, &q3);
+  std::vector<int32_t> pos = {5, 6, 7};
+  RopeArgs r;
+  slots[2] = 8 * 16;
+  EXPECT_EQ(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, pos.data(), r, **gkv, 0, slots.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  slots[2] = 2;
+  EXPECT_EQ(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, nullptr, r, **gkv, 0, slots.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  pos[1] = -1;
+  EXPECT_EQ(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, pos.data(), r, **gkv, 0, slots.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  pos[1] = 6;
+  EXPECT_EQ(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, pos.data(), r, **gkv, 2, slots.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, pos.data(), r, **ckv, 0, slots.data()).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(gpu_->RopeQKWriteKv(fq.view, gk.view, gk.view, pos.data(), r, **gkv, 1, slots.data()).ok());
 }
 
 // GPU sampling against the host's SampleToken: same (seed, step) draws, so the same tokens.
