@@ -106,9 +106,10 @@ struct DecodeParams {
   const int32_t* block_tables = nullptr;  // device int32 [B, block_table_stride]
   int64_t block_table_stride = 0;         // entries per row (>= max blocks of any sequence)
   const int32_t* kv_lens = nullptr;       // device int32 [B]; 0 allowed (out = 0, lse = -inf)
-  // Host upper bound of kv_lens: it fixes the split length, so it MUST be >= every kv_lens[b]
-  // (keys beyond num_splits * split length would be left out; kv_lens is device data and cannot
-  // be checked here). A graph captured for max_kv_len stays valid while lengths grow up to it.
+  // Host upper bound of kv_lens: it MUST be >= every kv_lens[b] (kV3 fixes its split length from
+  // it and would leave keys beyond num_splits * split length out; kv_lens is device data and
+  // cannot be checked here). A graph captured for max_kv_len stays valid while lengths grow up
+  // to it.
   int64_t max_kv_len = 0;
   // kV4 and later: the longest-sequence length the split count is chosen for (0: max_kv_len;
   // at most max_kv_len). Each sequence's own kv_len is spread over the splits at run time, so a

@@ -399,6 +399,19 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 }
 
 
+// Keys per split of one sequence (DecodeKernelArgs::min_split_keys): its kv_len spread over
+// min(splits, ceil(kv_len / min_keys)) splits, rounded up to whole tiles. When kv_len is the length
+// the plan was made for, this is the plan's split length; a shorter sequence (a ragged batch)
+// still uses its splits instead of crowding into the first ones, and a longer one (a graph
+// planned for half its bound, DecodeParams::plan_kv_len) is still covered.
+// 32-bit unsigned arithmetic (kv_len < 2^31 - 2 tiles, min_keys and splits small): no 64-bit
+// division on the way to the first loads.
+__device__ __forceinline__ int SplitLen(int kv_len, int splits, int min_keys, int tile) {
+  const unsigned len = static_cast<unsigned>(kv_len);
+  const unsigned active = max(1u, min(static_cast<unsigned>(splits), (len + min_keys - 1) / min_keys));
+  return static_cast<int>(((len + active - 1) / active + tile - 1) / tile * tile);
+}
+
 // ---------------------------------------------------------------------------------------------
 // v4 (default). Two changes from v3, from its profile (one warp per scheduler, ~3 cycles between
 // issued instructions, dependency-bound rather than bandwidth-bound; and a combine kernel that
@@ -422,18 +435,6 @@ absl::Status LaunchDecodeV3(const DecodeKernelArgs& a, cudaStream_t stream) {
 // shared loads and exps): each lane's weight is computed once, the column sums then use
 // independent loads; a batch of split partials is folded with one max instead of a running one;
 // and the epilogue's output loop has a fixed, unrolled trip count.
-// Keys per split of one sequence (DecodeKernelArgs::min_split_keys): its kv_len spread over
-// min(splits, ceil(kv_len / min_keys)) splits, rounded up to whole tiles. When kv_len is the plan's
-// max_kv_len this is the plan's split length; for a shorter sequence (a graph's length bound, a
-// ragged batch) the work stays spread over the splits instead of crowding into the first ones.
-// 32-bit unsigned arithmetic (kv_len < 2^31 - 2 tiles, min_keys and splits small): no 64-bit
-// division on the way to the first loads.
-__device__ __forceinline__ int SplitLen(int kv_len, int splits, int min_keys, int tile) {
-  const unsigned len = static_cast<unsigned>(kv_len);
-  const unsigned active = max(1u, min(static_cast<unsigned>(splits), (len + min_keys - 1) / min_keys));
-  return static_cast<int>(((len + active - 1) / active + tile - 1) / tile * tile);
-}
-
 namespace v4 {
 
 constexpr int kStreams = 4;  // K/V tile streams per CTA
