@@ -284,9 +284,11 @@ struct BackendOptions {
   DeviceKind device = DeviceKind::kCpu;
   int num_threads = 0;  // CPU: 0 = all cores
   int gpu_index = 0;
-  // CUDA: GEMMs of up to 8 rows (decode) use the skinny kernel instead of cuBLASLt (off: cuBLASLt
-  // for every GEMM, to compare the two).
+  // CUDA: GEMMs of up to 32 rows (decode) use the skinny kernel instead of cuBLASLt (off: cuBLASLt
+  // for every GEMM, to compare the two); skinny_max_rows lowers that bound (8: only the kernel's
+  // narrow form, cuBLASLt from 9 rows), 0 = 32.
   bool skinny_gemm = true;
+  int skinny_max_rows = 0;
   // CUDA: the skinny kernel's CTA shape, to compare them (cuda/skinny_gemm.h): auto, 8 or 16 warps.
   std::string skinny_warps = "auto";
   // CUDA decode attention kernel, to compare them (cuda/attention.h): auto (= v6), v6, v5, v5w (v5

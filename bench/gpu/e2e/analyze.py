@@ -132,10 +132,15 @@ def main():
     skinny = any(c.get("skinny_gemm") for c in eng.values())
     # RoPE and the K/V cache write as one kernel (runs that record fuse_rope_kv): one kernel less.
     fused_rope = 1 if any(c.get("fuse_rope_kv") for c in eng.values()) else 0
+    # Runs that record skinny_max_rows (0 = 32) take q/k/v at batch 9-32 in one launch of the skinny
+    # kernel's wide form: two kernels less than three cuBLASLt launches.
+    wide_qkv = any("skinny_max_rows" in c and c["skinny_max_rows"] in (0, None) or
+                   (c.get("skinny_max_rows") or 0) > 8 for c in eng.values())
     per_layer = ("batch <= 8: %d kernels a layer, the projections on the skinny GEMM kernel with q/k/v and"
-                 " gate/up/SwiGLU fused%s, each kernel a programmatic dependent of the one before; batch 32:"
-                 " cuBLASLt, %d a layer" % (10 - fused_rope, ", RoPE and the cache write fused" if fused_rope else "",
-                                            14 - fused_rope)
+                 " gate/up/SwiGLU fused%s, each kernel a programmatic dependent of the one before; batch 32: %s,"
+                 " %d a layer" % (10 - fused_rope, ", RoPE and the cache write fused" if fused_rope else "",
+                                  "q/k/v in one launch of the skinny kernel's wide form, the other GEMMs on cuBLASLt"
+                                  if wide_qkv else "cuBLASLt", 14 - fused_rope - (2 if wide_qkv else 0))
                  if skinny else "%d kernels a layer" % (16 - fused_rope))
     if graphs:
         out.append("Decode rows with graphs=on replay one CUDA graph per step (%s, plus the final norm, LM head"

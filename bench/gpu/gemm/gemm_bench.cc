@@ -1,5 +1,6 @@
 // sqa-gemm-bench: the decode GEMMs of a model's projections (x [n, in] times W [out, in]^T, bf16,
-// n = 1..8 rows), through LtGemm with cuBLASLt only and with the skinny kernel, side by side in
+// n = 1..32 rows; above 8 the skinny kernel's wide form, which the engine uses only for q/k/v in
+// one launch), through LtGemm with cuBLASLt only and with the skinny kernel, side by side in
 // one run on the same buffers; then the fused forms a layer runs (q, k, v in one launch; gate, up
 // and SwiGLU in one) against their unfused cuBLASLt sequence. The skinny launches are programmatic
 // dependents (as in a decode step: each starts reading its weights while the previous kernel
@@ -159,7 +160,9 @@ int main(int argc, char** argv) {
     }
   }
   for (int64_t n : rows) {
-    if (n < 1 || n > sqa::cuda::kSkinnyMaxRows) return std::fprintf(stderr, "--rows: 1..8\n"), 2;
+    if (n < 1 || n > sqa::cuda::kSkinnyMaxRows) {
+      return std::fprintf(stderr, "--rows: 1..%ld\n", static_cast<long>(sqa::cuda::kSkinnyMaxRows)), 2;
+    }
   }
   cudaDeviceProp prop{};
   CK(cudaGetDeviceProperties(&prop, 0));
@@ -202,8 +205,9 @@ int main(int argc, char** argv) {
       // Agreement of the two paths on one launch.
       gemm.set_skinny_max_rows(0);
       auto st = gemm.Linear(x, w[0], y, ot, n, s.in, s.out, stream);
-      gemm.set_skinny_max_rows(sqa::cuda::kSkinnyMaxRows);
-      if (st.ok()) st = gemm.Linear(x, w[0], y2, ot, n, s.in, s.out, stream);
+      if (st.ok()) {
+        st = sqa::cuda::LaunchSkinnyGemm(x, w[0], y2, ot, n, s.in, s.out, stream, warps, gemm.skinny_workspace());
+      }
       if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
       CK(cudaStreamSynchronize(stream));
       std::vector<char> a(static_cast<size_t>(n * s.out) * osize), b(a.size());
@@ -217,8 +221,11 @@ int main(int argc, char** argv) {
       }
       double us[2];
       for (int path = 0; path < 2; ++path) {
-        gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
         us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st2) {
+          if (path == 1) {
+            return sqa::cuda::LaunchSkinnyGemm(x, w[l % copies], y, ot, n, s.in, s.out, st2, warps,
+                                               gemm.skinny_workspace());
+          }
           return gemm.Linear(x, w[l % copies], y, ot, n, s.in, s.out, st2);
         });
       }
@@ -277,6 +284,7 @@ int main(int argc, char** argv) {
     std::vector<void*> y(f.outs.size() + 1);
     for (size_t i = 0; i < y.size(); ++i) CK(cudaMalloc(&y[i], static_cast<size_t>(nmax * f.outs[0]) * 2));
     for (int64_t n : rows) {
+      if (f.glu && n > sqa::cuda::kSkinnyNarrowMaxRows) continue;  // the GLU form has no wide form
       double us[2];
       for (int path = 0; path < 2; ++path) {
         gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
@@ -288,7 +296,7 @@ int main(int argc, char** argv) {
           if (path == 1) {
             std::vector<sqa::cuda::SkinnyOutput> so;
             for (size_t i = 0; i < set.size(); ++i) so.push_back({set[i], y[i], f.outs[i]});
-            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st, warps);
+            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st, warps, gemm.skinny_workspace());
           }
           for (size_t i = 0; i < set.size(); ++i) {
             absl::Status s2 = gemm.Linear(x, set[i], y[i], sqa::DType::kBF16, n, d, f.outs[i], st);

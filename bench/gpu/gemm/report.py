@@ -40,8 +40,18 @@ def main(argv):
             out.append("| %s | %d | %.2f | %.0f | %.2f | %.0f | %.2f |" % (
                 r["op"], r["rows"], r["cublaslt_us"], r["cublaslt_gbs"], r["skinny_us"], r["skinny_gbs"],
                 r["cublaslt_us"] / r["skinny_us"]))
-    rat = [r["cublaslt_us"] / r["skinny_us"] for r in doc["rows"]]
-    out += ["", "Summary: skinny / cuBLASLt speed %.2f-%.2fx over the single GEMMs above." % (min(rat), max(rat))]
+    def span(rows):
+        rat = [r["cublaslt_us"] / r["skinny_us"] for r in rows]
+        return "%.2f-%.2fx" % (min(rat), max(rat)) if rat else "n/a"
+    narrow = [r for r in doc["rows"] if r["rows"] <= 8]
+    wide = [r for r in doc["rows"] if r["rows"] > 8]
+    out += ["", "Summary: skinny / cuBLASLt speed %s over the single GEMMs above at 1-8 rows (the skinny kernel's"
+            " narrow form, which the engine uses)." % span(narrow)]
+    if wide:
+        wq = [r for r in doc.get("fused", []) if r["rows"] > 8]
+        out += ["At 9-32 rows the skinny kernel runs its wide form: %s on one weight, so the engine keeps one weight"
+                " (and gate/up/SwiGLU) on cuBLASLt there; %s for q, k, v in one launch, which the engine's"
+                " LinearMany uses." % (span(wide), span(wq))]
     open(argv[2] + ".md", "w").write("\n".join(out) + "\n")
     json.dump(doc, open(argv[2] + ".json", "w"), indent=1)
     return 0

@@ -377,7 +377,11 @@ class CudaBackend final : public Backend {
     b->ctx_->device = device;
     SQA_ASSIGN_OR_RETURN(b->ctx_->stream, CudaStream::Create());
     SQA_ASSIGN_OR_RETURN(b->gemm_, cuda::LtGemm::Create());
-    b->gemm_.set_skinny_max_rows(o.skinny_gemm ? cuda::kSkinnyMaxRows : 0);
+    if (o.skinny_max_rows < 0 || o.skinny_max_rows > cuda::kSkinnyMaxRows) {
+      return absl::InvalidArgumentError(absl::StrCat("skinny_max_rows ", o.skinny_max_rows, " is not in 0..",
+                                                     cuda::kSkinnyMaxRows, " (0: ", cuda::kSkinnyMaxRows, ")"));
+    }
+    b->gemm_.set_skinny_max_rows(!o.skinny_gemm ? 0 : o.skinny_max_rows > 0 ? o.skinny_max_rows : cuda::kSkinnyMaxRows);
     if (skinny_warps == "8") {
       b->gemm_.set_skinny_warps(cuda::SkinnyWarps::k8);
     } else if (skinny_warps == "16") {
@@ -552,8 +556,8 @@ class CudaBackend final : public Backend {
     return gemm_.Linear(xin, w.data, out.data, out.dtype, n, in, of, stream());
   }
 
-  // One skinny launch for the q, k, v projections of a decode step (up to 8 rows); otherwise one
-  // Linear each.
+  // One skinny launch for the q, k, v projections of a decode step (up to kSkinnyMaxRows rows);
+  // otherwise one Linear each.
   absl::Status LinearMany(const TensorView& x, absl::Span<const TensorView> ws,
                           absl::Span<const TensorView> outs) override {
     SQA_RETURN_IF_ERROR(Enter());
@@ -572,17 +576,19 @@ class CudaBackend final : public Backend {
       }
       so.push_back({w.data, o.data, w.dim(0)});
     }
-    return cuda::LaunchSkinnyGemmMany(x.data, n, in, so, DType::kBF16, stream(), gemm_.skinny_warps());
+    return cuda::LaunchSkinnyGemmMany(x.data, n, in, so, DType::kBF16, stream(), gemm_.skinny_warps(),
+                                      gemm_.skinny_workspace());
   }
 
-  // Gate, up and SwiGLU as one skinny launch for decode-sized x; otherwise the three ops.
+  // Gate, up and SwiGLU as one skinny launch for up to kSkinnyNarrowMaxRows rows; otherwise the
+  // three ops.
   absl::Status LinearSwiGlu(const TensorView& x, const TensorView& w_gate, const TensorView& w_up,
                             const TensorView& gate, const TensorView& up, const TensorView& out) override {
     SQA_RETURN_IF_ERROR(Enter());
     if (SkinnyInput(x, w_gate) && SkinnyInput(x, w_up) && w_gate.shape == w_up.shape &&
         out.space == MemSpace::kDevice && out.dtype == DType::kBF16) {
       const int64_t in = w_gate.dim(1), n = x.numel() / in, inter = w_gate.dim(0);
-      if (out.numel() == n * inter &&
+      if (out.numel() == n * inter && n <= cuda::kSkinnyNarrowMaxRows &&
           cuda::SkinnyGemmApplies(x.data, w_gate.data, out.data, DType::kBF16, n, in, inter) &&
           reinterpret_cast<uintptr_t>(w_up.data) % 16 == 0) {
         return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream(),

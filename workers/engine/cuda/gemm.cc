@@ -30,14 +30,26 @@ absl::StatusOr<LtGemm> LtGemm::Create(size_t workspace_bytes) {
   LtGemm g;
   SQA_ASSIGN_OR_RETURN(g.handle_, LtHandle::Create());
   SQA_ASSIGN_OR_RETURN(g.workspace_, DeviceMemory::Allocate(workspace_bytes));
+  const size_t counter_bytes = static_cast<size_t>(kSkinnyCounters) * sizeof(int);
+  SQA_ASSIGN_OR_RETURN(g.skinny_ws_, DeviceMemory::Allocate(kSkinnyPartialBytes + counter_bytes));
+  SQA_GPU_RETURN_IF_ERROR(
+      cudaMemset(static_cast<char*>(g.skinny_ws_.get()) + kSkinnyPartialBytes, 0, counter_bytes));
+  SQA_GPU_RETURN_IF_ERROR(cudaDeviceSynchronize());
   return g;
+}
+
+SkinnyWorkspace LtGemm::skinny_workspace() const {
+  if (!skinny_ws_.get()) return {};
+  return {skinny_ws_.get(), kSkinnyPartialBytes,
+          reinterpret_cast<int*>(static_cast<char*>(skinny_ws_.get()) + kSkinnyPartialBytes), kSkinnyCounters};
 }
 
 LtGemm::~LtGemm() {
   for (auto& [k, p] : plans_) delete p;
 }
 LtGemm::LtGemm(LtGemm&& o) noexcept
-    : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), plans_(std::move(o.plans_)),
+    : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), skinny_ws_(std::move(o.skinny_ws_)),
+      plans_(std::move(o.plans_)),
       skinny_max_rows_(o.skinny_max_rows_), skinny_warps_(o.skinny_warps_) {
   o.plans_.clear();
 }
@@ -46,6 +58,7 @@ LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
     for (auto& [k, p] : plans_) delete p;
     handle_ = std::move(o.handle_);
     workspace_ = std::move(o.workspace_);
+    skinny_ws_ = std::move(o.skinny_ws_);
     plans_ = std::move(o.plans_);
     skinny_max_rows_ = o.skinny_max_rows_;
     skinny_warps_ = o.skinny_warps_;
@@ -106,7 +119,9 @@ absl::Status LtGemm::Linear(const void* x, const void* w, void* out, DType out_t
     return absl::InvalidArgumentError(absl::StrCat("Linear: output dtype ", DTypeStr(out_type),
                                                    " unsupported on CUDA (bf16 or f32)"));
   }
-  if (n <= skinny_max_rows_ && SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
+  // One weight takes the skinny kernel's narrow form only: above kSkinnyNarrowMaxRows cuBLASLt is
+  // faster on one weight (skinny_gemm.cu).
+  if (n <= std::min(skinny_max_rows_, kSkinnyNarrowMaxRows) && SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
     return LaunchSkinnyGemm(x, w, out, out_type, n, in, out_features, stream, skinny_warps_);
   }
   // The largest power of two (<= 256) dividing every pointer: what the algorithm may assume.

@@ -1,6 +1,7 @@
 // cuBLASLt GEMM for the model's projections: out[n, out_features] = x[n, in] * W[out_features, in]^T
 // with bf16 inputs, fp32 accumulation, and a bf16 or f32 output (f32 for the LM head's logits).
-// Up to skinny_max_rows() rows (decode) go to the skinny kernel of skinny_gemm.h when it applies;
+// Up to min(skinny_max_rows(), kSkinnyNarrowMaxRows) rows (decode) go to the skinny kernel of
+// skinny_gemm.h when it applies (the backend's LinearMany takes its wide form up to skinny_max_rows());
 // otherwise the algorithm for each (shape, output type, pointer alignment) is chosen once by the
 // cuBLASLt heuristic and cached. Not thread-safe: one per backend, used on the backend's stream.
 #pragma once
@@ -31,12 +32,16 @@ class LtGemm {
   absl::Status Linear(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
                       int64_t out_features, cudaStream_t stream);
 
-  // Rows up to which Linear uses the skinny kernel (0: always cuBLASLt; at most kSkinnyMaxRows).
+  // Rows up to which the skinny kernel is used (0: always cuBLASLt; at most kSkinnyMaxRows; Linear
+  // stops at kSkinnyNarrowMaxRows).
   void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
   int64_t skinny_max_rows() const { return skinny_max_rows_; }
   // The skinny kernel's CTA shape (SkinnyWarps::kAuto unless a benchmark compares them).
   void set_skinny_warps(SkinnyWarps w) { skinny_warps_ = w; }
   SkinnyWarps skinny_warps() const { return skinny_warps_; }
+  // Split-K scratch of the skinny kernel's wide form, for launches on this LtGemm's stream (the
+  // backend's LinearMany).
+  SkinnyWorkspace skinny_workspace() const;
 
  private:
   struct Plan;
@@ -45,8 +50,9 @@ class LtGemm {
 
   LtHandle handle_;
   DeviceMemory workspace_;
+  DeviceMemory skinny_ws_;  // kSkinnyPartialBytes of partials, then kSkinnyCounters ints (zeroed)
   std::map<Key, Plan*> plans_;
-  int64_t skinny_max_rows_ = 8;
+  int64_t skinny_max_rows_ = kSkinnyMaxRows;
   SkinnyWarps skinny_warps_ = SkinnyWarps::kAuto;
 };
 

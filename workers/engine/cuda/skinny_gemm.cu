@@ -192,6 +192,268 @@ cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, SkinnyWarps warps, cudaSt
   }
 }
 
+
+// ---- The wide form (LaunchSkinnyGemmMany only): kSkinnyNarrowMaxRows < n <= kSkinnyMaxRows ----
+// Each CTA owns 64 features (16 per warp: one m16 tile, W as A as above) for all n rows (up to
+// four n8 tiles of x as B). Its four warps walk the same K range and share one copy of its x
+// rows, so x is read from L2 once per CTA, half the CTA's W bytes at 32 rows (with 16 features a
+// CTA, as the narrow form has, x at 32 rows would be twice the W traffic). So that the bytes in
+// flight do not cost registers, W and x stream through rings of kStages shared-memory stages
+// (cp.async; each warp its own W rows, the CTA's threads the x rows together, one __syncthreads a
+// stage); rows are 64 bytes apart modulo 128, so the 16-byte fragment loads of a quarter-warp hit
+// 32 different banks. With few 64-feature tiles (the 2048-feature projections: 32) K is split
+// over up to eight CTAs: each stores its fp32 partial; the last to arrive (an atomic ticket) adds
+// all of them in split order, so the sum does not depend on which CTA came last, and writes out.
+//
+// Measured (bench/gpu/e2e/NOTES.md, session 14): on one weight the wide form loses to cuBLASLt on
+// most decode shapes (0.55-1.2x), with a fixed cost of about 3 us a launch over the narrow form;
+// on q, k and v in one launch it wins (1.05-1.3x for 3 x 2048 features, 2.2-2.9x for 3 x 512)
+// because it replaces three cuBLASLt launches. So LinearMany uses it; Linear and the GLU form stay
+// with cuBLASLt above kSkinnyNarrowMaxRows.
+constexpr int kWideWarps = 4;
+constexpr int kWideFeatures = 16 * kWideWarps;
+constexpr int kWideMaxSplits = 8;    // 4 above 16 tiles
+constexpr int kWideSplitUnit = 128;  // K of a split is a multiple of this
+constexpr int kWideSK = 64;          // K per ring stage
+constexpr int kWideStages = 6;
+constexpr int kWideRowElems = kWideSK + 32;  // padded row: 2 kWideSK + 64 bytes
+constexpr int kWideStageElems = 16 * kWideRowElems;  // one warp's W rows of a stage
+constexpr int kWideWarpElems = kWideStages * kWideStageElems;
+constexpr int kWideXStageElems = 32 * kWideRowElems;  // the CTA's x rows of a stage
+constexpr int kWideXOffset = kWideWarps * kWideWarpElems;
+constexpr int kWideSmem = (kWideXOffset + kWideStages * kWideXStageElems) * 2;  // 108 KB: two CTAs per SM
+constexpr int kWideChunks = kWideSK / 8;                            // 16-byte chunks per row and stage
+constexpr int kWideCopies = 16 * kWideChunks / 32;                  // W copies per lane and stage
+constexpr int kWideXCopies = 32 * kWideChunks / (kWideWarps * 32);  // x copies per thread and stage
+static_assert((2 * kWideRowElems) % 128 == 64, "rows 64 bytes apart modulo 128");
+static_assert(kWideSplitUnit % kWideSK == 0, "a split is whole stages");
+
+struct WideArgs {
+  const __nv_bfloat16* x = nullptr;
+  int64_t in = 0;
+  int n = 0;
+  int count = 0;
+  const __nv_bfloat16* w[kSkinnyMaxSegments] = {};
+  void* out[kSkinnyMaxSegments] = {};
+  int64_t nout[kSkinnyMaxSegments] = {};
+  int64_t first_block[kSkinnyMaxSegments + 1] = {};  // CTAs: tiles x splits per segment
+  int64_t first_tile[kSkinnyMaxSegments] = {};       // arrival counters of split segments
+  int64_t first_part[kSkinnyMaxSegments] = {};       // their partials (float4 units)
+  int splits[kSkinnyMaxSegments] = {};
+  int64_t split_k[kSkinnyMaxSegments] = {};  // K per split (a multiple of kWideSplitUnit)
+  float4* partials = nullptr;
+  int* counters = nullptr;
+};
+
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+template <int NB, typename O>
+__global__ void __launch_bounds__(kWideWarps * 32, 2) SkinnyWideKernel(const WideArgs a) {
+  extern __shared__ __align__(16) unsigned char wide_smem[];
+  __shared__ int s_last;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, c = lane % 4;
+  int seg = 0;
+#pragma unroll
+  for (int s = 1; s < kSkinnyMaxSegments; ++s) seg += s < a.count && blockIdx.x >= a.first_block[s];
+  const int splits = a.splits[seg];
+  const int64_t local = static_cast<int64_t>(blockIdx.x) - a.first_block[seg];
+  const int64_t tile = local / splits;
+  const int ks = static_cast<int>(local % splits);
+  const int64_t nout = a.nout[seg], in = a.in;
+  const int64_t f0 = tile * kWideFeatures + warp * 16;  // this warp's first feature
+  const int64_t kbeg = ks * a.split_k[seg], kend = min(in, kbeg + a.split_k[seg]);
+  const int my = static_cast<int>((kend - kbeg + kWideSK - 1) / kWideSK);  // stages of this split
+  __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(wide_smem) + warp * kWideWarpElems;
+  __nv_bfloat16* xring = reinterpret_cast<__nv_bfloat16*>(wide_smem) + kWideXOffset;
+  const __nv_bfloat16* w = a.w[seg];
+
+  // This warp's W rows of stage `s` (of this split) into ring slot `slot`.
+  auto load_w = [&](int s, int slot) {
+    if (s >= my) return;
+    const int64_t k0 = kbeg + static_cast<int64_t>(s) * kWideSK;
+#pragma unroll
+    for (int i = 0; i < kWideCopies; ++i) {
+      const int id = lane + 32 * i, r = id / kWideChunks, ch = id % kWideChunks;
+      const int64_t f = min(f0 + r, nout - 1), k = k0 + 8 * ch;
+      const bool ok = k < in;
+      CpAsync16(ring + slot * kWideStageElems + r * kWideRowElems + 8 * ch, ok ? w + f * in + k : w, ok);
+    }
+  };
+  // This thread's share of the CTA's x rows of stage `s` (zeros past n and past in).
+  auto load_x = [&](int s, int slot) {
+    if (s >= my) return;
+    const int64_t k0 = kbeg + static_cast<int64_t>(s) * kWideSK;
+#pragma unroll
+    for (int i = 0; i < kWideXCopies; ++i) {
+      const int id = threadIdx.x + kWideWarps * 32 * i, r = id / kWideChunks, ch = id % kWideChunks;
+      const int64_t k = k0 + 8 * ch;
+      const bool ok = r < a.n && k < in;
+      CpAsync16(xring + slot * kWideXStageElems + r * kWideRowElems + 8 * ch, ok ? a.x + r * in + k : a.x, ok);
+    }
+  };
+  // Commit groups: W of stages 0 .. kWideStages - 2 (before the wait: W is a constant), then x of
+  // those stages as one group (x is the previous kernel's output), then W and x of each later
+  // stage together.
+#pragma unroll
+  for (int s = 0; s < kWideStages - 1; ++s) {
+    load_w(s, s);
+    CpAsyncCommit();
+  }
+  PdlTrigger();
+  PdlWait();  // x is the previous kernel's output; the workspace is free once it has finished
+#pragma unroll
+  for (int s = 0; s < kWideStages - 1; ++s) load_x(s, s);
+  CpAsyncCommit();
+
+  float acc[NB][4] = {};
+  for (int it = 0; it < my; ++it) {
+    if (it == 0) {
+      CpAsyncWait<0>();  // the x group came last
+    } else {
+      CpAsyncWait<kWideStages - 2>();  // this thread's copies of stage `it` have landed
+    }
+    __syncthreads();  // ... and every thread's; slot (it - 1) % kWideStages is no longer read
+    const int nxt = it + kWideStages - 1;
+    load_w(nxt, nxt % kWideStages);
+    load_x(nxt, nxt % kWideStages);
+    CpAsyncCommit();
+    const __nv_bfloat16* st = ring + (it % kWideStages) * kWideStageElems;
+    const __nv_bfloat16* xs = xring + (it % kWideStages) * kWideXStageElems;
+#pragma unroll
+    for (int b = 0; b < kWideSK / 32; ++b) {
+      uint4 xb[NB];
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        xb[j] = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kWideRowElems + 32 * b + 8 * c);
+      }
+      const uint4 lo = *reinterpret_cast<const uint4*>(st + g * kWideRowElems + 32 * b + 8 * c);
+      const uint4 hi = *reinterpret_cast<const uint4*>(st + (g + 8) * kWideRowElems + 32 * b + 8 * c);
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        MmaBf16(acc[j], lo.x, hi.x, lo.y, hi.y, xb[j].x, xb[j].y);
+        MmaBf16(acc[j], lo.z, hi.z, lo.w, hi.w, xb[j].z, xb[j].w);
+      }
+    }
+  }
+  CpAsyncWait<0>();
+
+  if (splits > 1) {
+    const int64_t t = a.first_tile[seg] + tile;
+    auto part = [&](int q) {
+      return a.partials + a.first_part[seg] + ((tile * splits + q) * kWideWarps + warp) * (NB * 32) + lane;
+    };
+    float4* mine = part(ks);
+#pragma unroll
+    for (int j = 0; j < NB; ++j) mine[j * 32] = make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(a.counters + t, 1) == splits - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    float sum[NB][4] = {};
+    for (int q = 0; q < splits; ++q) {
+      const float4* pq = part(q);
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        const float4 v = q == ks ? make_float4(acc[j][0], acc[j][1], acc[j][2], acc[j][3]) : __ldcg(pq + j * 32);
+        sum[j][0] += v.x;
+        sum[j][1] += v.y;
+        sum[j][2] += v.z;
+        sum[j][3] += v.w;
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[j][i] = sum[j][i];
+    if (threadIdx.x == 0) a.counters[t] = 0;  // for the next launch
+  }
+  O* out = static_cast<O*>(a.out[seg]);
+  // C fragment of n-tile j: [0], [1] are feature g, x rows 8j + 2c and 8j + 2c + 1; [2], [3]
+  // feature g + 8.
+#pragma unroll
+  for (int j = 0; j < NB; ++j)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 8 * j + 2 * c + (i & 1);
+      const int64_t o = f0 + g + (i >= 2 ? 8 : 0);
+      if (r < a.n && o < nout) Store(out + r * nout + o, acc[j][i]);
+    }
+}
+
+// Splits of K for a weight of `tiles` 64-feature tiles and `units` kWideSplitUnit-wide parts of
+// K: enough CTAs to reach every SM, at most eight (four above 16 tiles), two units a split at
+// least. A function of the weight's shape (and the GPU) only.
+int WideSplits(int64_t tiles, int64_t units) {
+  int64_t s = (NumSms() + tiles - 1) / tiles;
+  s = std::min<int64_t>({s, tiles <= 16 ? kWideMaxSplits : kWideMaxSplits / 2, std::max<int64_t>(1, units / 2)});
+  return static_cast<int>(std::max<int64_t>(1, s));
+}
+
+template <int NB, typename O>
+cudaError_t LaunchWideNb(const WideArgs& a, cudaStream_t stream) {
+  const cudaError_t e =
+      cudaFuncSetAttribute(SkinnyWideKernel<NB, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWideSmem);
+  if (e != cudaSuccess) return e;
+  return LaunchPdl(SkinnyWideKernel<NB, O>, dim3(static_cast<unsigned>(a.first_block[a.count])),
+                   dim3(kWideWarps * 32), kWideSmem, stream, a);
+}
+
+// Fills the split plan of `a` (segments, w, out, nout set) and launches.
+template <typename O>
+cudaError_t LaunchWide(WideArgs& a, const SkinnyWorkspace& ws, cudaStream_t stream) {
+  const int64_t units = (a.in + kWideSplitUnit - 1) / kWideSplitUnit;
+  const int nb = (a.n + 7) / 8;
+  int64_t partials = 0, tiles_split = 0;
+  for (int s = 0; s < a.count; ++s) {
+    const int64_t tiles = (a.nout[s] + kWideFeatures - 1) / kWideFeatures;
+    int sp = WideSplits(tiles, units);
+    const int64_t per = (units + sp - 1) / sp;
+    sp = static_cast<int>((units + per - 1) / per);  // no empty split
+    a.splits[s] = sp;
+    a.split_k[s] = per * kWideSplitUnit;
+    if (sp > 1) {
+      partials += tiles * sp * kWideWarps * nb * 32;
+      tiles_split += tiles;
+    }
+  }
+  const bool fits = ws.partials != nullptr && ws.counters != nullptr &&
+                    static_cast<size_t>(partials) * sizeof(float4) <= ws.partial_bytes && tiles_split <= ws.counter_count;
+  int64_t t = 0, p = 0;
+  for (int s = 0; s < a.count; ++s) {
+    const int64_t tiles = (a.nout[s] + kWideFeatures - 1) / kWideFeatures;
+    if (!fits) {
+      a.splits[s] = 1;
+      a.split_k[s] = units * kWideSplitUnit;
+    }
+    a.first_tile[s] = t;
+    a.first_part[s] = p;
+    if (a.splits[s] > 1) {
+      t += tiles;
+      p += tiles * a.splits[s] * kWideWarps * nb * 32;
+    }
+    a.first_block[s + 1] = a.first_block[s] + tiles * a.splits[s];
+  }
+  a.partials = static_cast<float4*>(ws.partials);
+  a.counters = ws.counters;
+  if (a.first_block[a.count] > (int64_t{1} << 31) - 1) return cudaErrorInvalidConfiguration;
+  switch (nb) {
+    case 2: return LaunchWideNb<2, O>(a, stream);
+    case 3: return LaunchWideNb<3, O>(a, stream);
+    default: return LaunchWideNb<4, O>(a, stream);
+  }
+}
+
 }  // namespace
 
 bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
@@ -203,7 +465,7 @@ bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_
 }
 
 absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
-                                  DType out_type, cudaStream_t stream, SkinnyWarps warps) {
+                                  DType out_type, cudaStream_t stream, SkinnyWarps warps, const SkinnyWorkspace& ws) {
   if (outs.empty() || outs.size() > static_cast<size_t>(kSkinnyMaxSegments)) {
     return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: 1..", kSkinnyMaxSegments, " weights, got ",
                                                    outs.size()));
@@ -217,7 +479,8 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
     if (!SkinnyGemmApplies(x, o.w, o.out, out_type, n, in, o.out_features)) {
       return absl::InvalidArgumentError(absl::StrCat("skinny GEMM: n=", n, " in=", in, " out=", o.out_features, " (",
                                                      DTypeStr(out_type),
-                                                     ") needs 1..8 rows, in % 8 == 0 and 16-byte aligned x and w"));
+                                                     ") needs 1..", kSkinnyMaxRows,
+                                                     " rows, in % 8 == 0 and 16-byte aligned x and w"));
     }
     a.w[s] = static_cast<const __nv_bfloat16*>(o.w);
     a.out[s] = o.out;
@@ -227,6 +490,22 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
   if (a.first_block[a.count] > (int64_t{1} << 31) - 1) {
     return absl::InvalidArgumentError("skinny GEMM: too many features");
   }
+  if (n > kSkinnyNarrowMaxRows) {
+    WideArgs wa;
+    wa.x = a.x;
+    wa.in = in;
+    wa.n = static_cast<int>(n);
+    wa.count = a.count;
+    for (int s = 0; s < a.count; ++s) {
+      wa.w[s] = a.w[s];
+      wa.out[s] = a.out[s];
+      wa.nout[s] = a.nout[s];
+    }
+    const cudaError_t e = out_type == DType::kF32 ? LaunchWide<float>(wa, ws, stream)
+                                                  : LaunchWide<__nv_bfloat16>(wa, ws, stream);
+    SQA_GPU_RETURN_IF_ERROR(e);
+    return absl::OkStatus();
+  }
   const cudaError_t e = out_type == DType::kF32 ? LaunchRows<float, false>(n, a, warps, stream)
                                                 : LaunchRows<__nv_bfloat16, false>(n, a, warps, stream);
   SQA_GPU_RETURN_IF_ERROR(e);
@@ -234,17 +513,18 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
 }
 
 absl::Status LaunchSkinnyGemm(const void* x, const void* w, void* out, DType out_type, int64_t n, int64_t in,
-                              int64_t out_features, cudaStream_t stream, SkinnyWarps warps) {
+                              int64_t out_features, cudaStream_t stream, SkinnyWarps warps, const SkinnyWorkspace& ws) {
   const SkinnyOutput o{w, out, out_features};
-  return LaunchSkinnyGemmMany(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream, warps);
+  return LaunchSkinnyGemmMany(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream, warps, ws);
 }
 
 absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
                                 int64_t inter, cudaStream_t stream, SkinnyWarps warps) {
-  if (!SkinnyGemmApplies(x, w_gate, out, DType::kBF16, n, in, inter) ||
+  if (n > kSkinnyNarrowMaxRows || !SkinnyGemmApplies(x, w_gate, out, DType::kBF16, n, in, inter) ||
       reinterpret_cast<uintptr_t>(w_up) % 16 != 0) {
     return absl::InvalidArgumentError(absl::StrCat("skinny SwiGLU: n=", n, " in=", in, " inter=", inter,
-                                                   " needs 1..8 rows, in % 8 == 0 and 16-byte aligned x and weights"));
+                                                   " needs 1..", kSkinnyNarrowMaxRows,
+                                                   " rows, in % 8 == 0 and 16-byte aligned x and weights"));
   }
   SkinnyArgs a;
   a.x = static_cast<const __nv_bfloat16*>(x);

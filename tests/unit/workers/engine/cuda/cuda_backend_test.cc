@@ -18,6 +18,7 @@
 #include "workers/engine/backend.h"
 #include "workers/engine/cpu/cpu_backend.h"
 #include "workers/engine/cuda/cuda_backend.h"
+#include "workers/engine/cuda/skinny_gemm.h"
 #include "workers/engine/model/tensor.h"
 #include "workers/engine/sampling.h"
 
@@ -199,7 +200,8 @@ TEST_F(CudaBackendTest, EmbedRmsNormAddSwiGlu) {
 
 TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
   // Up to 8 rows with in % 8 == 0 take the skinny kernel (tails: in = 520 is 65 vectors, odd
-  // feature counts leave a warp's second feature empty); in = 20 and more rows take cuBLASLt.
+  // feature counts leave a warp's second feature empty); in = 20 and more rows take cuBLASLt (one
+  // weight stays on cuBLASLt from 9 rows: the skinny kernel's wide form serves only LinearMany).
   // `lt` is a second backend with the skinny kernel off: the same small shapes through cuBLASLt.
   BackendOptions lo;
   lo.device = DeviceKind::kCuda;
@@ -208,7 +210,8 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
   ASSERT_TRUE(lt_or.ok()) << lt_or.status();
   std::unique_ptr<Backend> lt = std::move(lt_or).value();
   for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 256, 384}, {2, 520, 1000}, {3, 2048, 7},
-                            {5, 136, 129}, {8, 5632, 300}, {1, 20, 9}, {33, 520, 1000}, {300, 1024, 96}}) {
+                            {5, 136, 129}, {8, 5632, 300}, {9, 520, 1000}, {16, 5632, 300}, {24, 136, 129},
+                            {32, 2048, 2048}, {1, 20, 9}, {33, 520, 1000}, {300, 1024, 96}}) {
     std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
     TensorView host_w{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
     auto gw = gpu_->UploadWeight(host_w);
@@ -225,7 +228,7 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
       const std::string what = "linear n=" + std::to_string(n) + " in=" + std::to_string(in) + " out=" +
                                std::to_string(out) + " " + std::string(DTypeName(od));
       ExpectClose(Read(*gpu_, go.view), want, od == DType::kF32 ? 2e-3 : 1e-2, what);
-      if (n <= 8) {
+      if (n <= cuda::kSkinnyMaxRows) {
         auto lw = lt->UploadWeight(host_w);
         ASSERT_TRUE(lw.ok());
         T lx = Make(*lt, {n, in}, &x, DType::kBF16), lo_t = Make(*lt, {n, out}, nullptr, od);
@@ -245,6 +248,11 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
 // Linear (f32 and bf16 out), LinearMany and LinearSwiGlu against the CPU backend, and within one
 // shape LinearMany's outputs equal to the last bit what Linear gives for each weight. Shapes on
 // both sides of the SM count (out = 5632 is 352 CTAs), K tails (in = 520, 136), deep K (5632).
+// For n > 8 LinearMany takes the wide form (the same on both backends) while Linear and
+// LinearSwiGlu take cuBLASLt: LinearMany against the CPU and against Linear at bf16 tolerance, and
+// each weight's LinearMany output equal to the last bit to a LinearMany of that weight alone (its
+// split plan is its own); K split over 4 CTAs (out = 2048), 8 (out = 300), 2 (out = 5632, in =
+// 520) and not at all (in = 136).
 TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
   std::unique_ptr<Backend> shaped[2];
   const char* names[2] = {"8", "16"};
@@ -262,7 +270,8 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
   EXPECT_EQ(CreateCudaBackend(bad).status().code(), absl::StatusCode::kInvalidArgument);
 
   for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{1, 2048, 2048}, {3, 5632, 2048}, {8, 520, 5632},
-                            {5, 136, 129}, {2, 2048, 300}}) {
+                            {5, 136, 129}, {2, 2048, 300}, {12, 2048, 2048}, {32, 5632, 300}, {17, 520, 5632},
+                            {25, 136, 129}}) {
     SCOPED_TRACE(testing::Message() << "n=" << n << " in=" << in << " out=" << out);
     std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
                        w2 = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
@@ -275,7 +284,10 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
       cs = Cpu({n, out}, nullptr);
     ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
     ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
-    const std::vector<float> want = Read(*cpu_, co.view), want_glu = Read(*cpu_, cs.view);
+    T co2 = Cpu({n, out}, nullptr);
+    ASSERT_TRUE(cpu_->Linear(cx.view, cw2->view, co2.view).ok());
+    const std::vector<float> want = Read(*cpu_, co.view), want2 = Read(*cpu_, co2.view),
+                             want_glu = Read(*cpu_, cs.view);
     for (int i = 0; i < 2; ++i) {
       Backend& be = *shaped[i];
       auto gw = be.UploadWeight(hw);
@@ -293,10 +305,21 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
       ASSERT_TRUE(be.LinearMany(gx.view, ws, os).ok());
       ASSERT_TRUE(be.LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
       const std::string what = std::string(names[i]) + " warps";
+      if (n > cuda::kSkinnyNarrowMaxRows) {
+        for (int k = 0; k < 2; ++k) {
+          T alone = Make(be, {n, out}, nullptr, DType::kBF16);
+          const TensorView w1[1] = {ws[k]}, o1[1] = {alone.view};
+          ASSERT_TRUE(be.LinearMany(gx.view, w1, o1).ok());
+          ExpectClose(Read(be, (k == 0 ? m0 : m1).view), Read(be, alone.view), 0,
+                      what + ": LinearMany of two vs alone, weight " + std::to_string(k));
+          ExpectClose(Read(be, alone.view), k == 0 ? want : want2, 1e-2,
+                      what + ": LinearMany vs CPU, weight " + std::to_string(k));
+        }
+      }
       ExpectClose(Read(be, of.view), want, 2e-3, what + ": Linear f32 vs CPU");
       ExpectClose(Read(be, ob.view), want, 1e-2, what + ": Linear bf16 vs CPU");
       ExpectClose(Read(be, sw.view), want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
-      for (int k = 0; k < 2; ++k) {
+      for (int k = 0; k < 2 && n <= cuda::kSkinnyNarrowMaxRows; ++k) {
         const std::vector<float> many = Read(be, (k == 0 ? m0 : m1).view), one = Read(be, (k == 0 ? ob : ob2).view);
         ASSERT_EQ(many.size(), one.size());
         size_t differ = 0;
@@ -310,10 +333,11 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
 
 // The fused ops of a layer (LinearMany, LinearSwiGlu, AddRmsNorm, RopeQK) against the same
 // sequence of unfused ops: on the CPU backend (bf16 tolerance) and on this GPU backend (the fused
-// kernels round where the unfused ones do, so the results agree to the last bit). n <= 8 rows take
-// the fused kernels; n = 12 takes the unfused fallback.
+// kernels round where the unfused ones do, so the results agree to the last bit). n <= 8 rows
+// take the fused kernels; 12 and 32 take LinearMany's wide form (against Linear, which is then
+// cuBLASLt, at bf16 tolerance) and the unfused rest; n = 40 takes the unfused fallback.
 TEST_F(CudaBackendTest, FusedLayerOpsMatchTheUnfusedSequence) {
-  for (int64_t n : {1, 3, 8, 12}) {
+  for (int64_t n : {1, 3, 8, 12, 32, 40}) {
     SCOPED_TRACE("n=" + std::to_string(n));
     const int64_t d = 264, hq = 3, hk = 2, dh = 32, inter = 200;
     auto upload = [&](std::vector<float>& host, std::vector<int64_t> shape) {
@@ -348,12 +372,20 @@ TEST_F(CudaBackendTest, FusedLayerOpsMatchTheUnfusedSequence) {
       ASSERT_TRUE(gpu_->Linear(gx.view, gw3[i], gref[i].view).ok());
       const std::vector<float> got = Read(*gpu_, go[i].view);
       ExpectClose(got, Read(*cpu_, cgo[i].view), 1e-2, "LinearMany " + std::to_string(i) + " vs CPU");
-      ExpectClose(got, Read(*gpu_, gref[i].view), 0, "LinearMany " + std::to_string(i) + " vs Linear");
+      ExpectClose(got, Read(*gpu_, gref[i].view), n <= cuda::kSkinnyNarrowMaxRows ? 0 : 1e-2,
+                  "LinearMany " + std::to_string(i) + " vs Linear");
     }
     const TensorView two[2] = {go[0].view, go[1].view};
     EXPECT_EQ(gpu_->LinearMany(gx.view, gw3, two).code(), absl::StatusCode::kInvalidArgument);
 
-    // RopeQK on the q and k just computed, against Rope on each.
+    // RopeQK on the q and k just computed, against Rope on each (from the same q and k: above 8
+    // rows Linear's outputs round differently from LinearMany's).
+    if (n > cuda::kSkinnyNarrowMaxRows) {
+      for (int i = 0; i < 2; ++i) {
+        std::vector<float> same = Read(*gpu_, go[static_cast<size_t>(i)].view);
+        gref[static_cast<size_t>(i)] = Gpu(go[static_cast<size_t>(i)].view.shape, &same);
+      }
+    }
     std::vector<int32_t> pos(n);
     for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(1000 * i + 7);
     RopeArgs r;

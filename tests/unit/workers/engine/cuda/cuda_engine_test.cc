@@ -89,13 +89,14 @@ TEST_P(CudaEngineTest, PrefillLogitsMatchCpuForAnyChunking) {
   }
 }
 
-// Batched greedy decode over three sequences of different prompt lengths; the CPU's argmax feeds
-// both engines so they stay on the same tokens. The last step mixes a new prompt's chunk into the
-// same forward pass as the decode tokens.
+// Batched greedy decode over sequences of different prompt lengths; the CPU's argmax feeds both
+// engines so they stay on the same tokens. Even steps decode the first three (the skinny GEMM's
+// narrow form), odd steps all 17 (q/k/v through its wide form, the rest through cuBLASLt). The last step mixes a new prompt's chunk into
+// the same forward pass as the decode tokens of the first three.
 TEST_P(CudaEngineTest, BatchedDecodeAndMixedStepsMatchCpu) {
   auto cpu = MakeEngine(DeviceKind::kCpu, 4096, 64);
   auto gpu = MakeEngine(DeviceKind::kCuda, 128, 64);
-  const std::vector<int64_t> lens = {5, 200, 77};
+  const std::vector<int64_t> lens = {5, 200, 77, 9, 31, 12, 64, 3, 18, 40, 7, 22, 15, 50, 11, 26, 33};
   std::vector<SeqId> cs, gs;
   std::vector<int32_t> next;
   for (int64_t len : lens) {
@@ -110,21 +111,22 @@ TEST_P(CudaEngineTest, BatchedDecodeAndMixedStepsMatchCpu) {
   }
   for (int step = 0; step < 6; ++step) {
     std::vector<Engine::Segment> cseg, gseg;
-    for (size_t i = 0; i < cs.size(); ++i) {
+    const size_t batch = step % 2 == 0 ? 3 : cs.size();
+    for (size_t i = 0; i < batch; ++i) {
       cseg.push_back({cs[i], absl::MakeConstSpan(&next[i], 1), false});
       gseg.push_back({gs[i], absl::MakeConstSpan(&next[i], 1), false});
     }
     auto w = cpu->Forward(cseg);
     auto g = gpu->Forward(gseg);
     ASSERT_TRUE(w.ok() && g.ok());
-    ExpectLogitsClose(*g, *w, "decode step " + std::to_string(step));
-    for (size_t i = 0; i < cs.size(); ++i) next[i] = Argmax(w->row(static_cast<int64_t>(i)), w->vocab);
+    ExpectLogitsClose(*g, *w, "decode step " + std::to_string(step) + " batch " + std::to_string(batch));
+    for (size_t i = 0; i < batch; ++i) next[i] = Argmax(w->row(static_cast<int64_t>(i)), w->vocab);
   }
   // Mixed pass: a fresh 90-token prompt (all logits) together with the three decode tokens.
   const std::vector<int32_t> p = Tokens(90);
   const SeqId cn = cpu->NewSequence(), gn = gpu->NewSequence();
   std::vector<Engine::Segment> cseg = {{cn, p, true}}, gseg = {{gn, p, true}};
-  for (size_t i = 0; i < cs.size(); ++i) {
+  for (size_t i = 0; i < 3; ++i) {
     cseg.push_back({cs[i], absl::MakeConstSpan(&next[i], 1), false});
     gseg.push_back({gs[i], absl::MakeConstSpan(&next[i], 1), false});
   }

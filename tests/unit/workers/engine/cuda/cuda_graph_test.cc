@@ -5,8 +5,9 @@
 //             same shapes, so its logits and tokens must equal `on` bit for bit
 //   off       op by op, unpadded (other GEMM shapes and attention splits): within bf16 rounding
 //   quiet     graphs on, sampling only (no logits come back): the same tokens as `on`
-// while sequences join and leave (batch 3 -> 4 -> 3 -> 5 -> 3, crossing the power-of-two batch
-// buckets) and grow across KV-bound buckets (256, 1024). Every greedy token equals SampleToken on
+// while sequences join and leave (batch 3 -> 4 -> 3 -> 5 -> 3 -> 15, crossing the power-of-two
+// batch buckets; 15 rows take the skinny GEMM's wide form, whose split K uses arrival counters
+// that every replay must leave zeroed) and grow across KV-bound buckets (256, 1024). Every greedy token equals SampleToken on
 // the step's own logits, and seeded sampling (temperature, top-k, top-p) equals the host sampler
 // on the returned logits with graphs on and off, as the backend's sampler test requires. Skips
 // without a GPU.
@@ -110,6 +111,9 @@ TEST_P(CudaGraphTest, GraphStepsEqualEagerStepsAcrossBatchAndLengthChanges) {
     if (step == 32) {  // batch 3 (bucket 4 again)
       drop('b');
       drop('e');
+    }
+    if (step == 38) {  // batch 15 (bucket 16)
+      for (char c = 'g'; c < 'g' + 12; ++c) add(c, 4 + 3 * (c - 'g'));
     }
     if (HasFatalFailure()) return;
     std::vector<Logits> out;
