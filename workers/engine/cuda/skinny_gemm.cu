@@ -195,38 +195,30 @@ cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, SkinnyWarps warps, cudaSt
 
 // ---- The wide form (LaunchSkinnyGemmMany only): kSkinnyNarrowMaxRows < n <= kSkinnyMaxRows ----
 // Each CTA owns 64 features (16 per warp: one m16 tile, W as A as above) for all n rows (up to
-// four n8 tiles of x as B). Its four warps walk the same K range and share one copy of its x
-// rows, so x is read from L2 once per CTA, half the CTA's W bytes at 32 rows (with 16 features a
-// CTA, as the narrow form has, x at 32 rows would be twice the W traffic). So that the bytes in
-// flight do not cost registers, W and x stream through rings of kStages shared-memory stages
-// (cp.async; each warp its own W rows, the CTA's threads the x rows together, one __syncthreads a
-// stage); rows are 64 bytes apart modulo 128, so the 16-byte fragment loads of a quarter-warp hit
-// 32 different banks. With few 64-feature tiles (the 2048-feature projections: 32) K is split
-// over up to eight CTAs: each stores its fp32 partial; the last to arrive (an atomic ticket) adds
+// four n8 tiles of x as B). Its four warps walk the same K range and share one shared-memory copy
+// of its x rows, so x is read from L2 once per CTA, half the CTA's W bytes at 32 rows (with 16
+// features a CTA, as the narrow form has, x at 32 rows would be twice the W traffic). K goes in
+// rounds of 256: a warp loads the round's eight K blocks of its 16 W rows into registers at once
+// (as the narrow form loads its blocks), and the CTA's threads copy the round's x rows into one of
+// two shared buffers (cp.async, the next round's while this one computes); rows are 64 bytes
+// apart modulo 128, so the 16-byte fragment loads of a quarter-warp hit 32 different banks. Up to
+// four CTAs share an SM. K is split over up to eight CTAs so that a launch has about two CTAs per
+// SM: each stores its fp32 partial in the workspace; the last to arrive (an atomic ticket) adds
 // all of them in split order, so the sum does not depend on which CTA came last, and writes out.
 //
 // Measured (bench/gpu/e2e/NOTES.md, session 14): on one weight the wide form loses to cuBLASLt on
-// most decode shapes (0.55-1.2x), with a fixed cost of about 3 us a launch over the narrow form;
-// on q, k and v in one launch it wins (1.05-1.3x for 3 x 2048 features, 2.2-2.9x for 3 x 512)
-// because it replaces three cuBLASLt launches. So LinearMany uses it; Linear and the GLU form stay
-// with cuBLASLt above kSkinnyNarrowMaxRows.
+// most decode shapes (0.6-1.4x; a first form with W in a cp.async ring lost more); on q, k and v
+// in one launch it wins (1.2-1.5x for 3 x 2048 features, 2.2-3.3x for 3 x 512) because it
+// replaces three cuBLASLt launches. So LinearMany uses it; Linear and the GLU form stay with
+// cuBLASLt above kSkinnyNarrowMaxRows.
 constexpr int kWideWarps = 4;
 constexpr int kWideFeatures = 16 * kWideWarps;
-constexpr int kWideMaxSplits = 8;    // 4 above 16 tiles
-constexpr int kWideSplitUnit = 128;  // K of a split is a multiple of this
-constexpr int kWideSK = 64;          // K per ring stage
-constexpr int kWideStages = 6;
-constexpr int kWideRowElems = kWideSK + 32;  // padded row: 2 kWideSK + 64 bytes
-constexpr int kWideStageElems = 16 * kWideRowElems;  // one warp's W rows of a stage
-constexpr int kWideWarpElems = kWideStages * kWideStageElems;
-constexpr int kWideXStageElems = 32 * kWideRowElems;  // the CTA's x rows of a stage
-constexpr int kWideXOffset = kWideWarps * kWideWarpElems;
-constexpr int kWideSmem = (kWideXOffset + kWideStages * kWideXStageElems) * 2;  // 108 KB: two CTAs per SM
-constexpr int kWideChunks = kWideSK / 8;                            // 16-byte chunks per row and stage
-constexpr int kWideCopies = 16 * kWideChunks / 32;                  // W copies per lane and stage
-constexpr int kWideXCopies = 32 * kWideChunks / (kWideWarps * 32);  // x copies per thread and stage
+constexpr int kWideMaxSplits = 8;
+constexpr int kWideRoundK = 256;                 // K per round (and the unit of a split)
+constexpr int kWideRowElems = kWideRoundK + 32;  // padded x row: 576 bytes
+constexpr int kWideXElems = 32 * kWideRowElems;  // one buffer of a round's x rows
+constexpr int kWideSmem = 2 * kWideXElems * 2;   // 36 KB
 static_assert((2 * kWideRowElems) % 128 == 64, "rows 64 bytes apart modulo 128");
-static_assert(kWideSplitUnit % kWideSK == 0, "a split is whole stages");
 
 struct WideArgs {
   const __nv_bfloat16* x = nullptr;
@@ -240,7 +232,7 @@ struct WideArgs {
   int64_t first_tile[kSkinnyMaxSegments] = {};       // arrival counters of split segments
   int64_t first_part[kSkinnyMaxSegments] = {};       // their partials (float4 units)
   int splits[kSkinnyMaxSegments] = {};
-  int64_t split_k[kSkinnyMaxSegments] = {};  // K per split (a multiple of kWideSplitUnit)
+  int64_t split_k[kSkinnyMaxSegments] = {};  // K per split (a multiple of kWideRoundK)
   float4* partials = nullptr;
   int* counters = nullptr;
 };
@@ -256,7 +248,7 @@ __device__ __forceinline__ void CpAsyncWait() {
 }
 
 template <int NB, typename O>
-__global__ void __launch_bounds__(kWideWarps * 32, 2) SkinnyWideKernel(const WideArgs a) {
+__global__ void __launch_bounds__(kWideWarps * 32, 4) SkinnyWideKernel(const WideArgs a) {
   extern __shared__ __align__(16) unsigned char wide_smem[];
   __shared__ int s_last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -269,80 +261,62 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2) SkinnyWideKernel(const Wid
   const int64_t tile = local / splits;
   const int ks = static_cast<int>(local % splits);
   const int64_t nout = a.nout[seg], in = a.in;
-  const int64_t f0 = tile * kWideFeatures + warp * 16;  // this warp's first feature
+  const int64_t f0 = tile * kWideFeatures + warp * 16;
   const int64_t kbeg = ks * a.split_k[seg], kend = min(in, kbeg + a.split_k[seg]);
-  const int my = static_cast<int>((kend - kbeg + kWideSK - 1) / kWideSK);  // stages of this split
-  __nv_bfloat16* ring = reinterpret_cast<__nv_bfloat16*>(wide_smem) + warp * kWideWarpElems;
-  __nv_bfloat16* xring = reinterpret_cast<__nv_bfloat16*>(wide_smem) + kWideXOffset;
+  const int rounds = static_cast<int>((kend - kbeg + kWideRoundK - 1) / kWideRoundK);
+  __nv_bfloat16* xbuf = reinterpret_cast<__nv_bfloat16*>(wide_smem);
   const __nv_bfloat16* w = a.w[seg];
-
-  // This warp's W rows of stage `s` (of this split) into ring slot `slot`.
-  auto load_w = [&](int s, int slot) {
-    if (s >= my) return;
-    const int64_t k0 = kbeg + static_cast<int64_t>(s) * kWideSK;
+  const int64_t r_lo = min(f0 + g, nout - 1) * in + 8 * c, r_hi = min(f0 + g + 8, nout - 1) * in + 8 * c;
+  uint4 a_lo[8], a_hi[8];
+  auto load_w = [&](int r) {
 #pragma unroll
-    for (int i = 0; i < kWideCopies; ++i) {
-      const int id = lane + 32 * i, r = id / kWideChunks, ch = id % kWideChunks;
-      const int64_t f = min(f0 + r, nout - 1), k = k0 + 8 * ch;
-      const bool ok = k < in;
-      CpAsync16(ring + slot * kWideStageElems + r * kWideRowElems + 8 * ch, ok ? w + f * in + k : w, ok);
+    for (int u = 0; u < 8; ++u) {
+      const int64_t k = kbeg + static_cast<int64_t>(r) * kWideRoundK + 32 * u;
+      const bool ok = k + 8 * c < kend;
+      a_lo[u] = ok ? LoadStream(w + r_lo + k) : make_uint4(0, 0, 0, 0);
+      a_hi[u] = ok ? LoadStream(w + r_hi + k) : make_uint4(0, 0, 0, 0);
     }
   };
-  // This thread's share of the CTA's x rows of stage `s` (zeros past n and past in).
-  auto load_x = [&](int s, int slot) {
-    if (s >= my) return;
-    const int64_t k0 = kbeg + static_cast<int64_t>(s) * kWideSK;
+  auto load_x = [&](int r) {
+    if (r >= rounds) return;
+    __nv_bfloat16* dst = xbuf + (r & 1) * kWideXElems;
+    const int64_t k0 = kbeg + static_cast<int64_t>(r) * kWideRoundK;
+    constexpr int kChunks = kWideRoundK / 8;
 #pragma unroll
-    for (int i = 0; i < kWideXCopies; ++i) {
-      const int id = threadIdx.x + kWideWarps * 32 * i, r = id / kWideChunks, ch = id % kWideChunks;
+    for (int i = 0; i < 32 * kChunks / (kWideWarps * 32); ++i) {
+      const int id = threadIdx.x + kWideWarps * 32 * i, row = id / kChunks, ch = id % kChunks;
       const int64_t k = k0 + 8 * ch;
-      const bool ok = r < a.n && k < in;
-      CpAsync16(xring + slot * kWideXStageElems + r * kWideRowElems + 8 * ch, ok ? a.x + r * in + k : a.x, ok);
+      const bool ok = row < a.n && k < kend;
+      CpAsync16(dst + row * kWideRowElems + 8 * ch, ok ? a.x + row * in + k : a.x, ok);
     }
   };
-  // Commit groups: W of stages 0 .. kWideStages - 2 (before the wait: W is a constant), then x of
-  // those stages as one group (x is the previous kernel's output), then W and x of each later
-  // stage together.
-#pragma unroll
-  for (int s = 0; s < kWideStages - 1; ++s) {
-    load_w(s, s);
-    CpAsyncCommit();
-  }
+  load_w(0);  // W is a constant: its first round streams in while the previous kernel finishes
   PdlTrigger();
   PdlWait();  // x is the previous kernel's output; the workspace is free once it has finished
-#pragma unroll
-  for (int s = 0; s < kWideStages - 1; ++s) load_x(s, s);
+  load_x(0);
   CpAsyncCommit();
-
   float acc[NB][4] = {};
-  for (int it = 0; it < my; ++it) {
-    if (it == 0) {
-      CpAsyncWait<0>();  // the x group came last
-    } else {
-      CpAsyncWait<kWideStages - 2>();  // this thread's copies of stage `it` have landed
-    }
-    __syncthreads();  // ... and every thread's; slot (it - 1) % kWideStages is no longer read
-    const int nxt = it + kWideStages - 1;
-    load_w(nxt, nxt % kWideStages);
-    load_x(nxt, nxt % kWideStages);
+  for (int r = 0; r < rounds; ++r) {
+    load_x(r + 1);
     CpAsyncCommit();
-    const __nv_bfloat16* st = ring + (it % kWideStages) * kWideStageElems;
-    const __nv_bfloat16* xs = xring + (it % kWideStages) * kWideXStageElems;
+    CpAsyncWait<1>();  // round r's x
+    __syncthreads();
+    const __nv_bfloat16* xs = xbuf + (r & 1) * kWideXElems;
 #pragma unroll
-    for (int b = 0; b < kWideSK / 32; ++b) {
+    for (int u = 0; u < 8; ++u) {
       uint4 xb[NB];
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
-        xb[j] = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kWideRowElems + 32 * b + 8 * c);
+        xb[j] = *reinterpret_cast<const uint4*>(xs + (8 * j + g) * kWideRowElems + 32 * u + 8 * c);
       }
-      const uint4 lo = *reinterpret_cast<const uint4*>(st + g * kWideRowElems + 32 * b + 8 * c);
-      const uint4 hi = *reinterpret_cast<const uint4*>(st + (g + 8) * kWideRowElems + 32 * b + 8 * c);
 #pragma unroll
       for (int j = 0; j < NB; ++j) {
-        MmaBf16(acc[j], lo.x, hi.x, lo.y, hi.y, xb[j].x, xb[j].y);
-        MmaBf16(acc[j], lo.z, hi.z, lo.w, hi.w, xb[j].z, xb[j].w);
+        MmaBf16(acc[j], a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y, xb[j].x, xb[j].y);
+        MmaBf16(acc[j], a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w, xb[j].z, xb[j].w);
       }
     }
+    if (r + 1 < rounds) load_w(r + 1);
+    __syncthreads();  // round r's x buffer is refilled at round r + 2
   }
   CpAsyncWait<0>();
 
@@ -391,20 +365,16 @@ __global__ void __launch_bounds__(kWideWarps * 32, 2) SkinnyWideKernel(const Wid
     }
 }
 
-// Splits of K for a weight of `tiles` 64-feature tiles and `units` kWideSplitUnit-wide parts of
-// K: enough CTAs to reach every SM, at most eight (four above 16 tiles), two units a split at
-// least. A function of the weight's shape (and the GPU) only.
-int WideSplits(int64_t tiles, int64_t units) {
-  int64_t s = (NumSms() + tiles - 1) / tiles;
-  s = std::min<int64_t>({s, tiles <= 16 ? kWideMaxSplits : kWideMaxSplits / 2, std::max<int64_t>(1, units / 2)});
+// Splits of K for a weight of `tiles` 64-feature tiles and `rounds` kWideRoundK-wide parts of K:
+// about two CTAs per SM, at most eight splits. A function of the weight's shape (and the GPU)
+// only, so a weight's result does not depend on the other weights of its launch.
+int WideSplits(int64_t tiles, int64_t rounds) {
+  const int64_t s = std::min<int64_t>({(2 * NumSms() + tiles - 1) / tiles, kWideMaxSplits, rounds});
   return static_cast<int>(std::max<int64_t>(1, s));
 }
 
 template <int NB, typename O>
 cudaError_t LaunchWideNb(const WideArgs& a, cudaStream_t stream) {
-  const cudaError_t e =
-      cudaFuncSetAttribute(SkinnyWideKernel<NB, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, kWideSmem);
-  if (e != cudaSuccess) return e;
   return LaunchPdl(SkinnyWideKernel<NB, O>, dim3(static_cast<unsigned>(a.first_block[a.count])),
                    dim3(kWideWarps * 32), kWideSmem, stream, a);
 }
@@ -412,7 +382,7 @@ cudaError_t LaunchWideNb(const WideArgs& a, cudaStream_t stream) {
 // Fills the split plan of `a` (segments, w, out, nout set) and launches.
 template <typename O>
 cudaError_t LaunchWide(WideArgs& a, const SkinnyWorkspace& ws, cudaStream_t stream) {
-  const int64_t units = (a.in + kWideSplitUnit - 1) / kWideSplitUnit;
+  const int64_t units = (a.in + kWideRoundK - 1) / kWideRoundK;
   const int nb = (a.n + 7) / 8;
   int64_t partials = 0, tiles_split = 0;
   for (int s = 0; s < a.count; ++s) {
@@ -421,7 +391,7 @@ cudaError_t LaunchWide(WideArgs& a, const SkinnyWorkspace& ws, cudaStream_t stre
     const int64_t per = (units + sp - 1) / sp;
     sp = static_cast<int>((units + per - 1) / per);  // no empty split
     a.splits[s] = sp;
-    a.split_k[s] = per * kWideSplitUnit;
+    a.split_k[s] = per * kWideRoundK;
     if (sp > 1) {
       partials += tiles * sp * kWideWarps * nb * 32;
       tiles_split += tiles;
@@ -434,7 +404,7 @@ cudaError_t LaunchWide(WideArgs& a, const SkinnyWorkspace& ws, cudaStream_t stre
     const int64_t tiles = (a.nout[s] + kWideFeatures - 1) / kWideFeatures;
     if (!fits) {
       a.splits[s] = 1;
-      a.split_k[s] = units * kWideSplitUnit;
+      a.split_k[s] = units * kWideRoundK;
     }
     a.first_tile[s] = t;
     a.first_part[s] = p;

@@ -4,8 +4,8 @@
 // (decode GEMMs of the 1b preset ran at about 1.4 TB/s), this kernel spreads W over every SM.
 // Up to kSkinnyNarrowMaxRows rows the narrow form runs (16 features a CTA, x straight from
 // global memory). LaunchSkinnyGemmMany also takes up to kSkinnyMaxRows, in the wide form (64
-// features a CTA, W and x through shared-memory rings, K split over up to eight CTAs whose partial
-// sums meet in a SkinnyWorkspace): one launch for q, k and v beats three cuBLASLt launches there,
+// features a CTA sharing one copy of x, K split over up to eight CTAs whose partial sums meet in a
+// SkinnyWorkspace): one launch for q, k and v beats three cuBLASLt launches there,
 // but one weight alone runs faster on cuBLASLt (skinny_gemm.cu), so LtGemm::Linear and
 // LaunchSkinnySwiGlu stop at kSkinnyNarrowMaxRows.
 // LtGemm::Linear calls it when SkinnyGemmApplies; the CUDA backend's LinearMany and LinearSwiGlu

@@ -251,8 +251,8 @@ TEST_F(CudaBackendTest, LinearBf16AndF32Outputs) {
 // For n > 8 LinearMany takes the wide form (the same on both backends) while Linear and
 // LinearSwiGlu take cuBLASLt: LinearMany against the CPU and against Linear at bf16 tolerance, and
 // each weight's LinearMany output equal to the last bit to a LinearMany of that weight alone (its
-// split plan is its own); K split over 4 CTAs (out = 2048), 8 (out = 300), 2 (out = 5632, in =
-// 520) and not at all (in = 136).
+// split plan is its own); K split over 8 CTAs (out = 2048 and 300), 3 (out = 5632, in = 520)
+// and not at all (in = 136).
 TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
   std::unique_ptr<Backend> shaped[2];
   const char* names[2] = {"8", "16"};
