@@ -284,9 +284,9 @@ struct BackendOptions {
   DeviceKind device = DeviceKind::kCpu;
   int num_threads = 0;  // CPU: 0 = all cores
   int gpu_index = 0;
-  // CUDA: GEMMs of up to 32 rows (decode) use the skinny kernel instead of cuBLASLt (off: cuBLASLt
-  // for every GEMM, to compare the two); skinny_max_rows lowers that bound (8: only the kernel's
-  // narrow form, cuBLASLt from 9 rows), 0 = 32.
+  // CUDA: decode GEMMs use the skinny kernel instead of cuBLASLt, up to 8 rows for every weight
+  // and up to 32 for q/k/v in one launch (off: cuBLASLt for every GEMM, to compare the two);
+  // skinny_max_rows lowers the bound (8: q/k/v too go to cuBLASLt from 9 rows), 0 = 32.
   bool skinny_gemm = true;
   int skinny_max_rows = 0;
   // CUDA: the skinny kernel's CTA shape, to compare them (cuda/skinny_gemm.h): auto, 8 or 16 warps.

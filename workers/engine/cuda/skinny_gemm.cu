@@ -192,7 +192,6 @@ cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, SkinnyWarps warps, cudaSt
   }
 }
 
-
 // ---- The wide form (LaunchSkinnyGemmMany only): kSkinnyNarrowMaxRows < n <= kSkinnyMaxRows ----
 // Each CTA owns 64 features (16 per warp: one m16 tile, W as A as above) for all n rows (up to
 // four n8 tiles of x as B). Its four warps walk the same K range and share one shared-memory copy
