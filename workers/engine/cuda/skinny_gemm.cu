@@ -26,6 +26,7 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "workers/engine/cuda/cp_async.cuh"
 #include "workers/engine/cuda/cuda_check.h"
 #include "workers/engine/cuda/device_sms.h"
 #include "workers/engine/cuda/pdl.cuh"
@@ -236,16 +237,6 @@ struct WideArgs {
   int* counters = nullptr;
 };
 
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, bool valid) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 template <int NB, typename O>
 __global__ void __launch_bounds__(kWideWarps * 32, 4) SkinnyWideKernel(const WideArgs a) {
   extern __shared__ __align__(16) unsigned char wide_smem[];
@@ -286,7 +277,7 @@ __global__ void __launch_bounds__(kWideWarps * 32, 4) SkinnyWideKernel(const Wid
       const int id = threadIdx.x + kWideWarps * 32 * i, row = id / kChunks, ch = id % kChunks;
       const int64_t k = k0 + 8 * ch;
       const bool ok = row < a.n && k < kend;
-      CpAsync16(dst + row * kWideRowElems + 8 * ch, ok ? a.x + row * in + k : a.x, ok);
+      CpAsync16(SmemAddr(dst + row * kWideRowElems + 8 * ch), ok ? a.x + row * in + k : a.x, ok);
     }
   };
   load_w(0);  // W is a constant: its first round streams in while the previous kernel finishes
