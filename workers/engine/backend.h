@@ -289,6 +289,12 @@ struct BackendOptions {
   // skinny_max_rows lowers the bound (8: q/k/v too go to cuBLASLt from 9 rows), 0 = 32.
   bool skinny_gemm = true;
   int skinny_max_rows = 0;
+  // CUDA: decode GEMMs of 9-64 rows on the skinny kernel's stream form (cuda/skinny_gemm.h: one
+  // weight, q/k/v in one launch, gate and up in one launch before the SwiGLU kernel): "auto" where
+  // it is the faster choice (cuda::SkinnyStreamPreferred: 9-32 rows, K split at most 3 ways, 1.5
+  // CTAs per SM; for the 1b preset the MLP's gate/up and the LM head), "all" wherever it applies
+  // (tests, benchmarks), "off" (cuBLASLt, and the wide form for q/k/v). Off with skinny_gemm = false.
+  std::string skinny_stream = "auto";
   // CUDA: the skinny kernel's CTA shape, to compare them (cuda/skinny_gemm.h): auto, 8 or 16 warps.
   std::string skinny_warps = "auto";
   // CUDA decode attention kernel, to compare them (cuda/attention.h): auto (= v6), v6, v5, v5w (v5

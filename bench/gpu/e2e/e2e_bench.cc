@@ -2,7 +2,8 @@
 //
 //   sqa-e2e-bench --model DIR [--device cuda] [--prefill 8192,32768,131072] [--chunk 16384]
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
-//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N] [--skinny-warps auto|8|16]
+//                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N]
+//                 [--skinny-stream auto|all|off] [--skinny-warps auto|8|16]
 //                 [--decode-kernel auto|v6|v5|v5w|v4] [--decode-splits 0] [--decode-fuse-min-keys 0]
 //                 [--fuse-rope-kv on|off] [--sustain-s 1.5] [--json F]
 //
@@ -18,7 +19,9 @@
 // B * steps / seconds. --cuda-graphs both measures every batch with graphs on and again off (one
 // decode row each, "cuda_graphs": true/false). --skinny-gemm off sends decode-sized GEMMs to
 // cuBLASLt too (BackendOptions::skinny_gemm), for a side-by-side run, and --skinny-max-rows 8 those
-// of 9-32 rows only (BackendOptions::skinny_max_rows: the skinny kernel's wide form off); --skinny-warps forces the
+// of 9-32 rows only (BackendOptions::skinny_max_rows: the skinny kernel's wide form off);
+// --skinny-stream off|all turns its stream form off or on for every shape it takes
+// (BackendOptions::skinny_stream; auto: where it is the faster choice); --skinny-warps forces the
 // skinny kernel's CTA shape (BackendOptions::skinny_warps); --decode-kernel picks the decode attention kernel
 // (BackendOptions::decode_kernel) the same way, --decode-splits and --decode-fuse-min-keys its
 // split count and in-kernel merge threshold (0: automatic), --fuse-rope-kv off runs RoPE and the
@@ -57,6 +60,7 @@ struct Flags {
   std::string cuda_graphs = "on";
   bool skinny_gemm = true;
   int64_t skinny_max_rows = 0;
+  std::string skinny_stream = "auto";
   std::string skinny_warps = "auto";
   std::string decode_kernel = "auto";
   int64_t decode_splits = 0;
@@ -81,7 +85,7 @@ int Usage(const std::string& why) {
   std::cerr << "sqa-e2e-bench: " << why
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
-               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N] [--skinny-warps auto|8|16]\n"
+               "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N] [--skinny-stream auto|all|off] [--skinny-warps auto|8|16]\n"
                "         [--decode-kernel auto|v6|v5|v5w|v4] [--decode-splits N] [--decode-fuse-min-keys K]\n"
                "         [--fuse-rope-kv on|off] [--sustain-s S] [--json F]\n";
   return 2;
@@ -120,6 +124,9 @@ int main(int argc, char** argv) {
     } else if (a == "--skinny-max-rows") {
       if (!absl::SimpleAtoi(v, &n) || n < 0 || n > 32) return Usage("bad --skinny-max-rows " + v + " (0..32, 0: 32)");
       f.skinny_max_rows = n;
+    } else if (a == "--skinny-stream") {
+      if (v != "auto" && v != "all" && v != "off") return Usage("--skinny-stream wants auto, all or off, got " + v);
+      f.skinny_stream = v;
     } else if (a == "--skinny-warps") {
       if (v != "auto" && v != "8" && v != "16") return Usage("--skinny-warps wants auto, 8 or 16, got " + v);
       f.skinny_warps = v;
@@ -173,6 +180,7 @@ int main(int argc, char** argv) {
   bo.skinny_gemm = f.skinny_gemm;
   bo.skinny_warps = f.skinny_warps;
   bo.skinny_max_rows = static_cast<int>(f.skinny_max_rows);
+  bo.skinny_stream = f.skinny_stream;
   bo.decode_kernel = f.decode_kernel;
   bo.decode_splits = static_cast<int>(f.decode_splits);
   bo.decode_fuse_min_keys = static_cast<int>(f.decode_fuse_min_keys);
@@ -202,6 +210,7 @@ int main(int argc, char** argv) {
   out["skinny_gemm"] = f.skinny_gemm;
   out["skinny_warps"] = f.skinny_warps;
   out["skinny_max_rows"] = f.skinny_max_rows;
+  out["skinny_stream"] = f.skinny_stream;
   out["decode_kernel"] = f.decode_kernel;
   out["decode_splits"] = f.decode_splits;
   out["decode_fuse_min_keys"] = f.decode_fuse_min_keys;

@@ -86,7 +86,9 @@ def main():
     skinny = e0.get("skinny_gemm", False)
     lines.append("- engine: bf16, cuBLASLt GEMMs%s, own attention kernels, prefill chunk %s tokens, KV block %s"
                  % (" (decode steps of up to 8 rows: the skinny GEMM kernel, with q/k/v and gate/up/SwiGLU fused;"
-                    " 9-32 rows: q/k/v in one launch of its wide form)"
+                    " 9-32 rows: q/k/v in one launch of its wide form%s)"
+                    % ("" if e0.get("skinny_stream", "off") == "off" else
+                       ", gate and up in one launch of its stream form and the LM head on it too")
                     if skinny else "", e0.get("chunk_tokens"), e0.get("block_size")))
     graphs_measured = any(r.get("cuda_graphs") for e in eng.values() for r in e["decode"])
     lines.append("- decode: batch B of %s-token prompts, %s greedy steps timed (%s)"

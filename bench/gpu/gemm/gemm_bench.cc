@@ -1,19 +1,20 @@
 // sqa-gemm-bench: the decode GEMMs of a model's projections (x [n, in] times W [out, in]^T, bf16,
-// n = 1..32 rows; above 8 the skinny kernel's wide form, which the engine uses only for q/k/v in
-// one launch), through LtGemm with cuBLASLt only and with the skinny kernel, side by side in
-// one run on the same buffers; then the fused forms a layer runs (q, k, v in one launch; gate, up
-// and SwiGLU in one) against their unfused cuBLASLt sequence. The skinny launches are programmatic
-// dependents (as in a decode step: each starts reading its weights while the previous kernel
-// finishes); cuBLASLt's are not.
+// n = 1..64 rows), side by side in one run on the same buffers: cuBLASLt (LtGemm with the skinny
+// kernel off), the skinny kernel's narrow (1-8 rows) or wide form (9-32), and its stream form
+// (9-64 rows; the engine uses it where SkinnyStreamPreferred, marked in the JSON); then the fused forms a layer runs (q, k, v in
+// one launch; gate, up and SwiGLU) against their unfused cuBLASLt sequence. The skinny launches
+// are programmatic dependents (as in a decode step: each starts reading its weights while the
+// previous kernel finishes); cuBLASLt's are not.
 //
 //   sqa-gemm-bench [--rows 1,2,4,8] [--shapes in:out[:f32],...] [--skinny-warps auto|8|16] [--json F]
 //
-// The default shapes are the 1b preset's (d 2048, MLP 5632, vocab 32000 with f32 logits) and the
-// narrow q/k/v of its SQA layouts (512, 1024 features). Timing: one CUDA graph of 32 launches, each
-// on its own copy of W (copies rotate through more memory than L2 holds, so W comes from DRAM),
-// replayed after a warm-up; the median replay over 32 is the per-launch time. GB/s counts W's
-// bytes (x and out are at most 1% of them). Before timing, the two paths' outputs are compared
-// (max |skinny - cuBLASLt| / max |cuBLASLt|, printed; bf16 outputs round differently).
+// The default shapes are the 1b preset's (d 2048, MLP 5632, vocab 32000 with f32 logits), the
+// narrow q/k/v of its SQA layouts (512, 1024 features) and their output projections (512 and 1024
+// in). Timing: one CUDA graph of 32 launches, each on its own copy of W (copies rotate through
+// more memory than L2 holds, so W comes from DRAM), replayed after a warm-up; the median replay
+// over 32 is the per-launch time. GB/s counts W's bytes (x and out are at most 2% of them). Before
+// timing, each skinny form's output is compared with cuBLASLt's (max |skinny - cuBLASLt| / max
+// |cuBLASLt|, printed; bf16 outputs round differently). n/a: the form does not take that shape.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -123,8 +124,8 @@ bool ParseInts(const std::string& s, std::vector<int64_t>* out) {
 
 int main(int argc, char** argv) {
   std::vector<int64_t> rows = {1, 2, 4, 8};
-  std::vector<Shape> shapes = {{2048, 2048, false}, {2048, 512, false},  {2048, 1024, false},
-                               {2048, 5632, false}, {5632, 2048, false}, {2048, 32000, true}};
+  std::vector<Shape> shapes = {{2048, 2048, false}, {2048, 512, false},  {2048, 1024, false}, {512, 2048, false},
+                               {1024, 2048, false}, {2048, 5632, false}, {5632, 2048, false}, {2048, 32000, true}};
   std::string json_path;
   std::string warps_name = "auto";
   sqa::cuda::SkinnyWarps warps = sqa::cuda::SkinnyWarps::kAuto;
@@ -160,8 +161,8 @@ int main(int argc, char** argv) {
     }
   }
   for (int64_t n : rows) {
-    if (n < 1 || n > sqa::cuda::kSkinnyMaxRows) {
-      return std::fprintf(stderr, "--rows: 1..%ld\n", static_cast<long>(sqa::cuda::kSkinnyMaxRows)), 2;
+    if (n < 1 || n > sqa::cuda::kSkinnyStreamMaxRows) {
+      return std::fprintf(stderr, "--rows: 1..%ld\n", static_cast<long>(sqa::cuda::kSkinnyStreamMaxRows)), 2;
     }
   }
   cudaDeviceProp prop{};
@@ -180,8 +181,11 @@ int main(int argc, char** argv) {
   nlohmann::json out = nlohmann::json::array();
   std::printf("GPU %s; graph of %d launches, W from DRAM; GB/s of W; ceiling %.2f TB/s\n", prop.name, kLaunches,
               kCopyCeiling / 1e12);
-  std::printf("%5s %6s %6s %4s | %9s %7s %6s | %9s %7s %6s | %7s %9s\n", "rows", "in", "out", "out", "cuBLASLt us",
-              "GB/s", "%ceil", "skinny us", "GB/s", "%ceil", "speedup", "max rel");
+  std::printf("%5s %6s %6s %4s | %9s %7s %6s | %9s %7s %6s %8s | %9s %7s %6s %8s\n", "rows", "in", "out", "out",
+              "cuBLASLt us", "GB/s", "%ceil", "skinny us", "GB/s", "%ceil", "max rel", "stream us", "GB/s", "%ceil",
+              "max rel");
+  gemm.set_skinny_max_rows(0);  // LtGemm: cuBLASLt only
+  gemm.set_stream_mode(sqa::cuda::SkinnyStream::kOff);
   for (const Shape& s : shapes) {
     const size_t wbytes = static_cast<size_t>(s.in * s.out) * 2;
     const int copies =
@@ -202,47 +206,65 @@ int main(int argc, char** argv) {
     void* y2 = static_cast<char*>(y) + static_cast<size_t>(nmax * s.out) * osize;
     const sqa::DType ot = s.f32 ? sqa::DType::kF32 : sqa::DType::kBF16;
     for (int64_t n : rows) {
-      // Agreement of the two paths on one launch.
-      gemm.set_skinny_max_rows(0);
-      auto st = gemm.Linear(x, w[0], y, ot, n, s.in, s.out, stream);
-      if (st.ok()) {
-        st = sqa::cuda::LaunchSkinnyGemm(x, w[0], y2, ot, n, s.in, s.out, stream, warps, gemm.skinny_workspace());
-      }
+      // path 0: cuBLASLt; 1: the narrow or wide form; 2: the stream form.
+      const bool have[3] = {true, n <= sqa::cuda::kSkinnyMaxRows,
+                            n > sqa::cuda::kSkinnyNarrowMaxRows &&
+                                sqa::cuda::SkinnyStreamApplies(x, w[0], y, ot, n, s.in, s.out)};
+      auto launch = [&](int path, const void* wp, void* yp, cudaStream_t st2) -> absl::Status {
+        if (path == 1) return sqa::cuda::LaunchSkinnyGemm(x, wp, yp, ot, n, s.in, s.out, st2, warps, gemm.skinny_workspace());
+        if (path == 2) {
+          const sqa::cuda::SkinnyOutput o{wp, yp, s.out};
+          return sqa::cuda::LaunchSkinnyStream(x, n, s.in, absl::MakeConstSpan(&o, 1), ot, st2, gemm.skinny_workspace());
+        }
+        return gemm.Linear(x, wp, yp, ot, n, s.in, s.out, st2);
+      };
+      // Agreement of each skinny form with cuBLASLt on one launch.
+      auto st = launch(0, w[0], y, stream);
       if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
       CK(cudaStreamSynchronize(stream));
       std::vector<char> a(static_cast<size_t>(n * s.out) * osize), b(a.size());
       CK(cudaMemcpy(a.data(), y, a.size(), cudaMemcpyDeviceToHost));
-      CK(cudaMemcpy(b.data(), y2, b.size(), cudaMemcpyDeviceToHost));
-      double ref = 0, err = 0;
-      for (size_t i = 0; i < static_cast<size_t>(n * s.out); ++i) {
-        const double fa = ToFloat(a.data(), s.f32, i), fb = ToFloat(b.data(), s.f32, i);
-        ref = std::max(ref, std::fabs(fa));
-        err = std::max(err, std::fabs(fa - fb));
+      double rel[3] = {0, NAN, NAN}, us[3] = {NAN, NAN, NAN};
+      for (int path = 1; path < 3; ++path) {
+        if (!have[path]) continue;
+        CK(cudaMemsetAsync(y2, 0xff, a.size(), stream));  // NaN: an unwritten element shows
+        st = launch(path, w[0], y2, stream);
+        if (!st.ok()) return std::fprintf(stderr, "%s\n", st.ToString().c_str()), 1;
+        CK(cudaStreamSynchronize(stream));
+        CK(cudaMemcpy(b.data(), y2, b.size(), cudaMemcpyDeviceToHost));
+        double ref = 0, err = 0;
+        for (size_t i = 0; i < static_cast<size_t>(n * s.out); ++i) {
+          const double fa = ToFloat(a.data(), s.f32, i), fb = ToFloat(b.data(), s.f32, i);
+          ref = std::max(ref, std::fabs(fa));
+          err = std::isnan(fb) ? INFINITY : std::max(err, std::fabs(fa - fb));
+        }
+        rel[path] = ref > 0 ? err / ref : err;
       }
-      double us[2];
-      for (int path = 0; path < 2; ++path) {
-        us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st2) {
-          if (path == 1) {
-            return sqa::cuda::LaunchSkinnyGemm(x, w[l % copies], y, ot, n, s.in, s.out, st2, warps,
-                                               gemm.skinny_workspace());
-          }
-          return gemm.Linear(x, w[l % copies], y, ot, n, s.in, s.out, st2);
-        });
+      for (int path = 0; path < 3; ++path) {
+        if (!have[path]) continue;
+        us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st2) { return launch(path, w[l % copies], y, st2); });
       }
-      const double gbs0 = wbytes / (us[0] * 1e-6) / 1e9, gbs1 = wbytes / (us[1] * 1e-6) / 1e9;
-      std::printf("%5ld %6ld %6ld %4s | %9.2f %7.0f %5.1f%% | %9.2f %7.0f %5.1f%% | %6.2fx %9.2e\n", n, s.in, s.out,
-                  s.f32 ? "f32" : "bf16", us[0], gbs0, 100 * gbs0 * 1e9 / kCopyCeiling, us[1], gbs1,
-                  100 * gbs1 * 1e9 / kCopyCeiling, us[0] / us[1], ref > 0 ? err / ref : err);
+      auto gbs = [&](double t) { return wbytes / (t * 1e-6) / 1e9; };
+      auto pct = [&](double t) { return 100 * gbs(t) * 1e9 / kCopyCeiling; };
+      std::printf("%5ld %6ld %6ld %4s | %9.2f %7.0f %5.1f%% | %9.2f %7.0f %5.1f%% %8.1e | %9.2f %7.0f %5.1f%% %8.1e\n", n,
+                  s.in, s.out, s.f32 ? "f32" : "bf16", us[0], gbs(us[0]), pct(us[0]), us[1], gbs(us[1]), pct(us[1]),
+                  rel[1], us[2], gbs(us[2]), pct(us[2]), rel[2]);
+      auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
       out.push_back({{"rows", n},
                      {"in", s.in},
                      {"out", s.out},
                      {"out_dtype", s.f32 ? "f32" : "bf16"},
                      {"weight_bytes", wbytes},
                      {"cublaslt_us", us[0]},
-                     {"skinny_us", us[1]},
-                     {"cublaslt_gbs", gbs0},
-                     {"skinny_gbs", gbs1},
-                     {"max_rel_diff", ref > 0 ? err / ref : err}});
+                     {"skinny_us", num(us[1])},
+                     {"stream_us", num(us[2])},
+                     {"cublaslt_gbs", gbs(us[0])},
+                     {"skinny_gbs", num(gbs(us[1]))},
+                     {"stream_gbs", num(gbs(us[2]))},
+                     {"max_rel_diff", num(rel[1])},
+                     {"stream_max_rel_diff", num(rel[2])},
+                     {"stream_preferred", have[2] && sqa::cuda::SkinnyStreamPreferred(n, s.in, absl::MakeConstSpan(&s.out, 1),
+                                                                                       gemm.skinny_workspace())}});
     }
     for (auto p : w) CK(cudaFree(p));
     CK(cudaFree(x));
@@ -253,8 +275,8 @@ int main(int argc, char** argv) {
   // kernel against one skinny launch). Widths of the 1b preset: MHA's q/k/v (3 x 2048) and
   // xSQA's (3 x 512), MLP 5632.
   nlohmann::json fused = nlohmann::json::array();
-  std::printf("\nfused ops (d = 2048)\n%-22s %5s | %9s %7s | %9s %7s | %7s\n", "op", "rows", "cuBLASLt us", "GB/s",
-              "skinny us", "GB/s", "speedup");
+  std::printf("\nfused ops (d = 2048)\n%-22s %5s | %9s %7s | %9s %7s | %9s %7s\n", "op", "rows", "cuBLASLt us",
+              "GB/s", "skinny us", "GB/s", "stream us", "GB/s");
   struct Fused {
     const char* name;
     std::vector<int64_t> outs;
@@ -284,19 +306,26 @@ int main(int argc, char** argv) {
     std::vector<void*> y(f.outs.size() + 1);
     for (size_t i = 0; i < y.size(); ++i) CK(cudaMalloc(&y[i], static_cast<size_t>(nmax * f.outs[0]) * 2));
     for (int64_t n : rows) {
-      if (f.glu && n > sqa::cuda::kSkinnyNarrowMaxRows) continue;  // the GLU form has no wide form
-      double us[2];
-      for (int path = 0; path < 2; ++path) {
-        gemm.set_skinny_max_rows(path == 0 ? 0 : sqa::cuda::kSkinnyMaxRows);
+      // path 0: cuBLASLt per weight (and the SwiGLU kernel); 1: the narrow form's fused launch (GLU
+      // up to 8 rows) or the wide form's (q/k/v up to 32); 2: the stream form's launch (then SwiGLU).
+      const bool have[3] = {true, f.glu ? n <= sqa::cuda::kSkinnyNarrowMaxRows : n <= sqa::cuda::kSkinnyMaxRows,
+                            n > sqa::cuda::kSkinnyNarrowMaxRows};
+      double us[3] = {NAN, NAN, NAN};
+      for (int path = 0; path < 3; ++path) {
+        if (!have[path]) continue;
         us[path] = TimeGraph(stream, e0, e1, [&](int l, cudaStream_t st) -> absl::Status {
           const std::vector<void*>& set = w[l % copies];
           if (path == 1 && f.glu) {
             return sqa::cuda::LaunchSkinnySwiGlu(x, set[0], set[1], y[2], n, d, f.outs[0], st, warps);
           }
-          if (path == 1) {
+          if (path >= 1) {
             std::vector<sqa::cuda::SkinnyOutput> so;
             for (size_t i = 0; i < set.size(); ++i) so.push_back({set[i], y[i], f.outs[i]});
-            return sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st, warps, gemm.skinny_workspace());
+            const absl::Status s2 =
+                path == 1 ? sqa::cuda::LaunchSkinnyGemmMany(x, n, d, so, sqa::DType::kBF16, st, warps, gemm.skinny_workspace())
+                          : sqa::cuda::LaunchSkinnyStream(x, n, d, so, sqa::DType::kBF16, st, gemm.skinny_workspace());
+            if (!s2.ok() || !f.glu) return s2;
+            return sqa::cuda::LaunchSwiGlu(y[0], y[1], y[2], sqa::DType::kBF16, n * f.outs[0], st);
           }
           for (size_t i = 0; i < set.size(); ++i) {
             absl::Status s2 = gemm.Linear(x, set[i], y[i], sqa::DType::kBF16, n, d, f.outs[i], st);
@@ -306,10 +335,22 @@ int main(int argc, char** argv) {
                        : absl::OkStatus();
         });
       }
-      const double g0 = set_bytes / (us[0] * 1e-6) / 1e9, g1 = set_bytes / (us[1] * 1e-6) / 1e9;
-      std::printf("%-22s %5ld | %9.2f %7.0f | %9.2f %7.0f | %6.2fx\n", f.name, n, us[0], g0, us[1], g1, us[0] / us[1]);
+      auto g = [&](double t) { return set_bytes / (t * 1e-6) / 1e9; };
+      auto num = [](double v) { return std::isnan(v) ? nlohmann::json(nullptr) : nlohmann::json(v); };
+      std::printf("%-22s %5ld | %9.2f %7.0f | %9.2f %7.0f | %9.2f %7.0f\n", f.name, n, us[0], g(us[0]), us[1], g(us[1]),
+                  us[2], g(us[2]));
+      // As the backend decides: gate and up as one launch; q, k, v (LinearMany) weight by weight.
+      bool preferred = have[2];
+      if (f.glu) {
+        preferred = preferred && sqa::cuda::SkinnyStreamPreferred(n, d, f.outs, gemm.skinny_workspace());
+      } else {
+        for (const int64_t& o : f.outs) {
+          preferred = preferred && sqa::cuda::SkinnyStreamPreferred(n, d, absl::MakeConstSpan(&o, 1), gemm.skinny_workspace());
+        }
+      }
       fused.push_back({{"op", f.name}, {"rows", n}, {"weight_bytes", set_bytes}, {"cublaslt_us", us[0]},
-                       {"skinny_us", us[1]}, {"cublaslt_gbs", g0}, {"skinny_gbs", g1}});
+                       {"skinny_us", num(us[1])}, {"stream_us", num(us[2])}, {"cublaslt_gbs", g(us[0])},
+                       {"skinny_gbs", num(g(us[1]))}, {"stream_gbs", num(g(us[2]))}, {"stream_preferred", preferred}});
     }
     for (auto& set : w)
       for (void* p : set) CK(cudaFree(p));

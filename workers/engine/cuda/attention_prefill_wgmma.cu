@@ -37,6 +37,7 @@
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/attention.h"
 #include "workers/engine/cuda/attention_internal.cuh"
+#include "workers/engine/cuda/tma.h"
 #include "workers/engine/cuda/wgmma.cuh"
 
 namespace sqa::cuda {
@@ -710,15 +711,7 @@ __global__ void __launch_bounds__(kPpThreads, 1)
 
 // Encodes the TMA descriptors of K and V for kPaged64 or kContiguous (see TmaMaps).
 absl::Status MakeTmaMaps(const Args& a, int head_dim, TmaMaps* tm) {
-  static PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
-    void* fn = nullptr;
-    cudaDriverEntryPointQueryResult q{};
-    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess) {
-      fn = nullptr;
-    }
-    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-  }();
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
   if (encode == nullptr) return absl::InternalError("attention prefill: the driver has no cuTensorMapEncodeTiled");
   const uint64_t row_bytes = static_cast<uint64_t>(head_dim) * sizeof(bf16);
   cuuint64_t dims[3], strides[2];

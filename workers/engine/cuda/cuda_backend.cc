@@ -382,6 +382,13 @@ class CudaBackend final : public Backend {
                                                      cuda::kSkinnyMaxRows, " (0: ", cuda::kSkinnyMaxRows, ")"));
     }
     b->gemm_.set_skinny_max_rows(!o.skinny_gemm ? 0 : o.skinny_max_rows > 0 ? o.skinny_max_rows : cuda::kSkinnyMaxRows);
+    if (o.skinny_stream != "auto" && o.skinny_stream != "all" && o.skinny_stream != "off") {
+      return absl::InvalidArgumentError(
+          absl::StrCat("skinny_stream '", o.skinny_stream, "' is not one of auto, all, off"));
+    }
+    b->gemm_.set_stream_mode(!o.skinny_gemm || o.skinny_stream == "off" ? cuda::SkinnyStream::kOff
+                             : o.skinny_stream == "all"                 ? cuda::SkinnyStream::kAll
+                                                                        : cuda::SkinnyStream::kAuto);
     if (skinny_warps == "8") {
       b->gemm_.set_skinny_warps(cuda::SkinnyWarps::k8);
     } else if (skinny_warps == "16") {
@@ -556,17 +563,23 @@ class CudaBackend final : public Backend {
     return gemm_.Linear(xin, w.data, out.data, out.dtype, n, in, of, stream());
   }
 
-  // One skinny launch for the q, k, v projections of a decode step (up to kSkinnyMaxRows rows);
-  // otherwise one Linear each.
+  // One skinny launch for the q, k, v projections of a decode step: the narrow form up to 8 rows,
+  // the stream form where LtGemm::UseStream for every weight alone, else the wide form up to
+  // kSkinnyMaxRows; otherwise one Linear each.
   absl::Status LinearMany(const TensorView& x, absl::Span<const TensorView> ws,
                           absl::Span<const TensorView> outs) override {
     SQA_RETURN_IF_ERROR(Enter());
-    if (ws.size() != outs.size() || ws.empty() || ws.size() > static_cast<size_t>(cuda::kSkinnyMaxSegments) ||
-        !SkinnyInput(x, ws[0])) {
+    if (ws.size() != outs.size() || ws.empty() || ws.size() > static_cast<size_t>(cuda::kSkinnyMaxSegments)) {
       return Backend::LinearMany(x, ws, outs);
     }
-    const int64_t in = ws[0].dim(1), n = x.numel() / in;
     std::vector<cuda::SkinnyOutput> so;
+    if (StreamOutputs(x, ws, outs, /*per_weight=*/true, &so)) {
+      const int64_t in = ws[0].dim(1);
+      return cuda::LaunchSkinnyStream(x.data, x.numel() / in, in, so, DType::kBF16, stream(), gemm_.skinny_workspace());
+    }
+    if (!SkinnyInput(x, ws[0])) return Backend::LinearMany(x, ws, outs);
+    const int64_t in = ws[0].dim(1), n = x.numel() / in;
+    so.clear();
     for (size_t i = 0; i < ws.size(); ++i) {
       const TensorView& w = ws[i];
       const TensorView& o = outs[i];
@@ -580,7 +593,8 @@ class CudaBackend final : public Backend {
                                       gemm_.skinny_workspace());
   }
 
-  // Gate, up and SwiGLU as one skinny launch for up to kSkinnyNarrowMaxRows rows; otherwise the
+  // Gate, up and SwiGLU as one skinny launch for up to kSkinnyNarrowMaxRows rows; gate and up as
+  // one launch of the stream form, then the SwiGLU kernel, where LtGemm::UseStream; otherwise the
   // three ops.
   absl::Status LinearSwiGlu(const TensorView& x, const TensorView& w_gate, const TensorView& w_up,
                             const TensorView& gate, const TensorView& up, const TensorView& out) override {
@@ -594,6 +608,15 @@ class CudaBackend final : public Backend {
         return cuda::LaunchSkinnySwiGlu(x.data, w_gate.data, w_up.data, out.data, n, in, inter, stream(),
                                         gemm_.skinny_warps());
       }
+    }
+    const TensorView gw[2] = {w_gate, w_up}, go[2] = {gate, up};
+    std::vector<cuda::SkinnyOutput> so;
+    if (w_gate.shape == w_up.shape && out.space == MemSpace::kDevice && out.dtype == DType::kBF16 &&
+        out.numel() == gate.numel() && StreamOutputs(x, gw, go, /*per_weight=*/false, &so)) {
+      const int64_t in = w_gate.dim(1);
+      SQA_RETURN_IF_ERROR(
+          cuda::LaunchSkinnyStream(x.data, x.numel() / in, in, so, DType::kBF16, stream(), gemm_.skinny_workspace()));
+      return cuda::LaunchSwiGlu(gate.data, up.data, out.data, DType::kBF16, out.numel(), stream());
     }
     return Backend::LinearSwiGlu(x, w_gate, w_up, gate, up, out);
   }
@@ -1237,6 +1260,41 @@ class CudaBackend final : public Backend {
     const void* dev_pos = nullptr;
     SQA_RETURN_IF_ERROR(stager_.Stage(Staged::kPositions, {{positions, sizeof(int32_t) * n, &dev_pos}}));
     return static_cast<const int32_t*>(dev_pos);
+  }
+
+  // Whether the weights ws of one x take the stream form into outs (bf16 device tensors, the
+  // kernel's shape rules, and LtGemm::UseStream for the launch, or with `per_weight` for each weight
+  // alone): fills `so` when they do. LinearMany decides per weight, as Linear does, so that a
+  // weight's result does not depend on the other weights of its launch.
+  bool StreamOutputs(const TensorView& x, absl::Span<const TensorView> ws, absl::Span<const TensorView> outs,
+                     bool per_weight, std::vector<cuda::SkinnyOutput>* so) const {
+    so->clear();
+    if (x.space != MemSpace::kDevice || x.dtype != DType::kBF16 || x.shape.empty() || ws.empty()) return false;
+    const int64_t in = x.dim(-1);
+    if (in == 0) return false;
+    const int64_t n = x.numel() / in;
+    std::vector<int64_t> features;
+    for (size_t i = 0; i < ws.size(); ++i) {
+      const TensorView& w = ws[i];
+      const TensorView& o = outs[i];
+      if (w.space != MemSpace::kDevice || w.dtype != DType::kBF16 || w.shape.size() != 2 || w.dim(1) != in ||
+          o.space != MemSpace::kDevice || o.dtype != DType::kBF16 || o.numel() != n * w.dim(0) ||
+          !cuda::SkinnyStreamApplies(x.data, w.data, o.data, DType::kBF16, n, in, w.dim(0))) {
+        so->clear();
+        return false;
+      }
+      so->push_back({w.data, o.data, w.dim(0)});
+      features.push_back(w.dim(0));
+      if (per_weight && !gemm_.UseStream(n, in, absl::MakeConstSpan(&features.back(), 1))) {
+        so->clear();
+        return false;
+      }
+    }
+    if (!per_weight && !gemm_.UseStream(n, in, features)) {
+      so->clear();
+      return false;
+    }
+    return true;
   }
 
   // Whether x and w take the skinny kernel's fused forms: bf16 device tensors, w [out, in] with

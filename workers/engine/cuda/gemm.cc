@@ -50,7 +50,7 @@ LtGemm::~LtGemm() {
 LtGemm::LtGemm(LtGemm&& o) noexcept
     : handle_(std::move(o.handle_)), workspace_(std::move(o.workspace_)), skinny_ws_(std::move(o.skinny_ws_)),
       plans_(std::move(o.plans_)),
-      skinny_max_rows_(o.skinny_max_rows_), skinny_warps_(o.skinny_warps_) {
+      skinny_max_rows_(o.skinny_max_rows_), stream_mode_(o.stream_mode_), skinny_warps_(o.skinny_warps_) {
   o.plans_.clear();
 }
 LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
@@ -61,6 +61,7 @@ LtGemm& LtGemm::operator=(LtGemm&& o) noexcept {
     skinny_ws_ = std::move(o.skinny_ws_);
     plans_ = std::move(o.plans_);
     skinny_max_rows_ = o.skinny_max_rows_;
+    stream_mode_ = o.stream_mode_;
     skinny_warps_ = o.skinny_warps_;
     o.plans_.clear();
   }
@@ -119,10 +120,16 @@ absl::Status LtGemm::Linear(const void* x, const void* w, void* out, DType out_t
     return absl::InvalidArgumentError(absl::StrCat("Linear: output dtype ", DTypeStr(out_type),
                                                    " unsupported on CUDA (bf16 or f32)"));
   }
-  // One weight takes the skinny kernel's narrow form only: above kSkinnyNarrowMaxRows cuBLASLt is
-  // faster on one weight (skinny_gemm.cu).
+  // One weight: the skinny kernel's narrow form up to kSkinnyNarrowMaxRows rows, its stream form
+  // from there where UseStream, otherwise cuBLASLt. (The wide form loses to cuBLASLt on one
+  // weight, skinny_gemm.cu.)
   if (n <= std::min(skinny_max_rows_, kSkinnyNarrowMaxRows) && SkinnyGemmApplies(x, w, out, out_type, n, in, out_features)) {
     return LaunchSkinnyGemm(x, w, out, out_type, n, in, out_features, stream, skinny_warps_);
+  }
+  if (UseStream(n, in, absl::MakeConstSpan(&out_features, 1)) &&
+      SkinnyStreamApplies(x, w, out, out_type, n, in, out_features)) {
+    const SkinnyOutput o{w, out, out_features};
+    return LaunchSkinnyStream(x, n, in, absl::MakeConstSpan(&o, 1), out_type, stream, skinny_workspace());
   }
   // The largest power of two (<= 256) dividing every pointer: what the algorithm may assume.
   uintptr_t bits = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(w) |

@@ -1,7 +1,8 @@
 // cuBLASLt GEMM for the model's projections: out[n, out_features] = x[n, in] * W[out_features, in]^T
 // with bf16 inputs, fp32 accumulation, and a bf16 or f32 output (f32 for the LM head's logits).
 // Up to min(skinny_max_rows(), kSkinnyNarrowMaxRows) rows (decode) go to the skinny kernel of
-// skinny_gemm.h when it applies (the backend's LinearMany takes its wide form up to skinny_max_rows());
+// skinny_gemm.h when it applies, and from there up to kSkinnyStreamMaxRows to its stream form where
+// UseStream (the backend's LinearMany takes the wide form up to skinny_max_rows() otherwise);
 // otherwise the algorithm for each (shape, output type, pointer alignment) is chosen once by the
 // cuBLASLt heuristic and cached. Not thread-safe: one per backend, used on the backend's stream.
 #pragma once
@@ -14,6 +15,7 @@
 #include <tuple>
 
 #include "absl/status/statusor.h"
+#include "absl/types/span.h"
 #include "workers/engine/cuda/raii.h"
 #include "workers/engine/cuda/skinny_gemm.h"
 #include "workers/engine/model/tensor.h"
@@ -36,6 +38,16 @@ class LtGemm {
   // stops at kSkinnyNarrowMaxRows).
   void set_skinny_max_rows(int64_t rows) { skinny_max_rows_ = rows; }
   int64_t skinny_max_rows() const { return skinny_max_rows_; }
+  // Where one weight of more than kSkinnyNarrowMaxRows rows takes the skinny kernel's stream form
+  // (skinny_gemm.h; elsewhere cuBLASLt).
+  void set_stream_mode(SkinnyStream m) { stream_mode_ = m; }
+  SkinnyStream stream_mode() const { return stream_mode_; }
+  // Whether x [n, in] times weights of these feature counts, in one launch, takes the stream form
+  // under stream_mode().
+  bool UseStream(int64_t n, int64_t in, absl::Span<const int64_t> out_features) const {
+    if (stream_mode_ == SkinnyStream::kOff || n <= kSkinnyNarrowMaxRows || n > kSkinnyStreamMaxRows) return false;
+    return stream_mode_ == SkinnyStream::kAll || SkinnyStreamPreferred(n, in, out_features, skinny_workspace());
+  }
   // The skinny kernel's CTA shape (SkinnyWarps::kAuto unless a benchmark compares them).
   void set_skinny_warps(SkinnyWarps w) { skinny_warps_ = w; }
   SkinnyWarps skinny_warps() const { return skinny_warps_; }
@@ -53,6 +65,7 @@ class LtGemm {
   DeviceMemory skinny_ws_;  // kSkinnyPartialBytes of partials, then kSkinnyCounters ints (zeroed)
   std::map<Key, Plan*> plans_;
   int64_t skinny_max_rows_ = kSkinnyMaxRows;
+  SkinnyStream stream_mode_ = SkinnyStream::kAuto;
   SkinnyWarps skinny_warps_ = SkinnyWarps::kAuto;
 };
 

@@ -19,6 +19,7 @@
 //
 // Launched with LaunchPdl: the first K blocks of W (constants) are loaded before PdlWait, so the
 // weight stream starts while the previous kernel of the step is still running.
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -26,11 +27,14 @@
 #include <cstdint>
 
 #include "absl/strings/str_cat.h"
+#include "services/common/status.h"
 #include "workers/engine/cuda/cp_async.cuh"
 #include "workers/engine/cuda/cuda_check.h"
 #include "workers/engine/cuda/device_sms.h"
 #include "workers/engine/cuda/pdl.cuh"
 #include "workers/engine/cuda/skinny_gemm.h"
+#include "workers/engine/cuda/tma.h"
+#include "workers/engine/cuda/wgmma.cuh"
 
 namespace sqa::cuda {
 namespace {
@@ -210,7 +214,7 @@ cudaError_t LaunchRows(int64_t n, const SkinnyArgs& a, SkinnyWarps warps, cudaSt
 // most decode shapes (0.6-1.4x; a first form with W in a cp.async ring lost more); on q, k and v
 // in one launch it wins (1.2-1.5x for 3 x 2048 features, 2.2-3.3x for 3 x 512) because it
 // replaces three cuBLASLt launches. So LinearMany uses it; Linear and the GLU form stay with
-// cuBLASLt above kSkinnyNarrowMaxRows.
+// cuBLASLt above kSkinnyNarrowMaxRows, or take the stream form below where it is preferred.
 constexpr int kWideWarps = 4;
 constexpr int kWideFeatures = 16 * kWideWarps;
 constexpr int kWideMaxSplits = 8;
@@ -414,6 +418,302 @@ cudaError_t LaunchWide(WideArgs& a, const SkinnyWorkspace& ws, cudaStream_t stre
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The stream form (9..kSkinnyStreamMaxRows rows). The wide form keeps each warp's W in registers:
+// a round in flight per warp, and with K split for occupancy most CTAs have one or two rounds, so
+// the stream pauses at every round (bench/gpu/e2e/NOTES.md, session 14). Here one producer thread
+// streams W and x through a four-stage shared-memory ring with TMA: per stage one 128-feature x
+// 64-K box of W (16 KB) and one 64-row x 64-K box of x (rows past n and K past `in` arrive as
+// zeros), 128-byte swizzled so that the eight row addresses of an ldmatrix hit eight bank groups,
+// completing on the stage's mbarrier. The producer runs up to four stages ahead of the consumer
+// warpgroup, which multiplies each stage with wgmma straight from shared memory (two m64 tiles of
+// features, n = 16, 32 or 64 rows). A CTA owns 128 features and a K range of whole 64-wide stages. K is split
+// over up to kStreamMaxSplits CTAs (about two CTAs per SM for each weight), with the wide form's
+// workspace protocol: each split stores an fp32 partial, and the last to arrive adds them in split
+// order and writes out. The producer issues the first stages of W (constants) before PdlWait, so
+// in a decode step the weight stream starts while the previous kernel finishes. (A first version
+// with one 128-byte bulk copy per row piece ran at ~20% of the copy ceiling: bulk copies that
+// small are issued at about one per 30 cycles per SM; NOTES.md, session 15.)
+constexpr int kStreamWarps = 4;                             // consumer warps
+constexpr int kStreamThreads = (kStreamWarps + 1) * 32;     // and one producer warp
+constexpr int kStreamFeatures = 32 * kStreamWarps;          // per CTA
+constexpr int kStreamKc = 64;                               // K per stage: one 128-byte swizzle row
+constexpr int kStreamStages = 4;
+constexpr int kStreamXRows = static_cast<int>(kSkinnyStreamMaxRows);
+constexpr int kStreamWBytes = kStreamFeatures * kStreamKc * 2;  // 16 KB
+constexpr int kStreamXBytes = kStreamXRows * kStreamKc * 2;     // 8 KB
+constexpr int kStreamStageBytes = kStreamWBytes + kStreamXBytes;
+constexpr int kStreamSmem = 1024 + kStreamStages * kStreamStageBytes + 2 * kStreamStages * 8;  // + alignment
+constexpr int kStreamMaxSplits = 16;
+static_assert(2 * (kStreamSmem + 1024) <= 232448, "two CTAs per SM");
+static_assert(kStreamWBytes % 1024 == 0 && kStreamXBytes % 1024 == 0, "swizzled boxes 1024-byte aligned");
+
+struct StreamArgs {
+  CUtensorMap wmap[kSkinnyMaxSegments];  // {in, nout} of each weight, box {64, 128}
+  CUtensorMap xmap;                      // {in, n}, box {64, 64}
+  int64_t in = 0;
+  int n = 0;
+  int count = 0;
+  void* out[kSkinnyMaxSegments] = {};
+  int64_t nout[kSkinnyMaxSegments] = {};
+  int64_t first_block[kSkinnyMaxSegments + 1] = {};  // CTAs: tiles x splits per segment
+  int64_t first_tile[kSkinnyMaxSegments] = {};       // arrival counters of split segments
+  int64_t first_part[kSkinnyMaxSegments] = {};       // their partials (float4 units)
+  int splits[kSkinnyMaxSegments] = {};
+  int split_chunks[kSkinnyMaxSegments] = {};  // 64-wide K stages per split
+  float4* partials = nullptr;
+  int* counters = nullptr;
+};
+
+using attn_detail::FenceRegs;
+using attn_detail::MakeSmemDesc;
+using attn_detail::WgmmaCommit;
+using attn_detail::WgmmaFence;
+using attn_detail::WgmmaWait;
+
+template <int N>
+__device__ __forceinline__ void WgmmaSS(float (&d)[N / 2], uint64_t da, uint64_t db) {
+  if constexpr (N == 16) {
+    attn_detail::WgmmaSS_N16(d, da, db, 1);
+  } else if constexpr (N == 32) {
+    attn_detail::WgmmaSS_N32(d, da, db, 1);
+  } else {
+    static_assert(N == 64, "n 16, 32 or 64");
+    attn_detail::WgmmaSS_N64(d, da, db, 1);
+  }
+}
+
+__device__ __forceinline__ void ConsumerSync() {
+  asm volatile("bar.sync 1, %0;\n" ::"n"(kStreamWarps * 32) : "memory");
+}
+
+template <int NB, typename O>
+__global__ void __launch_bounds__(kStreamThreads, 2) SkinnyStreamKernel(const __grid_constant__ StreamArgs a) {
+  extern __shared__ __align__(1024) unsigned char stream_smem[];
+  __shared__ int s_last;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane / 4, c = lane % 4;
+  int seg = 0;
+#pragma unroll
+  for (int s = 1; s < kSkinnyMaxSegments; ++s) seg += s < a.count && blockIdx.x >= a.first_block[s];
+  const int splits = a.splits[seg];
+  const int64_t local = static_cast<int64_t>(blockIdx.x) - a.first_block[seg];
+  const int64_t tile = local / splits;
+  const int ks = static_cast<int>(local % splits);
+  const int64_t nout = a.nout[seg];
+  const int chunks = static_cast<int>((a.in + kStreamKc - 1) / kStreamKc);
+  const int ch0 = ks * a.split_chunks[seg];
+  const int nch = min(chunks, ch0 + a.split_chunks[seg]) - ch0;  // >= 1: the plan has no empty split
+  const int64_t ft0 = tile * kStreamFeatures;
+  const uint32_t base = (SmemAddr(stream_smem) + 1023) & ~1023u;
+  const uint32_t full = base + kStreamStages * kStreamStageBytes, empty = full + 8 * kStreamStages;
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int st = 0; st < kStreamStages; ++st) {
+      MbarInit(full + 8 * st, 1);               // the producer's expect_tx arrival
+      MbarInit(empty + 8 * st, kStreamWarps);   // one arrival per consumer warp
+    }
+  }
+  __syncthreads();
+  PdlTrigger();
+
+  if (warp == kStreamWarps) {  // the producer warp: one thread issues every copy
+    if (lane == 0) {
+      const CUtensorMap* wm = &a.wmap[seg];
+      const int f = static_cast<int>(ft0);
+      const int pro = min(nch, kStreamStages);
+      for (int ch = 0; ch < pro; ++ch) {
+        MbarArriveExpectTx(full + 8 * ch, kStreamStageBytes);
+        TmaLoad2d(base + ch * kStreamStageBytes, wm, (ch0 + ch) * kStreamKc, f, full + 8 * ch);
+      }
+      PdlWait();  // x is the previous kernel's output
+      for (int ch = 0; ch < pro; ++ch) {
+        TmaLoad2d(base + ch * kStreamStageBytes + kStreamWBytes, &a.xmap, (ch0 + ch) * kStreamKc, 0, full + 8 * ch);
+      }
+      for (int ch = kStreamStages; ch < nch; ++ch) {
+        const int st = ch % kStreamStages;
+        MbarWait(empty + 8 * st, ((ch / kStreamStages) - 1) & 1);
+        MbarArriveExpectTx(full + 8 * st, kStreamStageBytes);
+        TmaLoad2d(base + st * kStreamStageBytes, wm, (ch0 + ch) * kStreamKc, f, full + 8 * st);
+        TmaLoad2d(base + st * kStreamStageBytes + kStreamWBytes, &a.xmap, (ch0 + ch) * kStreamKc, 0, full + 8 * st);
+      }
+    }
+    return;
+  }
+
+  PdlWait();  // the workspace and the outputs are free once the previous kernel has finished
+  // The four consumer warps are one warpgroup: per stage and 16-wide K step, one wgmma per 64
+  // features (A: W's box, B: x's box, both K-major and swizzled), accumulating [64 features][8 NB
+  // rows] each. Stage ch's wgmmas are left in flight while stage ch + 1's are issued; the stage is
+  // released once they have completed.
+  constexpr int kN = 8 * NB;
+  float acc[2][4 * NB];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int i = 0; i < 4 * NB; ++i) acc[mt][i] = 0.f;
+  for (int ch = 0; ch < nch; ++ch) {
+    const int st = ch % kStreamStages;
+    MbarWait(full + 8 * st, (ch / kStreamStages) & 1);
+    const uint32_t sw = base + st * kStreamStageBytes, sx = sw + kStreamWBytes;
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kStreamKc / 16; ++kk) {
+#pragma unroll
+      for (int mt = 0; mt < 2; ++mt) {
+        WgmmaSS<kN>(acc[mt], MakeSmemDesc(sw + mt * 64 * 128 + kk * 32, 16, 1024), MakeSmemDesc(sx + kk * 32, 16, 1024));
+      }
+    }
+    WgmmaCommit();
+    WgmmaWait<1>();  // the previous stage's wgmmas are done (the accumulators are not touched here)
+    if (ch > 0 && lane == 0) MbarArrive(empty + 8 * ((ch - 1) % kStreamStages));
+  }
+  WgmmaWait<0>();
+  FenceRegs(acc[0]);
+  FenceRegs(acc[1]);
+
+  if (splits > 1) {
+    const int64_t t = a.first_tile[seg] + tile;
+    auto part = [&](int q) {
+      return a.partials + a.first_part[seg] + ((tile * splits + q) * kStreamWarps + warp) * (2 * NB * 32) + lane;
+    };
+    float4* mine = part(ks);
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int j = 0; j < NB; ++j) {
+        mine[(mt * NB + j) * 32] =
+            make_float4(acc[mt][4 * j], acc[mt][4 * j + 1], acc[mt][4 * j + 2], acc[mt][4 * j + 3]);
+      }
+    __threadfence();
+    ConsumerSync();
+    if (threadIdx.x == 0) s_last = atomicAdd(a.counters + t, 1) == splits - 1;
+    ConsumerSync();
+    if (!s_last) return;
+    __threadfence();
+    // The partials are added in split order (this CTA's own from its registers, which hold the
+    // bits it stored). kU splits' loads are issued before their adds: about 16 loads in flight
+    // per thread instead of one split's 2 NB, one L2 round trip per kU splits.
+    constexpr int kU = NB <= 2 ? 4 : NB <= 4 ? 2 : 1;
+    float sum[2][4 * NB] = {};
+    for (int q0 = 0; q0 < splits; q0 += kU) {
+      float4 v[kU][2][NB];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int q = q0 + u;
+        const float4* pq = part(q < splits ? q : ks);
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int j = 0; j < NB; ++j) {
+            v[u][mt][j] = q == ks || q >= splits
+                              ? make_float4(acc[mt][4 * j], acc[mt][4 * j + 1], acc[mt][4 * j + 2], acc[mt][4 * j + 3])
+                              : __ldcg(pq + (mt * NB + j) * 32);
+          }
+      }
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        if (q0 + u >= splits) break;
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int j = 0; j < NB; ++j) {
+            sum[mt][4 * j] += v[u][mt][j].x;
+            sum[mt][4 * j + 1] += v[u][mt][j].y;
+            sum[mt][4 * j + 2] += v[u][mt][j].z;
+            sum[mt][4 * j + 3] += v[u][mt][j].w;
+          }
+      }
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int i = 0; i < 4 * NB; ++i) acc[mt][i] = sum[mt][i];
+    if (threadIdx.x == 0) a.counters[t] = 0;  // for the next launch
+  }
+  O* out = static_cast<O*>(a.out[seg]);
+  // wgmma's accumulator of features mt * 64 + [0, 64): warp w holds features 16 w + g (elements
+  // 4 j, 4 j + 1: x rows 8 j + 2 c and 8 j + 2 c + 1) and 16 w + g + 8 (4 j + 2, 4 j + 3).
+  const int64_t f0 = ft0 + warp * 16;
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+    for (int j = 0; j < NB; ++j)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = 8 * j + 2 * c + (i & 1);
+        const int64_t o = f0 + mt * 64 + g + (i >= 2 ? 8 : 0);
+        if (r < a.n && o < nout) Store(out + r * nout + o, acc[mt][4 * j + i]);
+      }
+}
+
+// Splits of K for a weight of `tiles` 128-feature tiles, `chunks` 64-wide stages of K and `nb`
+// n-tiles: about one CTA per SM (each CTA's fixed cost, the merge of the splits among it, is
+// what limits the short ones), at least two stages a split, at most kStreamMaxSplits, and partials
+// within a third of the workspace (so that the three weights of a launch fit). A function of the weight's shape, the
+// row count, the workspace size and the GPU only, so a weight's result does not depend on the
+// other weights of its launch.
+int StreamSplits(int64_t tiles, int64_t chunks, int nb, size_t workspace_bytes) {
+  const int64_t per_split = tiles * kStreamWarps * 2 * nb * 32 * static_cast<int64_t>(sizeof(float4));
+  const int64_t by_ws = static_cast<int64_t>(workspace_bytes / kSkinnyMaxSegments) / per_split;
+  const int64_t s =
+      std::min<int64_t>({(NumSms() + tiles - 1) / tiles, kStreamMaxSplits, std::max<int64_t>(1, chunks / 2), by_ws});
+  return static_cast<int>(std::max<int64_t>(1, s));
+}
+
+template <int NB, typename O>
+cudaError_t LaunchStreamNb(const StreamArgs& a, cudaStream_t stream) {
+  const cudaError_t e =
+      cudaFuncSetAttribute(SkinnyStreamKernel<NB, O>, cudaFuncAttributeMaxDynamicSharedMemorySize, kStreamSmem);
+  if (e != cudaSuccess) return e;
+  return LaunchPdl(SkinnyStreamKernel<NB, O>, dim3(static_cast<unsigned>(a.first_block[a.count])),
+                   dim3(kStreamThreads), kStreamSmem, stream, a);
+}
+
+template <typename O>
+cudaError_t LaunchStream(StreamArgs& a, const SkinnyWorkspace& ws, cudaStream_t stream) {
+  const int64_t chunks = (a.in + kStreamKc - 1) / kStreamKc;
+  const int nb = a.n <= 16 ? 2 : a.n <= 32 ? 4 : 8;  // n-tiles of 8 rows: wgmma n = 16, 32 or 64
+  int64_t partials = 0, tiles_split = 0;
+  for (int s = 0; s < a.count; ++s) {
+    const int64_t tiles = (a.nout[s] + kStreamFeatures - 1) / kStreamFeatures;
+    int sp = StreamSplits(tiles, chunks, nb, ws.partial_bytes);
+    const int64_t per = (chunks + sp - 1) / sp;
+    sp = static_cast<int>((chunks + per - 1) / per);  // no empty split
+    a.splits[s] = sp;
+    a.split_chunks[s] = static_cast<int>(per);
+    if (sp > 1) {
+      partials += tiles * sp * kStreamWarps * 2 * nb * 32;
+      tiles_split += tiles;
+    }
+  }
+  const bool fits = ws.partials != nullptr && ws.counters != nullptr &&
+                    static_cast<size_t>(partials) * sizeof(float4) <= ws.partial_bytes && tiles_split <= ws.counter_count;
+  int64_t t = 0, p = 0;
+  for (int s = 0; s < a.count; ++s) {
+    const int64_t tiles = (a.nout[s] + kStreamFeatures - 1) / kStreamFeatures;
+    if (!fits) {
+      a.splits[s] = 1;
+      a.split_chunks[s] = static_cast<int>(chunks);
+    }
+    a.first_tile[s] = t;
+    a.first_part[s] = p;
+    if (a.splits[s] > 1) {
+      t += tiles;
+      p += tiles * a.splits[s] * kStreamWarps * 2 * nb * 32;
+    }
+    a.first_block[s + 1] = a.first_block[s] + tiles * a.splits[s];
+  }
+  a.partials = static_cast<float4*>(ws.partials);
+  a.counters = ws.counters;
+  if (a.first_block[a.count] > (int64_t{1} << 31) - 1) return cudaErrorInvalidConfiguration;
+  switch (nb) {
+    case 2: return LaunchStreamNb<2, O>(a, stream);
+    case 4: return LaunchStreamNb<4, O>(a, stream);
+    default: return LaunchStreamNb<8, O>(a, stream);
+  }
+}
+
 }  // namespace
 
 bool SkinnyGemmApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
@@ -496,6 +796,80 @@ absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w
   a.nout[0] = inter;
   a.first_block[1] = (inter + kRows - 1) / kRows;
   SQA_GPU_RETURN_IF_ERROR((LaunchRows<__nv_bfloat16, true>(n, a, warps, stream)));
+  return absl::OkStatus();
+}
+
+bool SkinnyStreamApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
+                         int64_t out_features) {
+  const auto a16 = [](const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; };
+  const size_t osize = out_type == DType::kF32 ? 4 : 2;
+  // TMA: 16-byte aligned bases and row strides, coordinates within int32.
+  return n >= 1 && n <= kSkinnyStreamMaxRows && in > 0 && in % 8 == 0 && in < (int64_t{1} << 31) && out_features > 0 &&
+         out_features < (int64_t{1} << 31) && a16(x) && a16(w) && reinterpret_cast<uintptr_t>(out) % osize == 0 &&
+         (out_type == DType::kF32 || out_type == DType::kBF16);
+}
+
+bool SkinnyStreamPreferred(int64_t n, int64_t in, absl::Span<const int64_t> out_features, const SkinnyWorkspace& ws) {
+  if (n <= kSkinnyNarrowMaxRows || n > kSkinnyStreamPreferredMaxRows || in <= 0 || out_features.empty()) return false;
+  const int64_t chunks = (in + kStreamKc - 1) / kStreamKc;
+  const int nb = n <= 16 ? 2 : 4;
+  int64_t ctas = 0;
+  for (const int64_t of : out_features) {
+    if (of <= 0) return false;
+    const int64_t tiles = (of + kStreamFeatures - 1) / kStreamFeatures;
+    const int splits = StreamSplits(tiles, chunks, nb, ws.partial_bytes);
+    if (splits > kStreamPreferredMaxSplits) return false;
+    ctas += tiles * splits;
+  }
+  return 2 * ctas >= 3 * static_cast<int64_t>(NumSms());
+}
+
+namespace {
+// A 2-d tensor map over a row-major bf16 [rows, in] matrix with boxes of box_rows x 64 columns,
+// 128-byte swizzled; out-of-range rows and columns read as zeros.
+absl::Status EncodeRows(CUtensorMap* m, const void* base, int64_t in, int64_t rows, uint32_t box_rows) {
+  const PFN_cuTensorMapEncodeTiled_v12000 encode = TensorMapEncoder();
+  if (encode == nullptr) return absl::InternalError("skinny GEMM (stream form): the driver has no cuTensorMapEncodeTiled");
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(in), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(in) * 2};
+  const cuuint32_t box[2] = {kStreamKc, box_rows};
+  const cuuint32_t elem_strides[2] = {1, 1};
+  const CUresult r = encode(m, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box,
+                            elem_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                            CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (r != CUDA_SUCCESS) {
+    return absl::InternalError(absl::StrCat("skinny GEMM (stream form): cuTensorMapEncodeTiled failed (CUresult ", r, ")"));
+  }
+  return absl::OkStatus();
+}
+}  // namespace
+
+absl::Status LaunchSkinnyStream(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
+                                DType out_type, cudaStream_t stream, const SkinnyWorkspace& ws) {
+  if (outs.empty() || outs.size() > static_cast<size_t>(kSkinnyMaxSegments)) {
+    return absl::InvalidArgumentError(absl::StrCat("skinny GEMM (stream form): 1..", kSkinnyMaxSegments,
+                                                   " weights, got ", outs.size()));
+  }
+  StreamArgs a;
+  a.in = in;
+  a.n = static_cast<int>(n);
+  a.count = static_cast<int>(outs.size());
+  for (int s = 0; s < a.count; ++s) {
+    const SkinnyOutput& o = outs[static_cast<size_t>(s)];
+    if (!SkinnyStreamApplies(x, o.w, o.out, out_type, n, in, o.out_features)) {
+      return absl::InvalidArgumentError(absl::StrCat("skinny GEMM (stream form): n=", n, " in=", in, " out=",
+                                                     o.out_features, " (", DTypeStr(out_type), ") needs 1..",
+                                                     kSkinnyStreamMaxRows,
+                                                     " rows, in % 8 == 0 and 16-byte aligned x and w"));
+    }
+    SQA_RETURN_IF_ERROR(EncodeRows(&a.wmap[s], o.w, in, o.out_features, kStreamFeatures));
+    a.out[s] = o.out;
+    a.nout[s] = o.out_features;
+  }
+  SQA_RETURN_IF_ERROR(EncodeRows(&a.xmap, x, in, n, kStreamXRows));
+  const cudaError_t e = out_type == DType::kF32 ? LaunchStream<float>(a, ws, stream)
+                                                : LaunchStream<__nv_bfloat16>(a, ws, stream);
+  SQA_GPU_RETURN_IF_ERROR(e);
   return absl::OkStatus();
 }
 

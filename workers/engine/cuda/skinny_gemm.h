@@ -7,7 +7,9 @@
 // features a CTA sharing one copy of x, K split over up to eight CTAs whose partial sums meet in a
 // SkinnyWorkspace): one launch for q, k and v beats three cuBLASLt launches there,
 // but one weight alone runs faster on cuBLASLt (skinny_gemm.cu), so LtGemm::Linear and
-// LaunchSkinnySwiGlu stop at kSkinnyNarrowMaxRows.
+// LaunchSkinnySwiGlu stop at kSkinnyNarrowMaxRows. The stream form (below: TMA and wgmma, 9..
+// kSkinnyStreamMaxRows rows) beats cuBLASLt on large weights with few K splits; the engine uses it
+// where SkinnyStreamPreferred (gate and up in one launch, the LM head).
 // LtGemm::Linear calls it when SkinnyGemmApplies; the CUDA backend's LinearMany and LinearSwiGlu
 // call the multi-weight forms below (q/k/v in one launch; gate, up and SwiGLU in one).
 #pragma once
@@ -25,6 +27,7 @@ namespace sqa::cuda {
 inline constexpr int64_t kSkinnyMaxRows = 32;
 inline constexpr int64_t kSkinnyNarrowMaxRows = 8;
 inline constexpr int kSkinnyMaxSegments = 3;  // weights sharing x in one launch (q, k, v)
+inline constexpr int64_t kSkinnyStreamMaxRows = 64;
 
 // Scratch of the wide form's split K: fp32 partial sums and one arrival counter per 64-feature
 // tile (zeroed once when allocated; each launch leaves them zero). One per stream: launches that
@@ -74,5 +77,31 @@ absl::Status LaunchSkinnyGemmMany(const void* x, int64_t n, int64_t in, absl::Sp
 // 1..kSkinnyNarrowMaxRows.
 absl::Status LaunchSkinnySwiGlu(const void* x, const void* w_gate, const void* w_up, void* out, int64_t n, int64_t in,
                                 int64_t inter, cudaStream_t stream, SkinnyWarps warps = SkinnyWarps::kAuto);
+
+// The stream form (skinny_gemm.cu): W and x through a shared-memory ring filled by TMA, 128
+// features a CTA, K split as the wide form splits it (the same workspace). For 1..
+// kSkinnyStreamMaxRows rows (meant for 9 and more: the narrow form is faster below), in a
+// multiple of 8, x and w 16-byte aligned; up to kSkinnyMaxSegments weights of one x in one launch.
+// A weight's split plan depends only on its shape, so its result does not depend on the other
+// weights of its launch.
+bool SkinnyStreamApplies(const void* x, const void* w, const void* out, DType out_type, int64_t n, int64_t in,
+                         int64_t out_features);
+absl::Status LaunchSkinnyStream(const void* x, int64_t n, int64_t in, absl::Span<const SkinnyOutput> outs,
+                                DType out_type, cudaStream_t stream, const SkinnyWorkspace& ws);
+// Where decode GEMMs of more than kSkinnyNarrowMaxRows rows take the stream form: nowhere, where
+// SkinnyStreamPreferred (the default), or wherever it applies (tests, benchmarks).
+enum class SkinnyStream { kOff, kAuto, kAll };
+inline constexpr int64_t kSkinnyStreamPreferredMaxRows = 32;
+inline constexpr int kStreamPreferredMaxSplits = 3;
+// Whether the stream form is the faster choice for one launch over these weights of one x
+// (SkinnyStream::kAuto): 9..kSkinnyStreamPreferredMaxRows rows, every weight's plan splitting K at
+// most kStreamPreferredMaxSplits ways, and at least 1.5 CTAs per SM in all. Measured on the H200
+// (bench/results/gpu_gemm.md, bench/gpu/e2e/NOTES.md session 15): the form beats cuBLASLt where
+// each CTA streams many stages with little to merge and the launch fills the SMs twice (the MLP's
+// gate and up in one launch, about 1.1x; the LM head, up to 1.08x). It loses where the plan splits
+// K many ways (weights of few 128-feature tiles: every split CTA's fixed cost and the merge of the
+// splits, which one CTA per tile reads, grow with the rows), and on one 5632-feature weight alone
+// (one CTA per SM, about 0.9x).
+bool SkinnyStreamPreferred(int64_t n, int64_t in, absl::Span<const int64_t> out_features, const SkinnyWorkspace& ws);
 
 }  // namespace sqa::cuda

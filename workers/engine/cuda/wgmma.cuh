@@ -1,6 +1,7 @@
-// Hopper warpgroup matrix instructions (sm_90a) used by the wgmma attention kernels: shared-memory
+// Hopper warpgroup matrix instructions (sm_90a) used by the wgmma attention kernels and the skinny
+// GEMM's stream form: shared-memory
 // matrix descriptors for 128-byte-swizzled bf16 tiles, the wgmma.mma_async forms the kernels
-// need, and the fence/commit/wait that order them. Private to attention_*.cu.
+// need, and the fence/commit/wait that order them. Private to attention_*.cu and skinny_gemm.cu.
 //
 // Tile layout ("SW128 tile"): a [rows][D] bf16 tile is stored as D/64 column panels of
 // [rows][64]; each panel row is 128 bytes and its eight 16-byte chunks are XOR-swizzled with
@@ -11,6 +12,8 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+
+#include "workers/engine/cuda/cp_async.cuh"
 
 namespace sqa::cuda::attn_detail {
 
@@ -66,6 +69,34 @@ __device__ __forceinline__ void WgmmaSS_N128(float (&d)[64], uint64_t desc_a, ui
       : "l"(desc_a), "l"(desc_b), "r"(accumulate));
 }
 
+// d (+)= A(smem, K-major) * B(smem, K-major)^T for one m64n16k16 step; d is zeroed first when
+// !accumulate.
+__device__ __forceinline__ void WgmmaSS_N16(float (&d)[8], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (+)= A(smem, K-major) * B(smem, K-major)^T for one m64n32k16 step; d is zeroed first when
+// !accumulate.
+__device__ __forceinline__ void WgmmaSS_N32(float (&d)[16], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+// d (+)= A(smem, K-major) * B(smem, K-major)^T for one m64n64k16 step; d is zeroed first when
+// !accumulate.
+__device__ __forceinline__ void WgmmaSS_N64(float (&d)[32], uint64_t desc_a, uint64_t desc_b, int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "l"(desc_a), "l"(desc_b), "r"(accumulate));
+}
+
 // d += A(registers, m64k16 fragments) * B(smem, MN-major) for one m64n128k16 step.
 __device__ __forceinline__ void WgmmaRS_N128(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
   asm volatile(
@@ -89,10 +120,10 @@ __device__ __forceinline__ void WgmmaRS_N64(float (&d)[32], const uint32_t (&a)[
 
 namespace sqa::cuda::attn_detail {
 
-// mbarrier (shared::cta) helpers. Waits spin on try_wait (which itself suspends for a while).
-__device__ __forceinline__ void MbarInit(uint32_t bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
+using ::sqa::cuda::MbarArriveExpectTx;
+using ::sqa::cuda::MbarInit;
+using ::sqa::cuda::MbarWait;
+
 // Arrives on `bar` when `pred` (a predicated instruction, no branch: callers use it where a
 // branch would put the compiler's warpgroup arrives on a divergent path).
 __device__ __forceinline__ void MbarArriveIf(uint32_t bar, bool pred) {
@@ -106,20 +137,6 @@ __device__ __forceinline__ void MbarArriveIf(uint32_t bar, bool pred) {
 __device__ __forceinline__ void CpAsyncMbarArrive(uint32_t bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(bar) : "memory");
 }
-__device__ __forceinline__ void MbarWait(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred done;\n"
-      "WAIT_LOOP:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      "@!done bra WAIT_LOOP;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
-// Named barriers (id 0 is __syncthreads): sync waits until `count` threads arrived in all.
-// Arrives on `bar` (one arrival) and adds `bytes` to the transaction count its phase waits for.
-__device__ __forceinline__ void MbarArriveExpectTx(uint32_t bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
 // One TMA copy of the box at (c0, c1, c2) of the 3-d tensor map `tmap` (a __grid_constant__
 // kernel parameter) into shared memory at dst; its bytes complete a transaction on `bar`.
 __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tmap, int c0, int c1, int c2, uint32_t bar) {
@@ -129,6 +146,7 @@ __device__ __forceinline__ void TmaLoad3d(uint32_t dst, const void* tmap, int c0
       "l"(reinterpret_cast<uint64_t>(tmap)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
+// Named barriers (id 0 is __syncthreads): sync waits until `count` threads arrived in all.
 __device__ __forceinline__ void NamedBarSync(int id, int count) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(count) : "memory");
 }

@@ -331,6 +331,80 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
   }
 }
 
+// The skinny kernel's stream form (9-64 rows, in % 8 == 0; forced with skinny_stream "all"): Linear (f32 and
+// bf16 out), LinearMany and LinearSwiGlu against the CPU backend; each weight's LinearMany output
+// equal to the last bit to its Linear (a weight's split plan is its own); the same shapes with the
+// default ("auto": the stream form where it is the faster choice) and with it off (cuBLASLt, and
+// the wide form for LinearMany) against the CPU too. Shapes: one K stage (in = 64), K tails that TMA
+// fills with zeros (in = 520, 136), feature tails (out = 8, 129, 300, 1000), K split 16 ways (2048 x
+// 2048) and fewer (5632 deep), all four row-tile counts.
+TEST_F(CudaBackendTest, StreamFormMatchesTheCpu) {
+  BackendOptions all;
+  all.device = DeviceKind::kCuda;
+  all.skinny_stream = "all";
+  auto st_or = CreateCudaBackend(all);
+  ASSERT_TRUE(st_or.ok()) << st_or.status();
+  std::unique_ptr<Backend> sb = std::move(st_or).value();
+  BackendOptions off = all;
+  off.skinny_stream = "off";
+  auto lt_or = CreateCudaBackend(off);
+  ASSERT_TRUE(lt_or.ok()) << lt_or.status();
+  std::unique_ptr<Backend> lt = std::move(lt_or).value();
+  BackendOptions bad = all;
+  bad.skinny_stream = "sometimes";
+  EXPECT_EQ(CreateCudaBackend(bad).status().code(), absl::StatusCode::kInvalidArgument);
+
+  for (auto [n, in, out] : {std::tuple<int64_t, int64_t, int64_t>{9, 2048, 2048}, {16, 512, 300}, {33, 5632, 2048},
+                            {48, 1024, 129}, {64, 2048, 5632}, {64, 64, 8}, {20, 128, 2048}, {24, 520, 1000},
+                            {57, 136, 300}}) {
+    SCOPED_TRACE(testing::Message() << "n=" << n << " in=" << in << " out=" << out);
+    std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
+                       w2 = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
+    TensorView hw{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
+    TensorView hw2{w2.data(), DType::kF32, MemSpace::kHost, {out, in}};
+    auto cw = cpu_->UploadWeight(hw);
+    auto cw2 = cpu_->UploadWeight(hw2);
+    ASSERT_TRUE(cw.ok() && cw2.ok());
+    T cx = Cpu({n, in}, &x), co = Cpu({n, out}, nullptr), co2 = Cpu({n, out}, nullptr), cg = Cpu({n, out}, nullptr),
+      cu = Cpu({n, out}, nullptr), cs = Cpu({n, out}, nullptr);
+    ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
+    ASSERT_TRUE(cpu_->Linear(cx.view, cw2->view, co2.view).ok());
+    ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
+    const std::vector<float> want = Read(*cpu_, co.view), want2 = Read(*cpu_, co2.view), want_glu = Read(*cpu_, cs.view);
+    for (Backend* be : {sb.get(), gpu_.get(), lt.get()}) {
+      const std::string what = be == sb.get() ? "stream form" : be == gpu_.get() ? "stream form auto" : "stream form off";
+      auto gw = be->UploadWeight(hw);
+      auto gw2 = be->UploadWeight(hw2);
+      ASSERT_TRUE(gw.ok() && gw2.ok());
+      T gx = Make(*be, {n, in}, &x, DType::kBF16), of = Make(*be, {n, out}, nullptr, DType::kF32),
+        ob = Make(*be, {n, out}, nullptr, DType::kBF16), ob2 = Make(*be, {n, out}, nullptr, DType::kBF16),
+        m0 = Make(*be, {n, out}, nullptr, DType::kBF16), m1 = Make(*be, {n, out}, nullptr, DType::kBF16),
+        gate = Make(*be, {n, out}, nullptr, DType::kBF16), up = Make(*be, {n, out}, nullptr, DType::kBF16),
+        sw = Make(*be, {n, out}, nullptr, DType::kBF16);
+      ASSERT_TRUE(be->Linear(gx.view, gw->view, of.view).ok());
+      ASSERT_TRUE(be->Linear(gx.view, gw->view, ob.view).ok());
+      ASSERT_TRUE(be->Linear(gx.view, gw2->view, ob2.view).ok());
+      const TensorView ws[2] = {gw->view, gw2->view}, os[2] = {m0.view, m1.view};
+      ASSERT_TRUE(be->LinearMany(gx.view, ws, os).ok());
+      ASSERT_TRUE(be->LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
+      ExpectClose(Read(*be, of.view), want, 2e-3, what + ": Linear f32 vs CPU");
+      ExpectClose(Read(*be, ob.view), want, 1e-2, what + ": Linear bf16 vs CPU");
+      ExpectClose(Read(*be, m0.view), want, 1e-2, what + ": LinearMany weight 0 vs CPU");
+      ExpectClose(Read(*be, m1.view), want2, 1e-2, what + ": LinearMany weight 1 vs CPU");
+      ExpectClose(Read(*be, sw.view), want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
+      if (be == sb.get()) {
+        for (int k = 0; k < 2; ++k) {
+          const std::vector<float> many = Read(*be, (k == 0 ? m0 : m1).view), one = Read(*be, (k == 0 ? ob : ob2).view);
+          size_t differ = 0;
+          for (size_t e = 0; e < many.size(); ++e) differ += std::memcmp(&many[e], &one[e], sizeof(float)) != 0;
+          EXPECT_EQ(differ, 0u) << "LinearMany output " << k << " differs from Linear in " << differ << " of "
+                                << many.size() << " elements";
+        }
+      }
+    }
+  }
+}
+
 // The fused ops of a layer (LinearMany, LinearSwiGlu, AddRmsNorm, RopeQK) against the same
 // sequence of unfused ops: on the CPU backend (bf16 tolerance) and on this GPU backend (the fused
 // kernels round where the unfused ones do, so the results agree to the last bit). n <= 8 rows
