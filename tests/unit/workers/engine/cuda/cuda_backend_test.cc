@@ -110,6 +110,65 @@ class CudaBackendTest : public ::testing::Test {
                                              << " want " << want[worst] << " (max |ref| " << max_ref << ")";
   }
 
+  // x [n, in] times two weights w, w2 [out, in] (fresh bf16-exact values) and the CPU backend's
+  // references: Linear of each, LinearSwiGlu with gate w and up w2.
+  struct Proj {
+    int64_t n = 0, in = 0, out = 0;
+    std::vector<float> x, w, w2, want, want2, want_glu;
+  };
+  Proj MakeProj(int64_t n, int64_t in, int64_t out) {
+    Proj p{n, in, out, Random(n * in), Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
+           Random(out * in, 1.f / std::sqrt(static_cast<float>(in))), {}, {}, {}};
+    auto cw = cpu_->UploadWeight({p.w.data(), DType::kF32, MemSpace::kHost, {out, in}});
+    auto cw2 = cpu_->UploadWeight({p.w2.data(), DType::kF32, MemSpace::kHost, {out, in}});
+    EXPECT_TRUE(cw.ok() && cw2.ok());
+    if (!cw.ok() || !cw2.ok()) return p;
+    T cx = Cpu({n, in}, &p.x), co = Cpu({n, out}, nullptr), co2 = Cpu({n, out}, nullptr), cg = Cpu({n, out}, nullptr),
+      cu = Cpu({n, out}, nullptr), cs = Cpu({n, out}, nullptr);
+    EXPECT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
+    EXPECT_TRUE(cpu_->Linear(cx.view, cw2->view, co2.view).ok());
+    EXPECT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
+    p.want = Read(*cpu_, co.view);
+    p.want2 = Read(*cpu_, co2.view);
+    p.want_glu = Read(*cpu_, cs.view);
+    return p;
+  }
+  // The same projections on backend `be` (every output poisoned first): Linear of w with f32 and
+  // bf16 out and of w2, LinearMany of both, LinearMany of each alone, LinearSwiGlu.
+  struct ProjOut {
+    std::vector<float> linear_f32, linear[2], many[2], alone[2], glu;
+  };
+  void RunProj(Backend& be, const Proj& p, ProjOut* o) {
+    const int64_t n = p.n, in = p.in, out = p.out;
+    auto gw = be.UploadWeight({const_cast<float*>(p.w.data()), DType::kF32, MemSpace::kHost, {out, in}});
+    auto gw2 = be.UploadWeight({const_cast<float*>(p.w2.data()), DType::kF32, MemSpace::kHost, {out, in}});
+    ASSERT_TRUE(gw.ok() && gw2.ok());
+    auto bf = [&] { return Make(be, {n, out}, nullptr, DType::kBF16); };
+    T gx = Make(be, {n, in}, &p.x, DType::kBF16), of = Make(be, {n, out}, nullptr, DType::kF32), l0 = bf(), l1 = bf(),
+      m0 = bf(), m1 = bf(), a0 = bf(), a1 = bf(), gate = bf(), up = bf(), sw = bf();
+    const TensorView ws[2] = {gw->view, gw2->view}, ms[2] = {m0.view, m1.view}, ls[2] = {l0.view, l1.view},
+                     as[2] = {a0.view, a1.view};
+    ASSERT_TRUE(be.Linear(gx.view, gw->view, of.view).ok());
+    for (int k = 0; k < 2; ++k) ASSERT_TRUE(be.Linear(gx.view, ws[k], ls[k]).ok());
+    ASSERT_TRUE(be.LinearMany(gx.view, ws, ms).ok());
+    for (int k = 0; k < 2; ++k) ASSERT_TRUE(be.LinearMany(gx.view, absl::MakeConstSpan(&ws[k], 1), absl::MakeConstSpan(&as[k], 1)).ok());
+    ASSERT_TRUE(be.LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
+    o->linear_f32 = Read(be, of.view);
+    for (int k = 0; k < 2; ++k) {
+      o->linear[k] = Read(be, ls[k]);
+      o->many[k] = Read(be, ms[k]);
+      o->alone[k] = Read(be, as[k]);
+    }
+    o->glu = Read(be, sw.view);
+  }
+  // Elements whose bits differ.
+  static size_t BitsDiffer(const std::vector<float>& a, const std::vector<float>& b) {
+    EXPECT_EQ(a.size(), b.size());
+    size_t differ = 0;
+    for (size_t e = 0; e < std::min(a.size(), b.size()); ++e) differ += std::memcmp(&a[e], &b[e], sizeof(float)) != 0;
+    return differ;
+  }
+
   std::unique_ptr<Backend> gpu_, cpu_;
   std::mt19937 rng_;
 };
@@ -273,59 +332,26 @@ TEST_F(CudaBackendTest, SkinnyCtaShapesMatchTheCpu) {
                             {5, 136, 129}, {2, 2048, 300}, {12, 2048, 2048}, {32, 5632, 300}, {17, 520, 5632},
                             {25, 136, 129}}) {
     SCOPED_TRACE(testing::Message() << "n=" << n << " in=" << in << " out=" << out);
-    std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
-                       w2 = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
-    TensorView hw{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
-    TensorView hw2{w2.data(), DType::kF32, MemSpace::kHost, {out, in}};
-    auto cw = cpu_->UploadWeight(hw);
-    auto cw2 = cpu_->UploadWeight(hw2);
-    ASSERT_TRUE(cw.ok() && cw2.ok());
-    T cx = Cpu({n, in}, &x), co = Cpu({n, out}, nullptr), cg = Cpu({n, out}, nullptr), cu = Cpu({n, out}, nullptr),
-      cs = Cpu({n, out}, nullptr);
-    ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
-    ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
-    T co2 = Cpu({n, out}, nullptr);
-    ASSERT_TRUE(cpu_->Linear(cx.view, cw2->view, co2.view).ok());
-    const std::vector<float> want = Read(*cpu_, co.view), want2 = Read(*cpu_, co2.view),
-                             want_glu = Read(*cpu_, cs.view);
+    const Proj p = MakeProj(n, in, out);
     for (int i = 0; i < 2; ++i) {
-      Backend& be = *shaped[i];
-      auto gw = be.UploadWeight(hw);
-      auto gw2 = be.UploadWeight(hw2);
-      ASSERT_TRUE(gw.ok() && gw2.ok());
-      T gx = Make(be, {n, in}, &x, DType::kBF16), of = Make(be, {n, out}, nullptr, DType::kF32),
-        ob = Make(be, {n, out}, nullptr, DType::kBF16), ob2 = Make(be, {n, out}, nullptr, DType::kBF16),
-        m0 = Make(be, {n, out}, nullptr, DType::kBF16), m1 = Make(be, {n, out}, nullptr, DType::kBF16),
-        gate = Make(be, {n, out}, nullptr, DType::kBF16), up = Make(be, {n, out}, nullptr, DType::kBF16),
-        sw = Make(be, {n, out}, nullptr, DType::kBF16);
-      ASSERT_TRUE(be.Linear(gx.view, gw->view, of.view).ok());
-      ASSERT_TRUE(be.Linear(gx.view, gw->view, ob.view).ok());
-      ASSERT_TRUE(be.Linear(gx.view, gw2->view, ob2.view).ok());
-      const TensorView ws[2] = {gw->view, gw2->view}, os[2] = {m0.view, m1.view};
-      ASSERT_TRUE(be.LinearMany(gx.view, ws, os).ok());
-      ASSERT_TRUE(be.LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
+      ProjOut o;
+      RunProj(*shaped[i], p, &o);
+      if (HasFatalFailure()) return;
       const std::string what = std::string(names[i]) + " warps";
       if (n > cuda::kSkinnyNarrowMaxRows) {
         for (int k = 0; k < 2; ++k) {
-          T alone = Make(be, {n, out}, nullptr, DType::kBF16);
-          const TensorView w1[1] = {ws[k]}, o1[1] = {alone.view};
-          ASSERT_TRUE(be.LinearMany(gx.view, w1, o1).ok());
-          ExpectClose(Read(be, (k == 0 ? m0 : m1).view), Read(be, alone.view), 0,
-                      what + ": LinearMany of two vs alone, weight " + std::to_string(k));
-          ExpectClose(Read(be, alone.view), k == 0 ? want : want2, 1e-2,
+          ExpectClose(o.many[k], o.alone[k], 0, what + ": LinearMany of two vs alone, weight " + std::to_string(k));
+          ExpectClose(o.alone[k], k == 0 ? p.want : p.want2, 1e-2,
                       what + ": LinearMany vs CPU, weight " + std::to_string(k));
         }
       }
-      ExpectClose(Read(be, of.view), want, 2e-3, what + ": Linear f32 vs CPU");
-      ExpectClose(Read(be, ob.view), want, 1e-2, what + ": Linear bf16 vs CPU");
-      ExpectClose(Read(be, sw.view), want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
+      ExpectClose(o.linear_f32, p.want, 2e-3, what + ": Linear f32 vs CPU");
+      ExpectClose(o.linear[0], p.want, 1e-2, what + ": Linear bf16 vs CPU");
+      ExpectClose(o.glu, p.want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
       for (int k = 0; k < 2 && n <= cuda::kSkinnyNarrowMaxRows; ++k) {
-        const std::vector<float> many = Read(be, (k == 0 ? m0 : m1).view), one = Read(be, (k == 0 ? ob : ob2).view);
-        ASSERT_EQ(many.size(), one.size());
-        size_t differ = 0;
-        for (size_t e = 0; e < many.size(); ++e) differ += std::memcmp(&many[e], &one[e], sizeof(float)) != 0;
+        const size_t differ = BitsDiffer(o.many[k], o.linear[k]);
         EXPECT_EQ(differ, 0u) << what << ": LinearMany output " << k << " differs from Linear in " << differ << " of "
-                              << many.size() << " elements";
+                              << o.many[k].size() << " elements";
       }
     }
   }
@@ -358,47 +384,22 @@ TEST_F(CudaBackendTest, StreamFormMatchesTheCpu) {
                             {48, 1024, 129}, {64, 2048, 5632}, {64, 64, 8}, {20, 128, 2048}, {24, 520, 1000},
                             {57, 136, 300}}) {
     SCOPED_TRACE(testing::Message() << "n=" << n << " in=" << in << " out=" << out);
-    std::vector<float> x = Random(n * in), w = Random(out * in, 1.f / std::sqrt(static_cast<float>(in))),
-                       w2 = Random(out * in, 1.f / std::sqrt(static_cast<float>(in)));
-    TensorView hw{w.data(), DType::kF32, MemSpace::kHost, {out, in}};
-    TensorView hw2{w2.data(), DType::kF32, MemSpace::kHost, {out, in}};
-    auto cw = cpu_->UploadWeight(hw);
-    auto cw2 = cpu_->UploadWeight(hw2);
-    ASSERT_TRUE(cw.ok() && cw2.ok());
-    T cx = Cpu({n, in}, &x), co = Cpu({n, out}, nullptr), co2 = Cpu({n, out}, nullptr), cg = Cpu({n, out}, nullptr),
-      cu = Cpu({n, out}, nullptr), cs = Cpu({n, out}, nullptr);
-    ASSERT_TRUE(cpu_->Linear(cx.view, cw->view, co.view).ok());
-    ASSERT_TRUE(cpu_->Linear(cx.view, cw2->view, co2.view).ok());
-    ASSERT_TRUE(cpu_->LinearSwiGlu(cx.view, cw->view, cw2->view, cg.view, cu.view, cs.view).ok());
-    const std::vector<float> want = Read(*cpu_, co.view), want2 = Read(*cpu_, co2.view), want_glu = Read(*cpu_, cs.view);
+    const Proj p = MakeProj(n, in, out);
     for (Backend* be : {sb.get(), gpu_.get(), lt.get()}) {
       const std::string what = be == sb.get() ? "stream form" : be == gpu_.get() ? "stream form auto" : "stream form off";
-      auto gw = be->UploadWeight(hw);
-      auto gw2 = be->UploadWeight(hw2);
-      ASSERT_TRUE(gw.ok() && gw2.ok());
-      T gx = Make(*be, {n, in}, &x, DType::kBF16), of = Make(*be, {n, out}, nullptr, DType::kF32),
-        ob = Make(*be, {n, out}, nullptr, DType::kBF16), ob2 = Make(*be, {n, out}, nullptr, DType::kBF16),
-        m0 = Make(*be, {n, out}, nullptr, DType::kBF16), m1 = Make(*be, {n, out}, nullptr, DType::kBF16),
-        gate = Make(*be, {n, out}, nullptr, DType::kBF16), up = Make(*be, {n, out}, nullptr, DType::kBF16),
-        sw = Make(*be, {n, out}, nullptr, DType::kBF16);
-      ASSERT_TRUE(be->Linear(gx.view, gw->view, of.view).ok());
-      ASSERT_TRUE(be->Linear(gx.view, gw->view, ob.view).ok());
-      ASSERT_TRUE(be->Linear(gx.view, gw2->view, ob2.view).ok());
-      const TensorView ws[2] = {gw->view, gw2->view}, os[2] = {m0.view, m1.view};
-      ASSERT_TRUE(be->LinearMany(gx.view, ws, os).ok());
-      ASSERT_TRUE(be->LinearSwiGlu(gx.view, gw->view, gw2->view, gate.view, up.view, sw.view).ok());
-      ExpectClose(Read(*be, of.view), want, 2e-3, what + ": Linear f32 vs CPU");
-      ExpectClose(Read(*be, ob.view), want, 1e-2, what + ": Linear bf16 vs CPU");
-      ExpectClose(Read(*be, m0.view), want, 1e-2, what + ": LinearMany weight 0 vs CPU");
-      ExpectClose(Read(*be, m1.view), want2, 1e-2, what + ": LinearMany weight 1 vs CPU");
-      ExpectClose(Read(*be, sw.view), want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
+      ProjOut o;
+      RunProj(*be, p, &o);
+      if (HasFatalFailure()) return;
+      ExpectClose(o.linear_f32, p.want, 2e-3, what + ": Linear f32 vs CPU");
+      ExpectClose(o.linear[0], p.want, 1e-2, what + ": Linear bf16 vs CPU");
+      ExpectClose(o.many[0], p.want, 1e-2, what + ": LinearMany weight 0 vs CPU");
+      ExpectClose(o.many[1], p.want2, 1e-2, what + ": LinearMany weight 1 vs CPU");
+      ExpectClose(o.glu, p.want_glu, 1e-2, what + ": LinearSwiGlu vs CPU");
       if (be == sb.get()) {
         for (int k = 0; k < 2; ++k) {
-          const std::vector<float> many = Read(*be, (k == 0 ? m0 : m1).view), one = Read(*be, (k == 0 ? ob : ob2).view);
-          size_t differ = 0;
-          for (size_t e = 0; e < many.size(); ++e) differ += std::memcmp(&many[e], &one[e], sizeof(float)) != 0;
+          const size_t differ = BitsDiffer(o.many[k], o.linear[k]);
           EXPECT_EQ(differ, 0u) << "LinearMany output " << k << " differs from Linear in " << differ << " of "
-                                << many.size() << " elements";
+                                << o.many[k].size() << " elements";
         }
       }
     }
