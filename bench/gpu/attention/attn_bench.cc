@@ -17,10 +17,12 @@
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
 //                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
-//                       [--decode-kernels v6,v5]  (decode kernels to time, side by side: v6, v5, v5w, v4, v3)
+//                       [--decode-kernels v6,v5]  (decode kernels to time, side by side: v8, v6, v5, v5w, v4, v3)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 //                       [--read-floor-max-gb G]  (decode: time a read-only kernel over the same
 //                        bytes for calls up to G GB, default 1; 0 = off)
+//                       [--read-floor-ctas 8,4,...]  (its CTAs per SM, one row each, default 8: each
+//                        CTA keeps 32 KB of loads in flight; the first value fills the tables' column)
 //                       [--decode-fuse-min-keys 0,128,...]  (v5: keys a split needs for the merge in
 //                        the split kernel, one row per value; 0 = the built-in 512)
 //                       [--decode-timeline]  (v5: also replay the graph once with the CTAs stamping
@@ -292,6 +294,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> kernels = {"wgmma", "lockstep", "mma"};
   double decode_max_gb = 40.0;
   double read_floor_max_gb = 1.0;  // decode rows: time the read-only floor for calls up to this size
+  std::vector<int> read_floor_ctas = {8};  // its CTAs per SM, one row each
   std::vector<std::string> decode_kernels = {"v6", "v5"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   std::vector<int64_t> decode_fuse_min = {0};  // 0 = the launcher's choice
@@ -312,6 +315,23 @@ int main(int argc, char** argv) {
     else if (a == "--decode-batch") decode_batch = ParseList(next());
     else if (a == "--decode-max-gb") decode_max_gb = std::stod(next());
     else if (a == "--read-floor-max-gb") read_floor_max_gb = std::stod(next());
+    else if (a == "--read-floor-ctas") {
+      read_floor_ctas.clear();
+      std::stringstream ss(next());
+      std::string t;
+      while (std::getline(ss, t, ',')) {
+        const int c = std::stoi(t);
+        if (c < 1 || c > 8) {
+          std::fprintf(stderr, "--read-floor-ctas takes CTAs per SM from 1 to 8, not %s\n", t.c_str());
+          return 2;
+        }
+        read_floor_ctas.push_back(c);
+      }
+      if (read_floor_ctas.empty()) {
+        std::fprintf(stderr, "--read-floor-ctas needs at least one value\n");
+        return 2;
+      }
+    }
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--decode-fuse-min-keys") decode_fuse_min = ParseList(next());
     else if (a == "--decode-timeline") decode_timeline = true;
@@ -332,8 +352,8 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "v6" && t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
-          std::fprintf(stderr, "--decode-kernels takes v6, v5, v5w, v4 and v3, not %s\n", t.c_str());
+        if (t != "v8" && t != "v6" && t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
+          std::fprintf(stderr, "--decode-kernels takes v8, v6, v5, v5w, v4 and v3, not %s\n", t.c_str());
           return 2;
         }
         decode_kernels.push_back(t);
@@ -532,7 +552,8 @@ int main(int argc, char** argv) {
         // bytes read by a kernel that does nothing else, in the same graph of launches over the
         // copies: what reading that much in one launch costs at this size, with no compute.
         double floor_ms = 0;
-        if (kv_bytes <= read_floor_max_gb * 1e9) {
+        for (const int floor_ctas : read_floor_ctas) {
+          if (kv_bytes > read_floor_max_gb * 1e9) break;
           const size_t half = static_cast<size_t>(nb) * block_bytes;
           unsigned* sink;
           CK(cudaMalloc(&sink, sizeof(unsigned)));
@@ -543,29 +564,36 @@ int main(int argc, char** argv) {
           for (int i = 0; i < kFloorLaunches; ++i) {
             CK(sqa::bench::LaunchReadFloor(static_cast<char*>(pk) + (i % copies) * half,
                                            static_cast<char*>(pv) + (i % copies) * half, half, sink,
-                                           prop.multiProcessorCount, s));
+                                           prop.multiProcessorCount, floor_ctas, s));
           }
           CK(cudaStreamEndCapture(s, &graph));
           CK(cudaGraphInstantiate(&exec, graph, 0));
-          floor_ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kFloorLaunches;
+          const double ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kFloorLaunches;
           CK(cudaGraphExecDestroy(exec));
           CK(cudaGraphDestroy(graph));
           CK(cudaFree(sink));
-          const double fbw = kv_bytes / (floor_ms * 1e-3);
+          if (floor_ms == 0) floor_ms = ms;
+          const double fbw = kv_bytes / (ms * 1e-3);
+          const std::string name = floor_ctas == 8 ? "read" : "read/" + std::to_string(floor_ctas);
           std::printf("%-6s %8lld %5lld %-7s %7s %10.1f %10s %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx,
-                      (long long)batch, "read", "-", floor_ms * 1e3, "-", fbw / 1e9, 100.0 * fbw / ceiling);
-          out["decode_read_floor"].push_back({{"layout", L.name}, {"ctx", ctx}, {"batch", batch}, {"ms", floor_ms},
-                                              {"kv_bytes", kv_bytes}, {"bytes_per_s", fbw}});
+                      (long long)batch, name.c_str(), "-", ms * 1e3, "-", fbw / 1e9, 100.0 * fbw / ceiling);
+          out["decode_read_floor"].push_back({{"layout", L.name}, {"ctx", ctx}, {"batch", batch}, {"ms", ms},
+                                              {"ctas_per_sm", floor_ctas}, {"kv_bytes", kv_bytes},
+                                              {"bytes_per_s", fbw}});
         }
         for (const std::string& dname : decode_kernels)
         for (int64_t want_splits : decode_splits)
         for (int64_t fuse_min : decode_fuse_min) {
-          if (fuse_min != decode_fuse_min.front() && dname != "v6" && dname != "v5" && dname != "v5w") continue;
+          const bool v5up = dname == "v8" || dname == "v6" || dname == "v5";
+          if (fuse_min != decode_fuse_min.front() && !v5up && dname != "v5w") {
+            continue;
+          }
           // v5 reads its first K/V tiles before waiting on the launch before it, as in a decode step
           // (fresh_kv_tokens = 1: the step appends one token per sequence); v5w waits first.
           const sqa::cuda::DecodeKernel dk = dname == "v3"   ? sqa::cuda::DecodeKernel::kV3
                                              : dname == "v4" ? sqa::cuda::DecodeKernel::kV4
                                              : dname == "v6" ? sqa::cuda::DecodeKernel::kV6
+                                             : dname == "v8" ? sqa::cuda::DecodeKernel::kV8
                                                              : sqa::cuda::DecodeKernel::kV5;
           const size_t wsb =
               sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, static_cast<int>(want_splits), dk);
@@ -590,7 +618,7 @@ int main(int argc, char** argv) {
           p.workspace = ws;
           p.workspace_bytes = wsb;
           p.kernel = dk;
-          p.fresh_kv_tokens = dname == "v5" || dname == "v6" ? 1 : -1;
+          p.fresh_kv_tokens = v5up ? 1 : -1;
           p.num_splits = static_cast<int>(want_splits);
           p.fuse_min_split_keys = static_cast<int>(fuse_min);
           // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
@@ -609,7 +637,7 @@ int main(int argc, char** argv) {
           CK(cudaGraphExecDestroy(exec));
           CK(cudaGraphDestroy(graph));
           const int splits = sqa::cuda::DecodeSplits(p);
-          if (decode_timeline && (dk == sqa::cuda::DecodeKernel::kV5 || dk == sqa::cuda::DecodeKernel::kV6)) {
+          if (decode_timeline && (v5up || dname == "v5w")) {
             TimelineRow(p, s, splits, copies, nb, tables, L.name, ctx, batch, dname, out);
           }
           // The same launch timed alone with events (host launch cost included), for reference.

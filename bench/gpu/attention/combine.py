@@ -142,7 +142,7 @@ def main():
                  "v17-v18), and the GPU runs these kernels at its power cap: the ncu profiles of earlier versions "
                  "and the clock trace are in bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
-    order_k = ["v6", "v5", "v4", "v3"]  # newest first: the first one a run timed is the default
+    order_k = ["v8", "v6", "v5", "v4", "v3"]  # newest first: the first one a run timed is the default
     timed = [k for k in order_k if any(r.get("kernel", "v3") == k for r in attn["decode"])]
     dk = timed[0] if timed else "v4"
     ck = timed[1] if len(timed) > 1 else order_k[min(order_k.index(dk) + 1, len(order_k) - 1)]
@@ -218,8 +218,11 @@ def main():
                  "v20). `sqa-attn-bench --decode-timeline` stamps each CTA's phases: at MQA 128k batch 1 a CTA's "
                  "first tile lands about 5.5 us after it starts, its 512 KB then stream at ~29 GB/s, and the "
                  "epilogue, the wait for the slowest split and the merge take another ~6 us (NOTES.md v21). "
+                 "v8 runs the MQA loop on warpgroup MMA with a quarter of v6's instructions per key and the "
+                 "same bytes in flight, and its loop phase takes as long as v6's: these calls wait on the "
+                 "loads, not on compute (NOTES.md v23). "
                  "Where a run timed it, the last table gives the read-only floor at those sizes; NOTES.md v19 "
-                 "to v21 have what was tried against these rows.")
+                 "to v23 have what was tried against these rows.")
     if args.floor_run:
         lines += floor_table(args.floor_run)
     md = "\n".join(lines) + "\n"
@@ -239,7 +242,7 @@ def floor_table(path):
     """The decode rows of one sqa-attn-bench run beside the read-only kernel of the same run."""
     run = json.load(open(path))
     kernels = [r for r in run.get("decode", []) if r.get("splits_requested", 0) in (0, None)]
-    default = next((k for k in ("v6", "v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
+    default = next((k for k in ("v8", "v6", "v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
     out = ["", "## Decode beside the read-only floor (one run)", ""]
     out.append(f"From `{path}`: the `{default}` rows and the read-only kernel (same bytes, every SM, no compute; "
                "the same graph of 32 launches over cache copies) timed in that one run. `75% allows` = the time "

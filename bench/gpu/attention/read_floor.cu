@@ -37,12 +37,15 @@ __global__ void __launch_bounds__(kThreads) ReadFloorKernel(const uint4* __restr
 
 }  // namespace
 
-cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, cudaStream_t stream) {
+cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, int ctas_per_sm,
+                            cudaStream_t stream) {
   const size_t n16 = bytes / 16;
   if (n16 == 0) return cudaSuccess;
-  // Eight CTAs of 256 threads per SM: 2048 threads, each with 2 x 4 loads of 16 bytes in flight.
+  // ctas_per_sm CTAs of 256 threads per SM (8: 2048 threads), each thread with 2 x 4 loads of 16
+  // bytes in flight: 32 KB per CTA.
   const size_t want = (n16 + kThreads - 1) / kThreads;
-  const unsigned blocks = static_cast<unsigned>(want < static_cast<size_t>(8 * sms) ? want : 8 * sms);
+  const size_t cap = static_cast<size_t>(ctas_per_sm) * sms;
+  const unsigned blocks = static_cast<unsigned>(want < cap ? want : cap);
   ReadFloorKernel<<<blocks, kThreads, 0, stream>>>(static_cast<const uint4*>(a), static_cast<const uint4*>(b), n16,
                                                    sink);
   return cudaGetLastError();

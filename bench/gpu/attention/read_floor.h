@@ -7,8 +7,10 @@
 
 namespace sqa::bench {
 
-// Reads `bytes` (a multiple of 16, 16-byte aligned) from each of a and b on `stream` with every
-// one of `sms` SMs, and writes nothing but (practically never) one word of `sink`.
-cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, cudaStream_t stream);
+// Reads `bytes` (a multiple of 16, 16-byte aligned) from each of a and b on `stream` with
+// ctas_per_sm (1-8) CTAs on each of `sms` SMs, and writes nothing but (practically never) one word
+// of `sink`.
+cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, int ctas_per_sm,
+                            cudaStream_t stream);
 
 }  // namespace sqa::bench

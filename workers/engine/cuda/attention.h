@@ -83,7 +83,7 @@ struct PrefillParams {
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.
 absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
 
-// Which decode kernel runs. kAuto is kV6.
+// Which decode kernel runs. kAuto is kV8.
 //  - kV4: up to 16 heads per KV head run two CTAs per SM, wider groups eight warps per CTA (two
 //    per K/V stream); the splits are merged by a second kernel launched as a programmatic
 //    dependent.
@@ -95,7 +95,11 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
 //    lanes' weights first, then independent sums) and whose epilogue is unrolled.
 //  - kV3: the earlier kernel (four warps, one CTA per SM, a serial combine), kept for comparison
 //    in tests and benchmarks.
-enum class DecodeKernel { kAuto, kV6, kV5, kV4, kV3 };
+//  - kV8: for groups of 17-32 heads per KV head (MQA-like), kV6 with its loop on warpgroup MMA
+//    (wgmma): two streams of 64-key tiles, one warpgroup each, every K/V tile read from shared
+//    memory once per stream, and the split's block-table entries copied to shared memory once.
+//    Narrower groups run kV6.
+enum class DecodeKernel { kAuto, kV6, kV5, kV4, kV3, kV8 };
 
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence

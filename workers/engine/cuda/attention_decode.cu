@@ -1,4 +1,5 @@
-// Flash-decoding over the paged KV cache (sm_90, mma.sync m16n8k16 bf16, f32 accumulation).
+// Flash-decoding over the paged KV cache (sm_90, mma.sync m16n8k16 or, v8's wide groups, wgmma;
+// bf16 inputs, f32 accumulation).
 //
 // One CTA per (KV split, KV head x row group, sequence). The g = Ha / Hkv query heads that share
 // a KV head are the M rows of one mma tile (16 or 32 rows), so each K/V byte is read once per
@@ -6,8 +7,8 @@
 // read the KV twice). The CTA's 4 warps each stream their own 32-key tiles (cp.async, two stages,
 // warp-private shared memory), keep an online softmax, and are merged at the end through shared
 // memory. With more than one split the partial (o, lse) go to the workspace in f32 and a second
-// kernel merges them (same formula as MergeAttention). v4, v5 and v6 (the default) refine this: see
-// the notes above namespace v4 and above MergeSplitsInKernel.
+// kernel merges them (same formula as MergeAttention). v4, v5, v6 and v8 (the default) refine this:
+// see the notes above namespace v4 and above MergeSplitsInKernel.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -15,11 +16,13 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "workers/engine/cuda/attention.h"
 #include "workers/engine/cuda/attention_internal.cuh"
 #include "workers/engine/cuda/pdl.cuh"
+#include "workers/engine/cuda/wgmma.cuh"
 
 namespace sqa::cuda {
 namespace {
@@ -435,16 +438,33 @@ __device__ __forceinline__ int SplitLen(int kv_len, int splits, int min_keys, in
 // shared loads and exps): each lane's weight is computed once, the column sums then use
 // independent loads; a batch of split partials is folded with one max instead of a running one;
 // and the epilogue's output loop has a fixed, unrolled trip count.
+// v8 (<D, 2, 8>, wide groups only; narrow groups run v6) is v6 with the loop on warpgroup MMA:
+// two K/V streams of 64-key tiles, each stream a warpgroup of four warps. The MMA's 64 rows are
+// the CTA's 32 heads twice: rows 0-31 (warps 0, 1) take the tile's keys 0-31 and rows 32-63
+// (warps 2, 3) its keys 32-63, so S = Q K^T (m64n64) is half used and P V (m64n128, the other
+// half's P zero) sums each half's keys into its own rows. Each half is a partial of its own
+// (running max and sum), merged with the other three in the epilogue as v6 merges its four
+// streams. K/V tiles are SW128 panels (wgmma.cuh) read from shared memory once per stream (v6's
+// two warps per stream each read the whole tile with ldmatrix); Q and P are register fragments;
+// three stages per stream keep the bytes in flight of v6's four streams of three stages. v8 also
+// copies the block-table entries of its split to shared memory before its first loads, so that a
+// tile's addresses take a shared load instead of a dependent global one. (The same copy in v6's
+// narrow groups made the 1b decode steps 1-1.5% slower: bench/gpu/attention/NOTES.md v23.)
 namespace v4 {
 
-constexpr int kStreams = 4;  // K/V tile streams per CTA
-constexpr int kStages = 3;   // cp.async stages per stream (two tiles in flight)
+constexpr int kStreams = 4;  // K/V tile streams per CTA (v4-v6)
+constexpr int kStages = 3;   // cp.async stages per stream (two tiles in flight; v4-v6)
 
 template <int D, int RW, int V = 4>
 struct Cfg {
-  static constexpr int kTN = RW == 1 ? 16 : 32;          // keys per stream tile
+  static constexpr bool kWg = V >= 8 && RW == 2;         // v8, wide groups: a warpgroup per stream
+  static constexpr int kStreams = kWg ? 2 : v4::kStreams;
+  static constexpr int kStages = v4::kStages;
+  static constexpr int kWarpsPerStream = kWg ? 4 : RW;
+  static constexpr int kTN = kWg ? 64 : RW == 1 ? 16 : 32;  // keys per stream tile
+  static constexpr int kParts = kWg ? 2 * kStreams : kStreams;  // partials per row to merge
   static constexpr int kRows = 16 * RW;                  // query heads of one CTA
-  static constexpr int kThreads = kStreams * 32 * RW;
+  static constexpr int kThreads = kStreams * 32 * kWarpsPerStream;
   static constexpr int kChunks = D / 8;                  // 16-byte chunks per K/V row
   static constexpr int kTileElems = kTN * D;             // K (or V) of one tile
   static constexpr int kStreamElems = kStages * 2 * kTileElems;
@@ -452,24 +472,40 @@ struct Cfg {
   // Row stride of the stream partials in shared memory. v5 pads rows by 8 floats: the float2
   // stores of a half-warp (4 rows x 8 columns) then hit 32 different banks instead of 8.
   static constexpr int kOS = V >= 5 ? D + 8 : D;
-  static constexpr int kMergeBytes = kStreams * kRows * (kOS + 2) * 4;
+  static constexpr int kMergeBytes = kParts * kRows * (kOS + 2) * 4;
   static constexpr int kQOffset = kKvBytes > kMergeBytes ? kKvBytes : kMergeBytes;
-  static constexpr int kSmem = kQOffset + kRows * D * 2;
+  // v8's SW128 panels need 1024-byte alignment: the kernel rounds its base up within the slack.
+  static constexpr int kAlignSlack = kWg ? 1024 : 0;
+  // v8 (wide groups): the block-table entries of the CTA's split, copied to shared memory once (up
+  // to kTabMax of them; longer splits read the table from global memory per tile).
+  static constexpr int kTabMax = kWg ? 256 : 0;
+  static constexpr int kTabOffset = kQOffset + kRows * D * 2;
+  static constexpr int kSmem = kTabOffset + kTabMax * 4 + kAlignSlack;
   static constexpr int kMinBlocks = RW == 1 ? 2 : 1;
-  static constexpr int kLoaders = 32 * RW;               // threads filling one stream
+  static constexpr int kLoaders = 32 * kWarpsPerStream;  // threads filling one stream
   static constexpr int kPerLoader = kTN * kChunks / kLoaders;
   static constexpr int kRowStep = kLoaders / kChunks;
   static_assert(kLoaders % kChunks == 0 && (kTN * kChunks) % kLoaders == 0, "loader mapping");
   static_assert(kMinBlocks * (kSmem + 1024) <= 232448, "shared memory per SM");
 };
 
-// Barrier of the warps that share one stream (one warp: a warp barrier).
-template <int RW>
+// Barrier of the W warps that share one stream (one warp: a warp barrier).
+template <int W>
 __device__ __forceinline__ void StreamSync(int stream) {
-  if constexpr (RW == 1) {
+  if constexpr (W == 1) {
     __syncwarp();
   } else {
-    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + stream), "n"(32 * RW) : "memory");
+    asm volatile("bar.sync %0, %1;\n" ::"r"(1 + stream), "n"(32 * W) : "memory");
+  }
+}
+
+// O += P V for one 16-key step of the v8 loop (m64 rows, all D columns).
+template <int D>
+__device__ __forceinline__ void WgPvStep(float (&o)[D / 8][4], const uint32_t (&pa)[4], uint64_t desc_v) {
+  if constexpr (D == 128) {
+    attn_detail::WgmmaRS_N128(reinterpret_cast<float (&)[64]>(o), pa, desc_v);
+  } else {
+    attn_detail::WgmmaRS_N64(reinterpret_cast<float (&)[32]>(o), pa, desc_v);
   }
 }
 
@@ -480,6 +516,9 @@ template <int D, int RW, int V>
 __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBlocks) DecodeKernelV4(const DecodeKernelArgs a) {
   using C = Cfg<D, RW, V>;
   constexpr int kTN = C::kTN;
+  constexpr int kStreams = C::kStreams;
+  constexpr int kStages = C::kStages;
+  constexpr int kWps = C::kWarpsPerStream;
   // Launched as a programmatic dependent (pdl.cuh): Q and the newest K/V come from the kernels
   // before this one. v5 with a.fresh >= 0 issues its first K/V tiles before waiting, when they
   // lie below the fresh positions.
@@ -489,12 +528,19 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
     Stamp(a, kTlSm);
   }
   if (!early) PdlWait();
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_dyn[];
+  unsigned char* smem_raw = smem_dyn;
+  if constexpr (C::kAlignSlack > 0) {
+    smem_raw += (C::kAlignSlack - (SmemAddr(smem_dyn) & (C::kAlignSlack - 1))) & (C::kAlignSlack - 1);
+  }
   bf16* sKV = reinterpret_cast<bf16*>(smem_raw);
   bf16* sQ = reinterpret_cast<bf16*>(smem_raw + C::kQOffset);
 
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-  const int stream = warp % kStreams, rw = warp / kStreams;
+  // v4-v6: stream s has warps s, s + kStreams, ...; v8: warpgroup s (wgmma needs four
+  // consecutive warps), whose warp rw holds MMA rows 16 rw .. 16 rw + 15.
+  const int stream = C::kWg ? warp / kWps : warp % kStreams;
+  const int rw = C::kWg ? warp % kWps : warp / kStreams;
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / a.row_groups;
   const int rg = blockIdx.y % a.row_groups;
@@ -507,6 +553,24 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   // ks0 + split_len can pass 2^31 for the last split of a near-2^31 context: add in 64 bits.
   const int ks1 = static_cast<int>(min(static_cast<int64_t>(kv_len), static_cast<int64_t>(ks0) + split_len));
   const int32_t* table = a.block_tables + b * a.table_stride;
+  // v8 (wide groups): this split's table entries in shared memory when they fit (the table is an
+  // input of earlier steps, so it may be read before the wait). tab(bi) is entry bi either way.
+  int* sTab = reinterpret_cast<int*>(smem_raw + C::kTabOffset);
+  const int tab0 = ks1 > ks0 ? ks0 / a.block_size : 0;
+  const int tab_n = ks1 > ks0 ? (ks1 - 1) / a.block_size + 1 - tab0 : 0;
+  const bool tab_shared = C::kTabMax > 0 && tab_n <= C::kTabMax;
+  if constexpr (C::kTabMax > 0) {
+    if (tab_shared) {
+      for (int i = tid; i < tab_n; i += C::kThreads) sTab[i] = table[tab0 + i];
+      __syncthreads();
+    }
+  }
+  auto tab = [&](int bi) -> int32_t {
+    if constexpr (C::kTabMax > 0) {
+      if (tab_shared) return sTab[bi - tab0];
+    }
+    return table[bi];
+  };
 
   if constexpr (V < 5) {
     for (int i = tid; i < C::kRows * C::kChunks; i += C::kThreads) {
@@ -523,19 +587,27 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   const int li = rw * 32 + lane;              // this thread's place among the stream's loaders
   const int lc = li % C::kChunks;             // its chunk column; rows lr, lr + kRowStep, ...
   const int lr = li / C::kChunks;
+  // Element offset of chunk c of key row r in a K or V tile: v8's SW128 panels, else Swz rows.
+  auto tile_off = [](int r, int c) -> int {
+    if constexpr (C::kWg) {
+      return static_cast<int>(attn_detail::Sw128Offset(r, c, kTN) / 2);
+    } else {
+      return Swz<D>(r, c);
+    }
+  };
   auto load_tile = [&](int k0, int st) {
     bf16* dk = wK + st * 2 * C::kTileElems;
     bf16* dv = dk + C::kTileElems;
-    if (a.tile_in_block && k0 + kTN <= ks1) {
+    if (a.tile_in_block && (!C::kWg || a.block_size % kTN == 0) && k0 + kTN <= ks1) {
       // The whole tile lies in one block: kTN rows of D, Hkv * D apart, in K and in V.
       const int bi = k0 / a.block_size;
-      const int64_t base = PagedOffset<D>(table[bi], a.block_size, k0 - bi * a.block_size + lr, a.hkv, kvh) + lc * 8;
+      const int64_t base = PagedOffset<D>(tab(bi), a.block_size, k0 - bi * a.block_size + lr, a.hkv, kvh) + lc * 8;
       const int64_t step = static_cast<int64_t>(C::kRowStep) * a.hkv * D;
       const bf16* gk = a.k + base;
       const bf16* gv = a.v + base;
 #pragma unroll
       for (int k = 0; k < C::kPerLoader; ++k) {
-        const int so = Swz<D>(lr + k * C::kRowStep, lc);
+        const int so = tile_off(lr + k * C::kRowStep, lc);
         CpAsync16(SmemAddr(dk + so), gk + k * step, true);
         CpAsync16(SmemAddr(dv + so), gv + k * step, true);
       }
@@ -548,9 +620,9 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
         int64_t off = 0;
         if (valid) {
           const int bi = p / a.block_size;
-          off = PagedOffset<D>(table[bi], a.block_size, p - bi * a.block_size, a.hkv, kvh) + lc * 8;
+          off = PagedOffset<D>(tab(bi), a.block_size, p - bi * a.block_size, a.hkv, kvh) + lc * 8;
         }
-        const int so = Swz<D>(r, lc);
+        const int so = tile_off(r, lc);
         CpAsync16(SmemAddr(dk + so), a.k + off, valid);
         CpAsync16(SmemAddr(dv + so), a.v + off, valid);
       }
@@ -599,9 +671,14 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
     __syncthreads();
   }
   uint32_t qf[D / 16][4];
+  // The heads of this warp's 16 rows: v8's warps 2 and 3 repeat those of warps 0 and 1.
+  const int hw = C::kWg ? rw % 2 : rw;
+  // v8: the half of each 64-key tile this warp's rows take, and its partial's index.
+  const int half = C::kWg ? rw / 2 : 0;
+  const int part = C::kWg ? stream * 2 + half : stream;
 #pragma unroll
   for (int ks = 0; ks < D / 16; ++ks) {
-    const int r = rw * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
+    const int r = hw * 16 + (lane % 8) + ((lane / 8) % 2) * 8;
     Ldsm4(qf[ks], SmemAddr(sQ + Swz<D>(r, ks * 2 + lane / 16)));
   }
 
@@ -612,7 +689,8 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
 
   for (int it = 0; it < my_tiles; ++it) {
     CpAsyncWait<kStages - 2>();  // this thread's part of tile `it` has landed
-    StreamSync<RW>(stream);      // ... everyone's, and the stage of tile it - 1 is free
+    if constexpr (C::kWg) attn_detail::FenceProxyAsync();  // ... and is visible to wgmma
+    StreamSync<kWps>(stream);    // ... everyone's, and the stage of tile it - 1 is free
     if constexpr (V >= 5) {
       if (it == 0) Stamp(a, kTlFirstTile);
     }
@@ -627,47 +705,78 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
     float s[kTN / 8][4];
 #pragma unroll
     for (int i = 0; i < kTN / 8; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
+    if constexpr (C::kWg) {
+      // S (64 x 64) = Q K^T: K-major K panels of kTN rows, 32 bytes per 16-column step.
+      float (&s32)[32] = reinterpret_cast<float (&)[32]>(s);
+      const uint32_t kb = SmemAddr(tK);
+      attn_detail::WgmmaFence();
 #pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
+      for (int ks = 0; ks < D / 16; ++ks) {
+        const uint32_t addr = kb + (ks / 4) * (kTN * 128) + (ks % 4) * 32;
+        attn_detail::WgmmaRS_KB_N64(s32, qf[ks], attn_detail::MakeSmemDesc(addr, 16, 1024), ks > 0 ? 1 : 0);
+      }
+      attn_detail::WgmmaCommit();
+      attn_detail::WgmmaWait<0>();
+      attn_detail::FenceRegs(s32);
+      attn_detail::FenceRegs(qf);
+    } else {
 #pragma unroll
-      for (int nb2 = 0; nb2 < kTN / 16; ++nb2) {
-        uint32_t bb[4];
-        const int r = nb2 * 16 + (lane % 8) + (lane / 16) * 8;
-        Ldsm4(bb, SmemAddr(tK + Swz<D>(r, ks * 2 + (lane / 8) % 2)));
-        Mma(s[2 * nb2], qf[ks], bb[0], bb[1]);
-        Mma(s[2 * nb2 + 1], qf[ks], bb[2], bb[3]);
+      for (int ks = 0; ks < D / 16; ++ks) {
+#pragma unroll
+        for (int nb2 = 0; nb2 < kTN / 16; ++nb2) {
+          uint32_t bb[4];
+          const int r = nb2 * 16 + (lane % 8) + (lane / 16) * 8;
+          Ldsm4(bb, SmemAddr(tK + Swz<D>(r, ks * 2 + (lane / 8) % 2)));
+          Mma(s[2 * nb2], qf[ks], bb[0], bb[1]);
+          Mma(s[2 * nb2 + 1], qf[ks], bb[2], bb[3]);
+        }
       }
     }
     const bool need_mask = k0 + kTN > ks1;
-#pragma unroll
-    for (int nb = 0; nb < kTN / 8; ++nb)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float x = s[nb][e] * a.scale_log2;
-        if (need_mask && k0 + nb * 8 + (lane % 4) * 2 + (e & 1) >= ks1) x = -INFINITY;
-        s[nb][e] = x;
-      }
     float alpha[2];
+    // The online softmax over the score blocks nb0 .. nb0 + kNb - 1 of this warp's rows (v8: its
+    // half of the tile; the other half is never exponentiated and enters P V as zeros).
+    constexpr int kNb = C::kWg ? kTN / 16 : kTN / 8;
+    auto softmax = [&](auto nb0_c) {
+      constexpr int nb0 = decltype(nb0_c)::value;
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      float mx = -INFINITY;
+      for (int nb = nb0; nb < nb0 + kNb; ++nb)
 #pragma unroll
-      for (int nb = 0; nb < kTN / 8; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
-      mx = QuadMax(mx);
-      const float m_new = fmaxf(m_i[i], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;
-      alpha[i] = Exp2(m_i[i] - m_use);
-      float sum = 0.f;
+        for (int e = 0; e < 4; ++e) {
+          float x = s[nb][e] * a.scale_log2;
+          if (need_mask && k0 + nb * 8 + (lane % 4) * 2 + (e & 1) >= ks1) x = -INFINITY;
+          s[nb][e] = x;
+        }
 #pragma unroll
-      for (int nb = 0; nb < kTN / 8; ++nb) {
-        const float p0 = Exp2(s[nb][2 * i] - m_use);
-        const float p1 = Exp2(s[nb][2 * i + 1] - m_use);
-        s[nb][2 * i] = p0;
-        s[nb][2 * i + 1] = p1;
-        sum += p0 + p1;
+      for (int i = 0; i < 2; ++i) {
+        float mx = -INFINITY;
+#pragma unroll
+        for (int nb = nb0; nb < nb0 + kNb; ++nb) mx = fmaxf(mx, fmaxf(s[nb][2 * i], s[nb][2 * i + 1]));
+        mx = QuadMax(mx);
+        const float m_new = fmaxf(m_i[i], mx);
+        const float m_use = m_new == -INFINITY ? 0.f : m_new;
+        alpha[i] = Exp2(m_i[i] - m_use);
+        float sum = 0.f;
+#pragma unroll
+        for (int nb = nb0; nb < nb0 + kNb; ++nb) {
+          const float p0 = Exp2(s[nb][2 * i] - m_use);
+          const float p1 = Exp2(s[nb][2 * i + 1] - m_use);
+          s[nb][2 * i] = p0;
+          s[nb][2 * i + 1] = p1;
+          sum += p0 + p1;
+        }
+        l_i[i] = l_i[i] * alpha[i] + sum;
+        m_i[i] = m_new;
       }
-      l_i[i] = l_i[i] * alpha[i] + sum;
-      m_i[i] = m_new;
+    };
+    if constexpr (C::kWg) {
+      if (half == 1) {
+        softmax(std::integral_constant<int, kNb>{});
+      } else {
+        softmax(std::integral_constant<int, 0>{});
+      }
+    } else {
+      softmax(std::integral_constant<int, 0>{});
     }
     // Once the running maxima settle, alpha is exactly 1: skip the rescale (warp-uniform).
     if (!__all_sync(0xffffffffu, alpha[0] == 1.f && alpha[1] == 1.f)) {
@@ -678,6 +787,30 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
         o[nd][2] *= alpha[1];
         o[nd][3] *= alpha[1];
       }
+    }
+    if constexpr (C::kWg) {
+      // O += P V: V panels read MN-major, 16 keys (2 KB of a panel) per step; P is zero on the
+      // other half's keys.
+      uint32_t pa[kTN / 16][4];
+#pragma unroll
+      for (int ks = 0; ks < kTN / 16; ++ks) {
+        const bool mine = ks / (kTN / 32) == half;
+        pa[ks][0] = mine ? PackBf16(s[2 * ks][0], s[2 * ks][1]) : 0u;
+        pa[ks][1] = mine ? PackBf16(s[2 * ks][2], s[2 * ks][3]) : 0u;
+        pa[ks][2] = mine ? PackBf16(s[2 * ks + 1][0], s[2 * ks + 1][1]) : 0u;
+        pa[ks][3] = mine ? PackBf16(s[2 * ks + 1][2], s[2 * ks + 1][3]) : 0u;
+      }
+      const uint32_t vb = SmemAddr(tV);
+      attn_detail::WgmmaFence();
+#pragma unroll
+      for (int ks = 0; ks < kTN / 16; ++ks) {
+        WgPvStep<D>(o, pa[ks], attn_detail::MakeSmemDesc(vb + ks * 16 * 128, kTN * 128, 1024));
+      }
+      attn_detail::WgmmaCommit();
+      attn_detail::WgmmaWait<0>();
+      attn_detail::FenceRegs(reinterpret_cast<float (&)[D / 2]>(o));
+      attn_detail::FenceRegs(pa);
+      continue;
     }
 #pragma unroll
     for (int ks = 0; ks < kTN / 16; ++ks) {
@@ -700,20 +833,21 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   __syncthreads();  // all streams are done with their stages: reuse them for the merge
   if constexpr (V >= 5) Stamp(a, kTlLoopEnd);
 
-  // Stream partials -> shared: sO [stream][row][D] f32, sM/sL [stream][row].
+  // Stream partials -> shared: sO [part][row][D] f32, sM/sL [part][row] (a part is a stream, or
+  // v8's half of one).
   float* sO = reinterpret_cast<float*>(smem_raw);
-  float* sM = sO + kStreams * C::kRows * C::kOS;
-  float* sL = sM + kStreams * C::kRows;
+  float* sM = sO + C::kParts * C::kRows * C::kOS;
+  float* sL = sM + C::kParts * C::kRows;
 #pragma unroll
   for (int i = 0; i < 2; ++i) {
-    const int r = rw * 16 + lane / 4 + i * 8;
+    const int r = hw * 16 + lane / 4 + i * 8;
     const float l = QuadSum(l_i[i]);
-    float* dst = sO + (stream * C::kRows + r) * C::kOS + (lane % 4) * 2;
+    float* dst = sO + (part * C::kRows + r) * C::kOS + (lane % 4) * 2;
 #pragma unroll
     for (int nd = 0; nd < D / 8; ++nd) *reinterpret_cast<float2*>(dst + nd * 8) = make_float2(o[nd][2 * i], o[nd][2 * i + 1]);
     if (lane % 4 == 0) {
-      sM[stream * C::kRows + r] = m_i[i];
-      sL[stream * C::kRows + r] = l;
+      sM[part * C::kRows + r] = m_i[i];
+      sL[part * C::kRows + r] = l;
     }
   }
   __syncthreads();
@@ -726,18 +860,18 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
     const int r = tid;
     float mx = -INFINITY;
 #pragma unroll
-    for (int w = 0; w < kStreams; ++w) mx = fmaxf(mx, sM[w * C::kRows + r]);
+    for (int w = 0; w < C::kParts; ++w) mx = fmaxf(mx, sM[w * C::kRows + r]);
     const float m_use = mx == -INFINITY ? 0.f : mx;
-    float f[kStreams];
+    float f[C::kParts];
     float l = 0.f;
 #pragma unroll
-    for (int w = 0; w < kStreams; ++w) {
+    for (int w = 0; w < C::kParts; ++w) {
       f[w] = Exp2(sM[w * C::kRows + r] - m_use);
       l += sL[w * C::kRows + r] * f[w];
     }
     const float inv = l > 0.f ? 1.f / l : 0.f;
 #pragma unroll
-    for (int w = 0; w < kStreams; ++w) sM[w * C::kRows + r] = f[w] * inv;
+    for (int w = 0; w < C::kParts; ++w) sM[w * C::kRows + r] = f[w] * inv;
     const float lse = l > 0.f ? (mx + log2f(l)) * kLn2 : -INFINITY;
     const int64_t oidx = static_cast<int64_t>(b) * a.ha + head0 + r;
     if (partial) {
@@ -753,7 +887,7 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
     const int r = i / (D / kVec), d = (i % (D / kVec)) * kVec;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
 #pragma unroll
-    for (int w = 0; w < kStreams; ++w) {
+    for (int w = 0; w < C::kParts; ++w) {
       const float f = sM[w * C::kRows + r];
       const float4 x = *reinterpret_cast<const float4*>(sO + (w * C::kRows + r) * C::kOS + d);
       acc.x += f * x.x;
@@ -1142,6 +1276,10 @@ absl::Status Launch(DecodeKernelArgs a, cudaStream_t stream) {
 // Launch<D, RW, V> for the runtime version, head_dim and width, from version V0 up.
 template <int V0>
 absl::Status LaunchVersion(int ver, int head_dim, bool wide, const DecodeKernelArgs& a, cudaStream_t stream) {
+  if (ver == 8) {  // v8 for wide groups, v6 for narrow ones
+    if (head_dim == 64) return wide ? Launch<64, 2, 8>(a, stream) : Launch<64, 1, 6>(a, stream);
+    return wide ? Launch<128, 2, 8>(a, stream) : Launch<128, 1, 6>(a, stream);
+  }
   if constexpr (V0 < 6) {
     if (ver != V0) return LaunchVersion<V0 + 1>(ver, head_dim, wide, a, stream);
   }
@@ -1154,8 +1292,9 @@ absl::Status LaunchVersion(int ver, int head_dim, bool wide, const DecodeKernelA
 // The shape of one decode launch: rows per CTA, row groups, splits and keys per split.
 struct DecodePlan {
   bool v4 = true;
-  bool v5 = true;  // v5 or v6 (the counters at the end of the workspace)
+  bool v5 = true;  // v5, v6 or v8 (the counters at the end of the workspace)
   bool v6 = false;
+  bool v8 = false;
   int rows_per_cta = 32;
   int row_groups = 1;
   int splits = 1;
@@ -1169,8 +1308,9 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   const int ha = std::max(hq, hkv);
   const int g = ha / hkv;
   pl.v4 = kernel != DecodeKernel::kV3;
-  pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto;
-  pl.v6 = kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto;
+  pl.v8 = kernel == DecodeKernel::kV8 || kernel == DecodeKernel::kAuto;
+  pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto || pl.v8;
+  pl.v6 = kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto || pl.v8;
   if (pl.v4) {
     const bool narrow = g <= 16;
     pl.rows_per_cta = narrow ? 16 : 32;
@@ -1286,7 +1426,7 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   }
   if (pl.v4) {
     const bool wide = pl.rows_per_cta == 32;
-    const int ver = pl.v6 ? 6 : pl.v5 ? 5 : 4;
+    const int ver = pl.v8 ? 8 : pl.v6 ? 6 : pl.v5 ? 5 : 4;
     return v4::LaunchVersion<4>(ver, p.head_dim, wide, a, stream);
   }
   const bool wide = a.g > 16;

@@ -400,9 +400,14 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   layouts.push_back({24, 1, "MQA24"});
   layouts.push_back({64, 1, "MQA64"});
   auto name = [](DecodeKernel k) {
-    return k == DecodeKernel::kV6 ? "v6" : k == DecodeKernel::kV5 ? "v5" : k == DecodeKernel::kV4 ? "v4" : "v3";
+    return k == DecodeKernel::kV8   ? "v8"
+           : k == DecodeKernel::kV6 ? "v6"
+           : k == DecodeKernel::kV5 ? "v5"
+           : k == DecodeKernel::kV4 ? "v4"
+                                    : "v3";
   };
-  for (DecodeKernel kernel : {DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
+  for (DecodeKernel kernel :
+       {DecodeKernel::kV8, DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
   for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
       // 200 splits: more than the longest sequence has tiles (empty splits in the combine). -1:
@@ -493,7 +498,7 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
           }
         };
         launch_and_check("first launch");
-        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6) {
+        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kV8) {
           // Twice more on the same workspace with the merge in the split kernel from 32 keys a
           // split (where the grid fits on the GPU), the second time also reading the K/V below
           // the last key before waiting. Every launch is checked: the merge counters must be

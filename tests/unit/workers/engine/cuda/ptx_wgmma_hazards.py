@@ -5,7 +5,8 @@ instruction, before the wgmma.wait_group that covers it. The PTX ISA makes both 
 behaviour, and the compiler does not know that the wgmma is still running, so nothing else
 catches them without a GPU (on a GPU they show as garbage outputs).
 
-usage: ptx_wgmma_hazards.py FILE.ptx [FILE.ptx ...]
+usage: ptx_wgmma_hazards.py FILE.ptx [FILE.ptx ...]   (an argument may also be a ;-separated list,
+as CMake's $<TARGET_OBJECTS> gives it)
 
 A forward data-flow pass over each kernel's control-flow graph tracks, per register a wgmma reads
 as A or accumulates into, how many commit_groups have been issued since its group was committed;
@@ -203,7 +204,7 @@ def main(paths):
         print(__doc__)
         return 2
     rc, checked = 0, 0
-    for path in paths:
+    for path in [p for arg in paths for p in arg.split(";") if p]:
         ptx = open(path).read()
         for name, body in kernels(ptx):
             n_rs, hz = check_kernel(body)
