@@ -297,7 +297,7 @@ struct BackendOptions {
   std::string skinny_stream = "auto";
   // CUDA: the skinny kernel's CTA shape, to compare them (cuda/skinny_gemm.h): auto, 8 or 16 warps.
   std::string skinny_warps = "auto";
-  // CUDA decode attention kernel, to compare them (cuda/attention.h): auto, v8, v6, v5, v5w (v5
+  // CUDA decode attention kernel, to compare them (cuda/attention.h): auto, v10, v8, v6, v5, v5w (v5
   // without reading any K/V before the kernels before it finish) or v4 (a second kernel merges
   // the splits).
   std::string decode_kernel = "auto";

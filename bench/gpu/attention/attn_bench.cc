@@ -17,7 +17,7 @@
 //                       [--paged-table shuffled|identity] (the paged variant's block order)
 //                       [--paged-block B] (its block size, default 64; -1 = one block of N keys)
 //                       [--sustain-ms MS] (prefill: sustained load before each row, default 1500)
-//                       [--decode-kernels v6,v5]  (decode kernels to time, side by side: v8, v6, v5, v5w, v4, v3)
+//                       [--decode-kernels v6,v5]  (decode kernels to time, side by side: v10, v8, v6, v5, v5w, v4, v3)
 //                       [--decode-splits 0,16,...]  (split counts to force; 0 = automatic)
 //                       [--read-floor-max-gb G]  (decode: time a read-only kernel over the same
 //                        bytes for calls up to G GB, default 1; 0 = off)
@@ -25,6 +25,14 @@
 //                        CTA keeps 32 KB of loads in flight; the first value fills the tables' column)
 //                       [--decode-fuse-min-keys 0,128,...]  (v5: keys a split needs for the merge in
 //                        the split kernel, one row per value; 0 = the built-in 512)
+//                       [--decode-early-tiles 0,3]  (v5+: K/V tiles per stream read before the wait
+//                        on the launch before, DecodeParams::early_tiles; 0 = the kernel's default)
+//                       [--decode-combine-trigger 0,1,2]  (when the merge kernel lets the next launch
+//                        start, DecodeParams::combine_trigger: 0 after the split kernel, 1 at its
+//                        entry, 2 once it has its partials; -1, the default: the kernel's choice)
+//                       [--decode-combine-sliced 0,1]  (1: the merge kernel a CTA per 32 columns,
+//                        0: a CTA per head, DecodeParams::combine_sliced; -1, the default: the
+//                        kernel's choice)
 //                       [--decode-timeline]  (v5: also replay the graph once with the CTAs stamping
 //                        the phases of each launch, DecodeParams::timeline; prints when they begin
 //                        and end, as percentiles over CTAs, and writes them to the JSON)
@@ -180,28 +188,37 @@ void TimelineRow(sqa::cuda::DecodeParams p, cudaStream_t s, int splits, int copi
   constexpr int kLaunches = 32, kFirst = 8;
   const int64_t ctas = static_cast<int64_t>(splits) * p.batch * std::max(p.num_q_heads, p.num_kv_heads);
   const int64_t per = ctas * kDecodeTimelineSlots;
+  // The merge kernel's CTAs (when it runs): at most batch x heads x head_dim / 32.
+  const int64_t cctas = static_cast<int64_t>(p.batch) * std::max(p.num_q_heads, p.num_kv_heads) * (p.head_dim / 32);
+  const int64_t cper = cctas * kDecodeTimelineSlots;
   uint64_t* buf;
+  uint64_t* cbuf;
   CK(cudaMalloc(&buf, kLaunches * per * sizeof(uint64_t)));
   CK(cudaMemset(buf, 0, kLaunches * per * sizeof(uint64_t)));
+  CK(cudaMalloc(&cbuf, kLaunches * cper * sizeof(uint64_t)));
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
   for (int i = 0; i < kLaunches; ++i) {
     p.block_tables = tables + (i % copies) * nb;
     p.timeline = buf + i * per;
+    p.combine_timeline = cbuf + i * cper;
     Check(LaunchAttentionDecode(p, s));
   }
   CK(cudaStreamEndCapture(s, &graph));
   CK(cudaGraphInstantiate(&exec, graph, 0));
   CK(cudaGraphLaunch(exec, s));  // warm
   CK(cudaMemsetAsync(buf, 0, kLaunches * per * sizeof(uint64_t), s));
+  CK(cudaMemsetAsync(cbuf, 0, kLaunches * cper * sizeof(uint64_t), s));
   CK(cudaGraphLaunch(exec, s));
   CK(cudaStreamSynchronize(s));
-  std::vector<uint64_t> h(kLaunches * per);
+  std::vector<uint64_t> h(kLaunches * per), ch(kLaunches * cper);
   CK(cudaMemcpy(h.data(), buf, h.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
+  CK(cudaMemcpy(ch.data(), cbuf, ch.size() * sizeof(uint64_t), cudaMemcpyDeviceToHost));
   CK(cudaGraphExecDestroy(exec));
   CK(cudaGraphDestroy(graph));
   CK(cudaFree(buf));
+  CK(cudaFree(cbuf));
   // Per launch: min / median / max over CTAs of each time slot (us after the first entry).
   constexpr int kTimes = 9;  // the time slots, in the order they are printed
   const int slot[kTimes] = {kTlEntry, kTlWaited,      kTlFirstTile,     kTlLoopEnd, kTlStored,
@@ -209,7 +226,13 @@ void TimelineRow(sqa::cuda::DecodeParams p, cudaStream_t s, int splits, int copi
   const char* names[kTimes] = {"entry", "waited", "first_tile", "loop_end", "stored",
                                "merge", "merge_loaded", "merge_combined", "exit"};
   std::vector<std::array<std::vector<double>, 3>> stat(kTimes);
-  std::vector<double> gaps, spans;
+  // The merge kernel's stamps (min / median / max over its CTAs), and the next launch's median
+  // release from its wait: the launch-to-launch critical path.
+  constexpr int kCTimes = 4;
+  const int cslot[kCTimes] = {kTlEntry, kTlWaited, kTlMergeLoaded, kTlExit};
+  const char* cnames[kCTimes] = {"entry", "waited", "loaded", "exit"};
+  std::vector<std::array<std::vector<double>, 3>> cstat(kCTimes);
+  std::vector<double> gaps, spans, next_waited;
   nlohmann::json raw = nlohmann::json::array();
   for (int l = kFirst; l < kLaunches; ++l) {
     const uint64_t* t = h.data() + l * per;
@@ -226,6 +249,27 @@ void TimelineRow(sqa::cuda::DecodeParams p, cudaStream_t s, int splits, int copi
       for (int64_t c = 0; c < ctas; ++c)
         if (tn[c * kDecodeTimelineSlots + kTlEntry] != 0) n0 = std::min(n0, tn[c * kDecodeTimelineSlots + kTlEntry]);
       if (n0 != UINT64_MAX) gaps.push_back((static_cast<double>(n0) - static_cast<double>(tmax)) * 1e-3);
+      std::vector<double> w;
+      for (int64_t c = 0; c < ctas; ++c)
+        if (tn[c * kDecodeTimelineSlots + kTlEntry] != 0)
+          w.push_back((static_cast<double>(tn[c * kDecodeTimelineSlots + kTlWaited]) - static_cast<double>(t0)) * 1e-3);
+      if (!w.empty()) {
+        std::sort(w.begin(), w.end());
+        next_waited.push_back(w[w.size() / 2]);
+      }
+    }
+    const uint64_t* ct = ch.data() + l * cper;
+    for (int k = 0; k < kCTimes; ++k) {
+      std::vector<double> v;
+      for (int64_t c = 0; c < cctas; ++c) {
+        const uint64_t x = ct[c * kDecodeTimelineSlots + cslot[k]];
+        if (x != 0 && ct[c * kDecodeTimelineSlots + kTlEntry] != 0) v.push_back((static_cast<double>(x) - static_cast<double>(t0)) * 1e-3);
+      }
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      cstat[k][0].push_back(v.front());
+      cstat[k][1].push_back(v[v.size() / 2]);
+      cstat[k][2].push_back(v.back());
     }
     for (int k = 0; k < kTimes; ++k) {
       std::vector<double> v;
@@ -268,11 +312,25 @@ void TimelineRow(sqa::cuda::DecodeParams p, cudaStream_t s, int splits, int copi
     std::printf(" %s %.2f/%.2f/%.2f", names[k], a, b, c);
     phases[names[k]] = {a, b, c};
   }
-  std::printf(" | span %.2f, next launch's first entry %+.2f\n", med(spans), med(gaps));
+  nlohmann::json cphases;
+  if (!cstat[0][0].empty()) {
+    std::printf("\n  merge kernel:");
+    for (int k = 0; k < kCTimes; ++k) {
+      if (cstat[k][0].empty()) continue;
+      const double a = med(cstat[k][0]), b = med(cstat[k][1]), c = med(cstat[k][2]);
+      std::printf(" %s %.2f/%.2f/%.2f", cnames[k], a, b, c);
+      cphases[cnames[k]] = {a, b, c};
+    }
+  }
+  std::printf(" | span %.2f, next launch's first entry %+.2f, next launch released at %.2f\n", med(spans), med(gaps),
+              med(next_waited));
   out["decode_timeline"].push_back({{"layout", layout}, {"ctx", ctx}, {"batch", batch}, {"kernel", kernel},
                                     {"splits", splits}, {"fuse_min_split_keys", p.fuse_min_split_keys},
                                     {"phases_us_min_med_max", phases}, {"span_us", med(spans)},
                                     {"next_entry_after_exit_us", med(gaps)},
+                                    {"next_waited_us", med(next_waited)}, {"merge_kernel_us_min_med_max", cphases},
+                                    {"early_tiles", p.early_tiles}, {"combine_trigger", p.combine_trigger},
+                                    {"combine_sliced", p.combine_sliced},
                                     {"launch_16_ctas", raw},
                                     {"launch_16_columns", {"entry", "waited", "first_tile", "loop_end", "stored", "merge",
                                                            "merge_loaded", "merge_combined", "exit", "sm"}}});
@@ -298,6 +356,9 @@ int main(int argc, char** argv) {
   std::vector<std::string> decode_kernels = {"v6", "v5"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   std::vector<int64_t> decode_fuse_min = {0};  // 0 = the launcher's choice
+  std::vector<int64_t> decode_early_tiles = {0};
+  std::vector<int64_t> decode_combine_trigger = {-1};  // -1: the kernel's default
+  std::vector<int64_t> decode_combine_sliced = {-1};
   bool decode_timeline = false;
   double sustain_ms = 1500;                  // prefill rows: sustained load before timing (0: off)
   for (int i = 1; i < argc; ++i) {
@@ -334,6 +395,9 @@ int main(int argc, char** argv) {
     }
     else if (a == "--decode-splits") decode_splits = ParseList(next());
     else if (a == "--decode-fuse-min-keys") decode_fuse_min = ParseList(next());
+    else if (a == "--decode-early-tiles") decode_early_tiles = ParseList(next());
+    else if (a == "--decode-combine-trigger") decode_combine_trigger = ParseList(next());
+    else if (a == "--decode-combine-sliced") decode_combine_sliced = ParseList(next());
     else if (a == "--decode-timeline") decode_timeline = true;
     else if (a == "--no-paged") paged = false;
     else if (a == "--sustain-ms") sustain_ms = std::stod(next());
@@ -352,8 +416,8 @@ int main(int argc, char** argv) {
       std::stringstream ss(next());
       std::string t;
       while (std::getline(ss, t, ',')) {
-        if (t != "v8" && t != "v6" && t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
-          std::fprintf(stderr, "--decode-kernels takes v8, v6, v5, v5w, v4 and v3, not %s\n", t.c_str());
+        if (t != "v10" && t != "v8" && t != "v6" && t != "v5" && t != "v5w" && t != "v4" && t != "v3") {
+          std::fprintf(stderr, "--decode-kernels takes v10, v8, v6, v5, v5w, v4 and v3, not %s\n", t.c_str());
           return 2;
         }
         decode_kernels.push_back(t);
@@ -583,9 +647,14 @@ int main(int argc, char** argv) {
         }
         for (const std::string& dname : decode_kernels)
         for (int64_t want_splits : decode_splits)
-        for (int64_t fuse_min : decode_fuse_min) {
-          const bool v5up = dname == "v8" || dname == "v6" || dname == "v5";
-          if (fuse_min != decode_fuse_min.front() && !v5up && dname != "v5w") {
+        for (int64_t fuse_min : decode_fuse_min)
+        for (int64_t early_tiles : decode_early_tiles)
+        for (int64_t comb_trig : decode_combine_trigger)
+        for (int64_t comb_sliced : decode_combine_sliced) {
+          const bool v5up = dname == "v10" || dname == "v8" || dname == "v6" || dname == "v5";
+          if ((fuse_min != decode_fuse_min.front() || early_tiles != decode_early_tiles.front() ||
+               comb_trig != decode_combine_trigger.front() || comb_sliced != decode_combine_sliced.front()) &&
+              !v5up && dname != "v5w") {
             continue;
           }
           // v5 reads its first K/V tiles before waiting on the launch before it, as in a decode step
@@ -594,6 +663,7 @@ int main(int argc, char** argv) {
                                              : dname == "v4" ? sqa::cuda::DecodeKernel::kV4
                                              : dname == "v6" ? sqa::cuda::DecodeKernel::kV6
                                              : dname == "v8" ? sqa::cuda::DecodeKernel::kV8
+                                             : dname == "v10" ? sqa::cuda::DecodeKernel::kV10
                                                              : sqa::cuda::DecodeKernel::kV5;
           const size_t wsb =
               sqa::cuda::DecodeWorkspaceBytes(batch, L.hq, L.hkv, dh, ctx, static_cast<int>(want_splits), dk);
@@ -621,6 +691,9 @@ int main(int argc, char** argv) {
           p.fresh_kv_tokens = v5up ? 1 : -1;
           p.num_splits = static_cast<int>(want_splits);
           p.fuse_min_split_keys = static_cast<int>(fuse_min);
+          p.early_tiles = static_cast<int>(early_tiles);
+          p.combine_trigger = static_cast<int>(comb_trig);
+          p.combine_sliced = static_cast<int>(comb_sliced);
           // One CUDA graph of kGraphLaunches launches over the copies in turn (what the engine
           // replays per decode step): time per launch without host launch cost, with cold L2.
           constexpr int kGraphLaunches = 32;
@@ -644,13 +717,17 @@ int main(int argc, char** argv) {
           p.block_tables = tables;
           const double ms_single = MedianMs([&] { Check(sqa::cuda::LaunchAttentionDecode(p, s)); }, 3, 20, s);
           const double bw = kv_bytes / (ms * 1e-3);
+          std::string knobs;
+          if (fuse_min > 0) knobs += " fuse-min " + std::to_string(fuse_min);
+          if (early_tiles > 0) knobs += " early-tiles " + std::to_string(early_tiles);
+          if (comb_trig >= 0) knobs += " trigger " + std::to_string(comb_trig);
+          if (comb_sliced >= 0) knobs += comb_sliced ? " sliced" : " per-head";
           std::printf("%-6s %8lld %5lld %-7s %7d %10.1f %10.1f %9.1f %6.1f%%%s\n", L.name.c_str(), (long long)ctx,
                       (long long)batch, dname.c_str(), splits, ms * 1e3, ms_single * 1e3, bw / 1e9,
-                      100.0 * bw / ceiling,
-                      fuse_min > 0 ? (" fuse-min " + std::to_string(fuse_min)).c_str() : "");
+                      100.0 * bw / ceiling, knobs.c_str());
           std::fflush(stdout);
           out["decode"].push_back({{"layout", L.name}, {"hq", L.hq}, {"hkv", L.hkv}, {"ctx", ctx}, {"batch", batch},
-                                   {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"fuse_min_split_keys", fuse_min}, {"ms", ms}, {"ms_single_launch", ms_single},
+                                   {"kernel", dname}, {"splits", splits}, {"splits_requested", want_splits}, {"fuse_min_split_keys", fuse_min}, {"early_tiles", early_tiles}, {"combine_trigger", comb_trig}, {"combine_sliced", comb_sliced}, {"ms", ms}, {"ms_single_launch", ms_single},
                                    {"kv_bytes", kv_bytes}, {"bytes_per_s", bw}, {"fraction_of_copy_ceiling", bw / ceiling},
                                    {"read_floor_ms", floor_ms},
                                    {"timing", "graph of 32 launches over rotating cache copies (cold L2)"}});

@@ -142,7 +142,7 @@ def main():
                  "v17-v18), and the GPU runs these kernels at its power cap: the ncu profiles of earlier versions "
                  "and the clock trace are in bench/gpu/attention/NOTES.md (v13b, v14; the clock protocol: v15).")
     lines.append("")
-    order_k = ["v8", "v6", "v5", "v4", "v3"]  # newest first: the first one a run timed is the default
+    order_k = ["v10", "v8", "v6", "v5", "v4", "v3"]  # newest first: the first one a run timed is the default
     timed = [k for k in order_k if any(r.get("kernel", "v3") == k for r in attn["decode"])]
     dk = timed[0] if timed else "v4"
     ck = timed[1] if len(timed) > 1 else order_k[min(order_k.index(dk) + 1, len(order_k) - 1)]
@@ -242,7 +242,7 @@ def floor_table(path):
     """The decode rows of one sqa-attn-bench run beside the read-only kernel of the same run."""
     run = json.load(open(path))
     kernels = [r for r in run.get("decode", []) if r.get("splits_requested", 0) in (0, None)]
-    default = next((k for k in ("v8", "v6", "v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
+    default = next((k for k in ("v10", "v8", "v6", "v5", "v4", "v3") if any(r.get("kernel") == k for r in kernels)), None)
     out = ["", "## Decode beside the read-only floor (one run)", ""]
     out.append(f"From `{path}`: the `{default}` rows and the read-only kernel (same bytes, every SM, no compute; "
                "the same graph of 32 launches over cache copies) timed in that one run. `75% allows` = the time "

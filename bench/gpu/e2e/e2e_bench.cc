@@ -4,7 +4,7 @@
 //                 [--decode-batch 1,32] [--decode-context 1024] [--decode-steps 32]
 //                 [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N]
 //                 [--skinny-stream auto|all|off] [--skinny-warps auto|8|16]
-//                 [--decode-kernel auto|v8|v6|v5|v5w|v4] [--decode-splits 0] [--decode-fuse-min-keys 0]
+//                 [--decode-kernel auto|v10|v8|v6|v5|v5w|v4] [--decode-splits 0] [--decode-fuse-min-keys 0]
 //                 [--fuse-rope-kv on|off] [--sustain-s 1.5] [--json F]
 //
 // Prefill: one sequence of N random tokens through Engine::Prefill (chunked by --chunk), timed
@@ -86,7 +86,7 @@ int Usage(const std::string& why) {
             << "\nusage: sqa-e2e-bench --model DIR [--device cuda|cpu] [--prefill N,N|none] [--chunk C]\n"
                "         [--decode-batch B,B|none] [--decode-context T] [--decode-steps S] [--block-size K]\n"
                "         [--cuda-graphs on|off|both] [--skinny-gemm on|off] [--skinny-max-rows N] [--skinny-stream auto|all|off] [--skinny-warps auto|8|16]\n"
-               "         [--decode-kernel auto|v8|v6|v5|v5w|v4] [--decode-splits N] [--decode-fuse-min-keys K]\n"
+               "         [--decode-kernel auto|v10|v8|v6|v5|v5w|v4] [--decode-splits N] [--decode-fuse-min-keys K]\n"
                "         [--fuse-rope-kv on|off] [--sustain-s S] [--json F]\n";
   return 2;
 }
@@ -131,8 +131,8 @@ int main(int argc, char** argv) {
       if (v != "auto" && v != "8" && v != "16") return Usage("--skinny-warps wants auto, 8 or 16, got " + v);
       f.skinny_warps = v;
     } else if (a == "--decode-kernel") {
-      if (v != "auto" && v != "v8" && v != "v6" && v != "v5" && v != "v5w" && v != "v4") {
-        return Usage("--decode-kernel wants auto, v8, v6, v5, v5w or v4, got " + v);
+      if (v != "auto" && v != "v10" && v != "v8" && v != "v6" && v != "v5" && v != "v5w" && v != "v4") {
+        return Usage("--decode-kernel wants auto, v10, v8, v6, v5, v5w or v4, got " + v);
       }
       f.decode_kernel = v;
     } else if (a == "--decode-splits" || a == "--decode-fuse-min-keys") {

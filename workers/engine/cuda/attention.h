@@ -83,7 +83,7 @@ struct PrefillParams {
 // Chunked causal (or full) flash attention of one sequence's chunk over its KV.
 absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream);
 
-// Which decode kernel runs. kAuto is kV8.
+// Which decode kernel runs. kAuto is kV10.
 //  - kV4: up to 16 heads per KV head run two CTAs per SM, wider groups eight warps per CTA (two
 //    per K/V stream); the splits are merged by a second kernel launched as a programmatic
 //    dependent.
@@ -99,7 +99,11 @@ absl::Status LaunchAttentionPrefill(const PrefillParams& p, cudaStream_t stream)
 //    (wgmma): two streams of 64-key tiles, one warpgroup each, every K/V tile read from shared
 //    memory once per stream, and the split's block-table entries copied to shared memory once.
 //    Narrower groups run kV6.
-enum class DecodeKernel { kAuto, kV6, kV5, kV4, kV3, kV8 };
+//  - kV10: kV8's kernels launched differently. Wide groups split 32 ways or more into splits of
+//    1024 keys or more (MQA-like groups at batch 1 from 128k tokens) are merged by the sliced
+//    merge kernel (combine_sliced) instead of in the split kernel. Narrow groups issue all three
+//    K/V stages before the wait (early_tiles 3).
+enum class DecodeKernel { kAuto, kV6, kV5, kV4, kV3, kV8, kV10 };
 
 struct DecodeParams {
   const void* q = nullptr;             // bf16 [B, Hq, dh], one query per sequence
@@ -145,11 +149,31 @@ struct DecodeParams {
   // (0: the built-in 512). A tuning knob for benchmarks; the grid must still fit on the GPU at
   // once.
   int fuse_min_split_keys = 0;
+  // kV5 and later with fresh_kv_tokens >= 0: K/V tiles per stream issued before the wait, 0
+  // for the kernel's default (2, two of the three stages; kV10's narrow groups 3) or 2 or 3
+  // (every stage; the loop's first iteration then issues nothing).
+  int early_tiles = 0;
+  // When the merge kernel (used when the splits are not merged in the split kernel) lets the
+  // next kernel launch: 0 once the split kernel has finished; 1 as soon as all of its own CTAs
+  // are resident (the next kernel's CTAs then take the SMs that finished splits leave, and its
+  // reads before its wait, weights or early K/V, overlap the split kernel's tail); 2 once each
+  // of its CTAs has loaded its partials (the next kernel's early reads then do not delay them).
+  // -1: the default, 0.
+  int combine_trigger = -1;
+  // 1: the merge kernel as one CTA per (sequence, head, 32 columns) that issues every partial's
+  // load at once; 0: one CTA per (sequence, head) that reads the LSEs first; -1: the kernel's
+  // default (kV10's wide groups: sliced from 32 splits up, else per head).
+  int combine_sliced = -1;
   // Diagnostics (kV5, kV6, kV8): when set, thread 0 of every split CTA writes kDecodeTimelineSlots
   // values at timeline[cta * kDecodeTimelineSlots], cta = split + splits * (group + groups * b),
   // the groups being (KV head, row group) pairs: see DecodeTimelineSlot. Unset slots stay as they
   // were.
   uint64_t* timeline = nullptr;
+  // Diagnostics: the merge kernel's CTAs (when it runs) stamp kTlEntry, kTlWaited, kTlMergeLoaded
+  // (the partials loaded and combined), kTlExit and kTlSm at combine_timeline[cta *
+  // kDecodeTimelineSlots]: batch x max(Hq, Hkv) CTAs, or that times head_dim / 32 with
+  // combine_sliced.
+  uint64_t* combine_timeline = nullptr;
 };
 
 // The slots of DecodeParams::timeline: %globaltimer (ns) at each point, and the CTA's SM.

@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 
 #include "absl/strings/str_cat.h"
@@ -75,6 +76,10 @@ struct DecodeKernelArgs {
   int fresh;           // DecodeParams::fresh_kv_tokens
   uint64_t* timeline;  // DecodeParams::timeline
   int fuse_min_keys;   // DecodeParams::fuse_min_split_keys
+  bool pre_all;        // DecodeParams::early_tiles == every stage (v5 and later, with fresh >= 0)
+  int combine_trigger;  // DecodeParams::combine_trigger
+  bool combine_sliced;  // DecodeParams::combine_sliced
+  uint64_t* combine_timeline;  // DecodeParams::combine_timeline
 };
 
 // DecodeParams::timeline: thread 0 records the time (or the SM) in its CTA's slot.
@@ -90,6 +95,20 @@ __device__ __forceinline__ void Stamp(const DecodeKernelArgs& a, int slot) {
   }
   const int64_t cta = blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
   a.timeline[cta * kDecodeTimelineSlots + slot] = v;
+}
+
+// DecodeParams::combine_timeline: thread 0 of a merge-kernel CTA records the time (or its SM).
+__device__ __forceinline__ void CombineStamp(const DecodeKernelArgs& a, int slot) {
+  if (a.combine_timeline == nullptr || threadIdx.x != 0) return;
+  uint64_t v;
+  if (slot == kTlSm) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+    v = sm;
+  } else {
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(v)::"memory");
+  }
+  a.combine_timeline[static_cast<int64_t>(blockIdx.x) * kDecodeTimelineSlots + slot] = v;
 }
 
 // Writes element d of (sequence, head) row oidx after the CTA's merge: acc / l, and the LSE from
@@ -633,16 +652,21 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   const int n_tiles = (n_keys + kTN - 1) / kTN;
   // Stream s takes tiles s, s + kStreams, ...
   const int my_tiles = n_tiles > stream ? (n_tiles - stream + kStreams - 1) / kStreams : 0;
+  // The prologue fills kStages - 1 stages, or (pre_all) every stage; then the loop's first
+  // iteration has nothing to issue.
+  const bool pre_all = V >= 5 && early && a.pre_all;
   auto load_prologue = [&] {
 #pragma unroll
-    for (int st = 0; st < kStages - 1; ++st) {
-      if (st < my_tiles) load_tile(ks0 + (stream + st * kStreams) * kTN, st);
-      CpAsyncCommit();
+    for (int st = 0; st < kStages; ++st) {
+      if (st < kStages - 1 || pre_all) {
+        if (st < my_tiles) load_tile(ks0 + (stream + st * kStreams) * kTN, st);
+        CpAsyncCommit();
+      }
     }
   };
   if constexpr (V >= 5) {
     // The stream's first tiles go out before the wait when they end below the fresh keys.
-    const int n_pro = min(kStages - 1, my_tiles);
+    const int n_pro = min(pre_all ? kStages : kStages - 1, my_tiles);
     const int pro_end = ks0 + (stream + (n_pro - 1) * kStreams) * kTN + kTN;
     const bool pre = early && (n_pro == 0 || pro_end <= kv_len - a.fresh);
     if (pre) load_prologue();
@@ -688,16 +712,24 @@ __global__ void __launch_bounds__(Cfg<D, RW, V>::kThreads, Cfg<D, RW, V>::kMinBl
   float m_i[2] = {-INFINITY, -INFINITY}, l_i[2] = {0.f, 0.f};
 
   for (int it = 0; it < my_tiles; ++it) {
-    CpAsyncWait<kStages - 2>();  // this thread's part of tile `it` has landed
+    // This thread's part of tile `it` has landed (with pre_all, tile kStages - 1's group was
+    // committed in the prologue and may still be pending at it = 0).
+    if (pre_all && it == 0) {
+      CpAsyncWait<kStages - 1>();
+    } else {
+      CpAsyncWait<kStages - 2>();
+    }
     if constexpr (C::kWg) attn_detail::FenceProxyAsync();  // ... and is visible to wgmma
     StreamSync<kWps>(stream);    // ... everyone's, and the stage of tile it - 1 is free
     if constexpr (V >= 5) {
       if (it == 0) Stamp(a, kTlFirstTile);
     }
-    if (it + kStages - 1 < my_tiles) {
-      load_tile(ks0 + (stream + (it + kStages - 1) * kStreams) * kTN, (it + kStages - 1) % kStages);
+    if (!pre_all || it > 0) {
+      if (it + kStages - 1 < my_tiles) {
+        load_tile(ks0 + (stream + (it + kStages - 1) * kStreams) * kTN, (it + kStages - 1) % kStages);
+      }
+      CpAsyncCommit();  // possibly empty: keeps the group count fixed
     }
-    CpAsyncCommit();  // possibly empty: keeps the group count fixed
     const int k0 = ks0 + (stream + it * kStreams) * kTN;
     const bf16* tK = wK + (it % kStages) * 2 * C::kTileElems;
     const bf16* tV = tK + C::kTileElems;
@@ -1122,9 +1154,16 @@ constexpr int kCombineThreads = 256;
 
 template <int D>
 __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const DecodeKernelArgs a) {
+  // The next kernel of the step (the output projection, or the next decode launch) may launch
+  // and start reading its weights or its early K/V (DecodeParams::combine_trigger): once the
+  // split kernel has finished, or as soon as every CTA of this grid is resident (while the split
+  // kernel's last CTAs still run), or once this CTA has its partials.
+  CombineStamp(a, kTlEntry);
+  CombineStamp(a, kTlSm);
+  if (a.combine_trigger == 1) PdlTrigger();
   PdlWait();  // the split kernel has finished
-  // The next kernel of the step (the output projection) may launch and start reading its weights.
-  PdlTrigger();
+  if (a.combine_trigger == 0) PdlTrigger();
+  CombineStamp(a, kTlWaited);
   constexpr int kPer = D / 32;  // output columns per lane
   __shared__ float sW[kMaxSplits];
   __shared__ float sAcc[kCombineThreads / 32][D];
@@ -1181,6 +1220,8 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const D
 #pragma unroll
   for (int j = 0; j < kPer; ++j) sAcc[warp][lane * kPer + j] = acc[j];
   __syncthreads();
+  if (a.combine_trigger == 2) PdlTrigger();
+  CombineStamp(a, kTlMergeLoaded);
   const float sum = sStat[1];
   const float inv = sum > 0.f ? 1.f / sum : 0.f;
   for (int d = tid; d < D; d += kCombineThreads) {
@@ -1190,6 +1231,92 @@ __global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelV4(const D
     a.out[idx * D + d] = __float2bfloat16(t * inv);
   }
   if (tid == 0 && a.lse != nullptr) a.lse[idx] = sum > 0.f ? sStat[0] + logf(sum) : -INFINITY;
+  CombineStamp(a, kTlExit);
+}
+
+// The sliced merge kernel (DecodeParams::combine_sliced): a CTA per (sequence, head, 32-column
+// slice), every load issued at once. Its 256 threads are 32 split lanes x 8 column lanes (a float4
+// each); split lane sl takes splits sl, sl + 32, ... and keeps its own max and sums, so the
+// partials and their LSEs come in one round trip; the 32 split lanes are then combined in shared
+// memory (the largest max first, then the rescaled sums), in a fixed order.
+constexpr int kSliceCols = 32;
+// v10's wide groups use the sliced kernel, instead of the merge in the split kernel, from this
+// many splits (at 16 splits, MQA batch 8, the sliced kernel was 9% slower than the per-head one;
+// at 132, MQA 128k batch 1, 5% faster than the in-kernel merge: bench/gpu/attention/NOTES.md v24).
+constexpr int kSlicedMinSplits = 32;
+// ... and from this many keys a split (at 512, MQA 32k batch 1, it was 3% slower than the
+// in-kernel merge).
+constexpr int64_t kSlicedMinSplitKeys = 1024;
+constexpr int kSliceLanes = kCombineThreads / (kSliceCols / 4);  // 32 split lanes
+
+template <int D>
+__global__ void __launch_bounds__(kCombineThreads) DecodeCombineKernelSliced(const DecodeKernelArgs a) {
+  CombineStamp(a, kTlEntry);
+  CombineStamp(a, kTlSm);
+  if (a.combine_trigger == 1) PdlTrigger();
+  PdlWait();  // the split kernel has finished
+  if (a.combine_trigger == 0) PdlTrigger();
+  CombineStamp(a, kTlWaited);
+  constexpr int kSlices = D / kSliceCols;
+  constexpr int kPerLane = kMaxSplits / kSliceLanes;
+  __shared__ float sMax[kSliceLanes];
+  __shared__ float sSum[kSliceLanes];
+  __shared__ float4 sAcc[kSliceLanes][kSliceCols / 4];
+  const int64_t idx = blockIdx.x / kSlices;  // (sequence, head)
+  const int slice = blockIdx.x % kSlices;
+  const int tid = threadIdx.x;
+  const int sl = tid / (kSliceCols / 4), cl = tid % (kSliceCols / 4);
+  const int64_t stride = static_cast<int64_t>(a.batch) * a.ha;
+  const int S = a.num_splits;
+  float lse[kPerLane];
+  float4 x[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const int s = sl + kSliceLanes * j;
+    lse[j] = -INFINITY;
+    x[j] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if (s < S) {
+      lse[j] = a.part_lse[s * stride + idx];
+      x[j] = *reinterpret_cast<const float4*>(a.part_o + (s * stride + idx) * D + slice * kSliceCols + cl * 4);
+    }
+  }
+  float m = -INFINITY;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) m = fmaxf(m, lse[j]);
+  float sum = 0.f;
+  float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) {
+    const float w = lse[j] == -INFINITY ? 0.f : __expf(lse[j] - m);  // 0 for a split without keys
+    sum += w;
+    acc.x += w * x[j].x;
+    acc.y += w * x[j].y;
+    acc.z += w * x[j].z;
+    acc.w += w * x[j].w;
+  }
+  if (cl == 0) sMax[sl] = m;
+  __syncthreads();  // every thread's partials have landed
+  if (a.combine_trigger == 2) PdlTrigger();
+  float mx = -INFINITY;
+#pragma unroll
+  for (int i = 0; i < kSliceLanes; ++i) mx = fmaxf(mx, sMax[i]);
+  const float f = m == -INFINITY ? 0.f : __expf(m - mx);
+  sAcc[sl][cl] = make_float4(f * acc.x, f * acc.y, f * acc.z, f * acc.w);
+  if (cl == 0) sSum[sl] = f * sum;
+  __syncthreads();
+  CombineStamp(a, kTlMergeLoaded);
+  if (tid < kSliceCols) {
+    float t = 0.f, den = 0.f;
+#pragma unroll
+    for (int i = 0; i < kSliceLanes; ++i) {
+      t += reinterpret_cast<const float*>(&sAcc[i][0])[tid];
+      den += sSum[i];
+    }
+    const float inv = den > 0.f ? 1.f / den : 0.f;
+    a.out[idx * D + slice * kSliceCols + tid] = __float2bfloat16(t * inv);
+    if (tid == 0 && slice == 0 && a.lse != nullptr) a.lse[idx] = den > 0.f ? mx + logf(den) : -INFINITY;
+  }
+  CombineStamp(a, kTlExit);
 }
 
 // Splits for `ctas0` CTAs without a split on `slots` resident CTAs: the count that fills the
@@ -1267,8 +1394,13 @@ absl::Status Launch(DecodeKernelArgs a, cudaStream_t stream) {
   if (e != cudaSuccess) return CudaStatus(e, "attention decode: cudaLaunchKernelEx");
   if (absl::Status st = LaunchStatus("attention decode"); !st.ok()) return st;
   if (a.num_splits <= 1 || a.fused) return absl::OkStatus();
-  e = LaunchPdl(DecodeCombineKernelV4<D>, dim3(static_cast<unsigned>(static_cast<int64_t>(a.batch) * a.ha)),
-                dim3(kCombineThreads), 0, stream, a);
+  const int64_t rows = static_cast<int64_t>(a.batch) * a.ha;
+  if (a.combine_sliced) {
+    e = LaunchPdl(DecodeCombineKernelSliced<D>, dim3(static_cast<unsigned>(rows * (D / kSliceCols))),
+                  dim3(kCombineThreads), 0, stream, a);
+  } else {
+    e = LaunchPdl(DecodeCombineKernelV4<D>, dim3(static_cast<unsigned>(rows)), dim3(kCombineThreads), 0, stream, a);
+  }
   if (e != cudaSuccess) return CudaStatus(e, "attention decode combine: cudaLaunchKernelEx");
   return LaunchStatus("attention decode combine");
 }
@@ -1295,6 +1427,7 @@ struct DecodePlan {
   bool v5 = true;  // v5, v6 or v8 (the counters at the end of the workspace)
   bool v6 = false;
   bool v8 = false;
+  bool v10 = false;  // v8's kernels, launched as DecodeKernel::kV10 says
   int rows_per_cta = 32;
   int row_groups = 1;
   int splits = 1;
@@ -1308,7 +1441,8 @@ DecodePlan MakePlan(int batch, int hq, int hkv, int64_t max_kv_len, int requeste
   const int ha = std::max(hq, hkv);
   const int g = ha / hkv;
   pl.v4 = kernel != DecodeKernel::kV3;
-  pl.v8 = kernel == DecodeKernel::kV8 || kernel == DecodeKernel::kAuto;
+  pl.v10 = kernel == DecodeKernel::kV10 || kernel == DecodeKernel::kAuto;
+  pl.v8 = kernel == DecodeKernel::kV8 || pl.v10;
   pl.v5 = kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto || pl.v8;
   pl.v6 = kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kAuto || pl.v8;
   if (pl.v4) {
@@ -1379,6 +1513,18 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
     return absl::InvalidArgumentError("attention decode: kv lengths must stay below 2^31");
   }
   if (p.batch > 65535) return absl::InvalidArgumentError("attention decode: batch above 65535");
+  if (p.combine_trigger < -1 || p.combine_trigger > 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention decode: combine_trigger ", p.combine_trigger, " unsupported (-1, 0, 1 or 2)"));
+  }
+  if (p.combine_sliced < -1 || p.combine_sliced > 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("attention decode: combine_sliced ", p.combine_sliced, " unsupported (-1, 0 or 1)"));
+  }
+  if (p.early_tiles != 0 && p.early_tiles != v4::kStages - 1 && p.early_tiles != v4::kStages) {
+    return absl::InvalidArgumentError(absl::StrCat("attention decode: early_tiles ", p.early_tiles, " unsupported (0, ",
+                                                   v4::kStages - 1, " or ", v4::kStages, ")"));
+  }
   if (p.q == nullptr || p.out == nullptr || p.k_cache == nullptr || p.v_cache == nullptr ||
       p.block_tables == nullptr || p.kv_lens == nullptr) {
     return absl::InvalidArgumentError("attention decode: null pointer");
@@ -1409,6 +1555,16 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.fresh = p.fresh_kv_tokens;
   a.timeline = p.timeline;
   a.fuse_min_keys = p.fuse_min_split_keys;
+  // v10: wide groups with many splits merge in the sliced merge kernel (unless a benchmark sets
+  // fuse_min_split_keys or combine_sliced); narrow groups read every stage early.
+  const bool wide_group = pl.rows_per_cta == 32;
+  const bool v10_sliced = pl.v10 && wide_group && pl.splits >= v4::kSlicedMinSplits &&
+                          pl.split_len >= v4::kSlicedMinSplitKeys;
+  a.pre_all = p.early_tiles == v4::kStages || (p.early_tiles == 0 && pl.v10 && !wide_group);
+  a.combine_trigger = std::max(p.combine_trigger, 0);
+  a.combine_sliced = p.combine_sliced >= 0 ? p.combine_sliced != 0 : v10_sliced;
+  if (v10_sliced && a.fuse_min_keys == 0) a.fuse_min_keys = std::numeric_limits<int>::max();
+  a.combine_timeline = p.combine_timeline;
   if (a.num_splits > 1) {
     const size_t need = PlanWorkspaceBytes(pl, p.batch, a.ha, p.head_dim);
     if (p.workspace == nullptr || p.workspace_bytes < need) {

@@ -365,6 +365,8 @@ class CudaBackend final : public Backend {
       b->decode_kernel_ = cuda::DecodeKernel::kV4;
     } else if (decode_kernel == "v6") {
       b->decode_kernel_ = cuda::DecodeKernel::kV6;
+    } else if (decode_kernel == "v10") {
+      b->decode_kernel_ = cuda::DecodeKernel::kV10;
     } else if (decode_kernel == "v8") {
       b->decode_kernel_ = cuda::DecodeKernel::kV8;
     } else if (decode_kernel == "v5" || decode_kernel == "v5w") {
@@ -372,7 +374,7 @@ class CudaBackend final : public Backend {
       b->decode_early_reads_ = decode_kernel == "v5";
     } else if (decode_kernel != "auto") {
       return absl::InvalidArgumentError(
-          absl::StrCat("decode kernel '", decode_kernel, "' is not one of auto, v8, v6, v5, v5w, v4"));
+          absl::StrCat("decode kernel '", decode_kernel, "' is not one of auto, v10, v8, v6, v5, v5w, v4"));
     }
     SQA_GPU_RETURN_IF_ERROR(cudaSetDevice(device));
     b->ctx_ = std::make_shared<Context>();

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <string>
@@ -400,14 +401,15 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
   layouts.push_back({24, 1, "MQA24"});
   layouts.push_back({64, 1, "MQA64"});
   auto name = [](DecodeKernel k) {
-    return k == DecodeKernel::kV8   ? "v8"
+    return k == DecodeKernel::kV10  ? "v10"
+           : k == DecodeKernel::kV8 ? "v8"
            : k == DecodeKernel::kV6 ? "v6"
            : k == DecodeKernel::kV5 ? "v5"
            : k == DecodeKernel::kV4 ? "v4"
                                     : "v3";
   };
   for (DecodeKernel kernel :
-       {DecodeKernel::kV8, DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
+       {DecodeKernel::kV10, DecodeKernel::kV8, DecodeKernel::kV6, DecodeKernel::kV5, DecodeKernel::kV4, DecodeKernel::kV3})
   for (const Layout& L : layouts) {
     for (int dh : {64, 128}) {
       // 200 splits: more than the longest sequence has tiles (empty splits in the combine). -1:
@@ -498,7 +500,8 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
           }
         };
         launch_and_check("first launch");
-        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kV8) {
+        if (kernel == DecodeKernel::kV5 || kernel == DecodeKernel::kV6 || kernel == DecodeKernel::kV8 ||
+            kernel == DecodeKernel::kV10) {
           // Twice more on the same workspace with the merge in the split kernel from 32 keys a
           // split (where the grid fits on the GPU), the second time also reading the K/V below
           // the last key before waiting. Every launch is checked: the merge counters must be
@@ -507,9 +510,121 @@ TEST_F(AttentionTest, DecodeMatchesFloat64ReferenceWithSplits) {
           launch_and_check("fused");
           p.fresh_kv_tokens = 1;
           launch_and_check("fused, early reads");
+          p.early_tiles = 3;
+          launch_and_check("fused, every stage read early");
+          // The merge kernel, letting the next launch start before the split kernel ends.
+          p.fuse_min_split_keys = 1 << 30;
+          p.combine_trigger = 1;
+          launch_and_check("merge kernel launching the next early, every stage read early");
+          p.combine_sliced = 1;
+          launch_and_check("sliced merge kernel launching the next early");
+          p.combine_trigger = 2;
+          launch_and_check("sliced merge kernel launching the next after its loads");
         }
       }
     }
+  }
+}
+
+// Launches in a row on one workspace, each a programmatic dependent of the one before, with the
+// reads before the wait and the merge kernel's early launch of the next: a launch must not read
+// or overwrite partials that the launch before it still needs. Two queries alternate, each
+// written to its own output, so each launch's result is checked.
+TEST_F(AttentionTest, DecodeChainedLaunchesMatchReference) {
+  const int dh = 128, bs = 64;
+  const std::vector<int64_t> lens = {8192, 3001};
+  const int B = static_cast<int>(lens.size());
+  struct Case {
+    int hq, hkv;
+    DecodeKernel kernel;
+  };
+  for (const Case& c : {Case{32, 1, DecodeKernel::kV10}, Case{32, 8, DecodeKernel::kV10}, Case{32, 1, DecodeKernel::kV8},
+                        Case{32, 1, DecodeKernel::kV6}, Case{32, 8, DecodeKernel::kV6}}) {
+    const int ha = std::max(c.hq, c.hkv);
+    PagedPool pool(c.hkv, dh, bs, lens, rng_);
+    std::vector<HostKv> kvs;
+    for (int b = 0; b < B; ++b) kvs.push_back(pool.Fill(b, lens[b], rng_));
+    const int64_t stride = (lens[0] + bs - 1) / bs;
+    std::vector<int32_t> tables(B * stride, -1);
+    std::vector<int32_t> kv_lens(B);
+    for (int b = 0; b < B; ++b) {
+      std::copy(pool.tables[b].begin(), pool.tables[b].end(), tables.begin() + b * stride);
+      kv_lens[b] = static_cast<int32_t>(lens[b]);
+    }
+    DevBuf<uint16_t> dk(pool.k.size()), dv(pool.v.size());
+    DevBuf<int32_t> dtables(tables.size()), dlens(B);
+    dk.Upload(pool.k);
+    dv.Upload(pool.v);
+    dtables.Upload(tables);
+    dlens.Upload(kv_lens);
+    std::vector<std::vector<uint16_t>> qs;
+    std::vector<std::vector<std::vector<double>>> refs(2, std::vector<std::vector<double>>(B));
+    std::vector<std::unique_ptr<DevBuf<uint16_t>>> dq, dout;
+    for (int v = 0; v < 2; ++v) {
+      qs.push_back(RandomBf16(B * c.hq * dh, rng_));
+      dq.push_back(std::make_unique<DevBuf<uint16_t>>(qs[v].size()));
+      dq[v]->Upload(qs[v]);
+      dout.push_back(std::make_unique<DevBuf<uint16_t>>(B * ha * dh));
+      for (int b = 0; b < B; ++b) {
+        std::vector<float> qb(c.hq * dh);
+        for (int i = 0; i < c.hq * dh; ++i) qb[i] = FromBf16(qs[v][b * c.hq * dh + i]);
+        std::vector<double> lse_unused;
+        ReferenceAttention(qb, 1, lens[b] - 1, kvs[b], c.hq, c.hkv, dh, false, 1.0 / std::sqrt(double(dh)),
+                           &refs[v][b], &lse_unused);
+      }
+    }
+    DecodeParams p;
+    p.batch = B;
+    p.k_cache = dk.p;
+    p.v_cache = dv.p;
+    p.block_size = bs;
+    p.block_tables = dtables.p;
+    p.block_table_stride = stride;
+    p.kv_lens = dlens.p;
+    p.max_kv_len = lens[0];
+    p.num_q_heads = c.hq;
+    p.num_kv_heads = c.hkv;
+    p.head_dim = dh;
+    p.kernel = c.kernel;
+    p.fresh_kv_tokens = 1;
+    const size_t ws_bytes = DecodeWorkspaceBytes(B, c.hq, c.hkv, dh, lens[0], 0, c.kernel);
+    ASSERT_GT(ws_bytes, 0u);
+    DevBuf<unsigned char> ws(ws_bytes);
+    ASSERT_CUDA(cudaMemset(ws.p, 0, ws_bytes));
+    p.workspace = ws.p;
+    p.workspace_bytes = ws_bytes;
+    for (int fuse_min : {0, 1 << 30})
+      for (int early : {0, 3})
+        for (int comb : {-1, 0, 1, 2, 3, 4, 5}) {
+          SCOPED_TRACE(testing::Message() << "hq " << c.hq << " hkv " << c.hkv << " kernel " << static_cast<int>(c.kernel)
+                                          << " fuse_min " << fuse_min << " early_tiles " << early << " combine " << comb);
+          p.fuse_min_split_keys = fuse_min;
+          p.early_tiles = early;
+          // -1: the kernel's own choices; else each trigger with each merge kernel.
+          p.combine_trigger = comb < 0 ? -1 : comb % 3;
+          p.combine_sliced = comb < 0 ? -1 : comb >= 3 ? 1 : 0;
+          dout[0]->Poison();
+          dout[1]->Poison();
+          constexpr int kLaunches = 6;
+          for (int i = 0; i < kLaunches; ++i) {
+            p.q = dq[i % 2]->p;
+            p.out = dout[i % 2]->p;
+            absl::Status st = LaunchAttentionDecode(p, stream_);
+            ASSERT_TRUE(st.ok()) << st;
+          }
+          ASSERT_CUDA(cudaStreamSynchronize(stream_));
+          for (int v = 0; v < 2; ++v) {
+            const auto got = dout[v]->Download();
+            for (int b = 0; b < B; ++b) {
+              SCOPED_TRACE(testing::Message() << "query " << v << " seq " << b);
+              std::vector<uint16_t> gb(got.begin() + b * ha * dh, got.begin() + (b + 1) * ha * dh);
+              Errors e = Compare(gb, refs[v][b], nullptr, nullptr);
+              EXPECT_EQ(e.nonfinite, 0);
+              EXPECT_LT(e.rel, 1e-2);
+              EXPECT_LT(e.max_abs, 5e-2);
+            }
+          }
+        }
   }
 }
 
