@@ -221,8 +221,11 @@ def main():
                  "v8 runs the MQA loop on warpgroup MMA with a quarter of v6's instructions per key and the "
                  "same bytes in flight, and its loop phase takes as long as v6's: these calls wait on the "
                  "loads, not on compute (NOTES.md v23). "
+                 "v10 merges the MQA splits at batch 1 from 128k tokens in a merge kernel that loads every "
+                 "partial at once instead of inside the split kernel: the split CTAs leave when their partial is "
+                 "stored, and the next launch's CTAs issue their early loads while that kernel merges (NOTES.md v24). "
                  "Where a run timed it, the last table gives the read-only floor at those sizes; NOTES.md v19 "
-                 "to v23 have what was tried against these rows.")
+                 "to v24 have what was tried against these rows.")
     if args.floor_run:
         lines += floor_table(args.floor_run)
     md = "\n".join(lines) + "\n"
