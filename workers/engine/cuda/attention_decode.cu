@@ -7,8 +7,8 @@
 // read the KV twice). The CTA's 4 warps each stream their own 32-key tiles (cp.async, two stages,
 // warp-private shared memory), keep an online softmax, and are merged at the end through shared
 // memory. With more than one split the partial (o, lse) go to the workspace in f32 and a second
-// kernel merges them (same formula as MergeAttention). v4, v5, v6 and v8 (the default) refine this:
-// see the notes above namespace v4 and above MergeSplitsInKernel.
+// kernel merges them (same formula as MergeAttention). v4, v5, v6, v8 and v10 (the default) refine
+// this: see the notes above namespace v4, above MergeSplitsInKernel and above the merge kernels.
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -469,6 +469,10 @@ __device__ __forceinline__ int SplitLen(int kv_len, int splits, int min_keys, in
 // copies the block-table entries of its split to shared memory before its first loads, so that a
 // tile's addresses take a shared load instead of a dependent global one. (The same copy in v6's
 // narrow groups made the 1b decode steps 1-1.5% slower: bench/gpu/attention/NOTES.md v23.)
+// v10 launches v8's kernels (v6 for narrow groups) with other choices, made in
+// LaunchAttentionDecode: wide groups with many long splits are merged by the sliced merge kernel
+// (DecodeCombineKernelSliced) instead of in the split kernel, so the split CTAs leave as soon as
+// their partial is stored; narrow groups read all three K/V stages before the wait.
 namespace v4 {
 
 constexpr int kStreams = 4;  // K/V tile streams per CTA (v4-v6)
