@@ -1559,8 +1559,9 @@ absl::Status LaunchAttentionDecode(const DecodeParams& p, cudaStream_t stream) {
   a.fresh = p.fresh_kv_tokens;
   a.timeline = p.timeline;
   a.fuse_min_keys = p.fuse_min_split_keys;
-  // v10: wide groups with many splits merge in the sliced merge kernel (unless a benchmark sets
-  // fuse_min_split_keys or combine_sliced); narrow groups read every stage early.
+  // v10: wide groups with many long splits merge in the merge kernel instead of the split kernel
+  // (unless a benchmark sets fuse_min_split_keys), its sliced form unless combine_sliced says
+  // otherwise; narrow groups read every stage early.
   const bool wide_group = pl.rows_per_cta == 32;
   const bool v10_sliced = pl.v10 && wide_group && pl.splits >= v4::kSlicedMinSplits &&
                           pl.split_len >= v4::kSlicedMinSplitKeys;
