@@ -82,33 +82,30 @@ struct DecodeKernelArgs {
   uint64_t* combine_timeline;  // DecodeParams::combine_timeline
 };
 
+// The time (%globaltimer, ns) or, for kTlSm, the SM: what a timeline slot records.
+__device__ __forceinline__ uint64_t StampValue(int slot) {
+  uint64_t v;
+  if (slot == kTlSm) {
+    unsigned sm;
+    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
+    v = sm;
+  } else {
+    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(v)::"memory");
+  }
+  return v;
+}
+
 // DecodeParams::timeline: thread 0 records the time (or the SM) in its CTA's slot.
 __device__ __forceinline__ void Stamp(const DecodeKernelArgs& a, int slot) {
   if (a.timeline == nullptr || threadIdx.x != 0) return;
-  uint64_t v;
-  if (slot == kTlSm) {
-    unsigned sm;
-    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
-    v = sm;
-  } else {
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(v)::"memory");
-  }
   const int64_t cta = blockIdx.x + static_cast<int64_t>(gridDim.x) * (blockIdx.y + static_cast<int64_t>(gridDim.y) * blockIdx.z);
-  a.timeline[cta * kDecodeTimelineSlots + slot] = v;
+  a.timeline[cta * kDecodeTimelineSlots + slot] = StampValue(slot);
 }
 
-// DecodeParams::combine_timeline: thread 0 of a merge-kernel CTA records the time (or its SM).
+// DecodeParams::combine_timeline: the same for a merge-kernel CTA.
 __device__ __forceinline__ void CombineStamp(const DecodeKernelArgs& a, int slot) {
   if (a.combine_timeline == nullptr || threadIdx.x != 0) return;
-  uint64_t v;
-  if (slot == kTlSm) {
-    unsigned sm;
-    asm volatile("mov.u32 %0, %%smid;\n" : "=r"(sm));
-    v = sm;
-  } else {
-    asm volatile("mov.u64 %0, %%globaltimer;\n" : "=l"(v)::"memory");
-  }
-  a.combine_timeline[static_cast<int64_t>(blockIdx.x) * kDecodeTimelineSlots + slot] = v;
+  a.combine_timeline[static_cast<int64_t>(blockIdx.x) * kDecodeTimelineSlots + slot] = StampValue(slot);
 }
 
 // Writes element d of (sequence, head) row oidx after the CTA's merge: acc / l, and the LSE from
