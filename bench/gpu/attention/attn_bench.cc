@@ -23,6 +23,8 @@
 //                        bytes for calls up to G GB, default 1; 0 = off)
 //                       [--read-floor-ctas 8,4,...]  (its CTAs per SM, one row each, default 8: each
 //                        CTA keeps 32 KB of loads in flight; the first value fills the tables' column)
+//                       [--read-floor-paged]  (also time the read-only kernel through the shuffled
+//                        block tables, each CTA a contiguous run of entries: the decode pattern)
 //                       [--decode-fuse-min-keys 0,128,...]  (v5: keys a split needs for the merge in
 //                        the split kernel, one row per value; 0 = the built-in 512)
 //                       [--decode-early-tiles 0,3]  (v5+: K/V tiles per stream read before the wait
@@ -353,6 +355,7 @@ int main(int argc, char** argv) {
   double decode_max_gb = 40.0;
   double read_floor_max_gb = 1.0;  // decode rows: time the read-only floor for calls up to this size
   std::vector<int> read_floor_ctas = {8};  // its CTAs per SM, one row each
+  bool read_floor_paged = false;           // also through the block tables
   std::vector<std::string> decode_kernels = {"v6", "v5"};
   std::vector<int64_t> decode_splits = {0};  // 0 = the launcher's choice
   std::vector<int64_t> decode_fuse_min = {0};  // 0 = the launcher's choice
@@ -399,6 +402,7 @@ int main(int argc, char** argv) {
     else if (a == "--decode-combine-trigger") decode_combine_trigger = ParseList(next());
     else if (a == "--decode-combine-sliced") decode_combine_sliced = ParseList(next());
     else if (a == "--decode-timeline") decode_timeline = true;
+    else if (a == "--read-floor-paged") read_floor_paged = true;
     else if (a == "--no-paged") paged = false;
     else if (a == "--sustain-ms") sustain_ms = std::stod(next());
     else if (a == "--paged-first") paged_first = true;
@@ -624,26 +628,36 @@ int main(int argc, char** argv) {
           constexpr int kFloorLaunches = 32;
           cudaGraph_t graph;
           cudaGraphExec_t exec;
+          // Contiguous (each copy's K and V as flat arrays), then with --read-floor-paged the same
+          // bytes through the shuffled block tables, as the decode kernels read them.
+          for (int paged_floor = 0; paged_floor <= (read_floor_paged ? 1 : 0); ++paged_floor) {
           CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
           for (int i = 0; i < kFloorLaunches; ++i) {
-            CK(sqa::bench::LaunchReadFloor(static_cast<char*>(pk) + (i % copies) * half,
-                                           static_cast<char*>(pv) + (i % copies) * half, half, sink,
-                                           prop.multiProcessorCount, floor_ctas, s));
+            if (paged_floor) {
+              CK(sqa::bench::LaunchReadFloorPaged(pk, pv, tables + (i % copies) * nb, nb, block_bytes, sink,
+                                                  prop.multiProcessorCount, floor_ctas, s));
+            } else {
+              CK(sqa::bench::LaunchReadFloor(static_cast<char*>(pk) + (i % copies) * half,
+                                             static_cast<char*>(pv) + (i % copies) * half, half, sink,
+                                             prop.multiProcessorCount, floor_ctas, s));
+            }
           }
           CK(cudaStreamEndCapture(s, &graph));
           CK(cudaGraphInstantiate(&exec, graph, 0));
           const double ms = MedianMs([&] { CK(cudaGraphLaunch(exec, s)); }, 2, 7, s) / kFloorLaunches;
           CK(cudaGraphExecDestroy(exec));
           CK(cudaGraphDestroy(graph));
-          CK(cudaFree(sink));
           if (floor_ms == 0) floor_ms = ms;
           const double fbw = kv_bytes / (ms * 1e-3);
-          const std::string name = floor_ctas == 8 ? "read" : "read/" + std::to_string(floor_ctas);
+          const std::string name =
+              std::string(paged_floor ? "paged" : "read") + (floor_ctas == 8 ? "" : "/" + std::to_string(floor_ctas));
           std::printf("%-6s %8lld %5lld %-7s %7s %10.1f %10s %9.1f %6.1f%%\n", L.name.c_str(), (long long)ctx,
                       (long long)batch, name.c_str(), "-", ms * 1e3, "-", fbw / 1e9, 100.0 * fbw / ceiling);
           out["decode_read_floor"].push_back({{"layout", L.name}, {"ctx", ctx}, {"batch", batch}, {"ms", ms},
                                               {"ctas_per_sm", floor_ctas}, {"kv_bytes", kv_bytes},
-                                              {"bytes_per_s", fbw}});
+                                              {"paged", paged_floor != 0}, {"bytes_per_s", fbw}});
+          }
+          CK(cudaFree(sink));
         }
         for (const std::string& dname : decode_kernels)
         for (int64_t want_splits : decode_splits)

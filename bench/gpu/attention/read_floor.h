@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace sqa::bench {
 
@@ -12,5 +13,11 @@ namespace sqa::bench {
 // of `sink`.
 cudaError_t LaunchReadFloor(const void* a, const void* b, size_t bytes, unsigned* sink, int sms, int ctas_per_sm,
                             cudaStream_t stream);
+
+// The same over a paged cache: blocks table[0 .. num_blocks) of block_bytes (a multiple of 16)
+// each, from a and from b, the decode kernels' access pattern. Each CTA reads a contiguous run of
+// the table's entries, as a decode split reads its keys.
+cudaError_t LaunchReadFloorPaged(const void* a, const void* b, const int32_t* table, int64_t num_blocks,
+                                 size_t block_bytes, unsigned* sink, int sms, int ctas_per_sm, cudaStream_t stream);
 
 }  // namespace sqa::bench
