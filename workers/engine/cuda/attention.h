@@ -131,21 +131,21 @@ struct DecodeParams {
   void* out = nullptr;                 // bf16 [B, Ha, dh]
   float* lse = nullptr;                // optional f32 [B, Ha]
   // Scratch for split-KV partial results, at least DecodeWorkspaceBytes(...) bytes (may be
-  // nullptr when that is 0). Must not be shared by launches running concurrently. kV5, kV6 and
-  // kV8 keep counters in its last kDecodeCounterBytes: the buffer must be zero-filled once when
+  // nullptr when that is 0). Must not be shared by launches running concurrently. kV5 and
+  // later keep counters in its last kDecodeCounterBytes: the buffer must be zero-filled once when
   // it is allocated (cudaMemset), and every launch leaves those counters at zero again.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
   int num_splits = 0;                  // 0 = automatic (from max_kv_len and the SM count)
   DecodeKernel kernel = DecodeKernel::kAuto;
-  // kV5, kV6 and kV8, launched as a programmatic dependent (pdl.cuh), may read the K/V of
+  // kV5 and later, launched as a programmatic dependent (pdl.cuh), may read the K/V of
   // positions below kv_lens[b] - fresh_kv_tokens, the block tables and kv_lens before its
   // predecessors finish.
   // Set it to the number of trailing positions of each sequence that kernels still running
   // may write (1 for a decode step that appends one token per sequence right before); those
   // inputs must then come from earlier steps or copies. Negative: wait first, read nothing early.
   int fresh_kv_tokens = -1;
-  // kV5, kV6 and kV8 merge in the split kernel only when each split has at least this many keys
+  // kV5 and later merge in the split kernel only when each split has at least this many keys
   // (0: the built-in 512). A tuning knob for benchmarks; the grid must still fit on the GPU at
   // once.
   int fuse_min_split_keys = 0;
@@ -164,7 +164,7 @@ struct DecodeParams {
   // load at once; 0: one CTA per (sequence, head) that reads the LSEs first; -1: the kernel's
   // default (kV10's wide groups: sliced from 32 splits up, else per head).
   int combine_sliced = -1;
-  // Diagnostics (kV5, kV6, kV8): when set, thread 0 of every split CTA writes kDecodeTimelineSlots
+  // Diagnostics (kV5 and later): when set, thread 0 of every split CTA writes kDecodeTimelineSlots
   // values at timeline[cta * kDecodeTimelineSlots], cta = split + splits * (group + groups * b),
   // the groups being (KV head, row group) pairs: see DecodeTimelineSlot. Unset slots stay as they
   // were.
@@ -191,7 +191,7 @@ enum DecodeTimelineSlot {
 };
 inline constexpr int kDecodeTimelineSlots = 10;
 
-// Bytes at the end of a kV5/kV6/kV8 workspace that hold its merge counters (zero between launches).
+// Bytes at the end of a kV5-and-later workspace that hold its merge counters (zero between launches).
 inline constexpr size_t kDecodeCounterBytes = 16384;
 
 // Workspace the decode launcher needs for these sizes (0 if no split is needed). Depends only
